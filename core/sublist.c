@@ -1,0 +1,1 @@
+/* sublist.c — stub */

@@ -1,0 +1,1 @@
+/* sysroot.c — stub */

@@ -1,0 +1,1 @@
+/* table.c — stub */

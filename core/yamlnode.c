@@ -1,0 +1,1 @@
+/* yamlnode.c — stub */

@@ -1,0 +1,167 @@
+/* organism/host.h — the services agentd lends a plugin instance.
+ *
+ * A plugin links against nothing of agentd: everything it may do goes through this
+ * table, handed to `init` together with the instance's opaque context. Every call takes
+ * that context first and runs on the daemon's single loop thread; callbacks come back on
+ * it too, so a plugin needs no locks. Like the descriptor, the table starts with a
+ * version and its size and only ever grows at the end: check `struct_size` before using
+ * a member added after the version you were built against (ORG_HOST_HAS).
+ *
+ * Errors are 0 or a negative errno. Output parameters come last (`ret_*`) and are not
+ * written on failure. Strings returned as `const char *` belong to the host and live as
+ * long as the instance unless said otherwise; `char **ret_*` results are malloc'd and
+ * the plugin frees them. */
+#ifndef ORGANISM_HOST_H
+#define ORGANISM_HOST_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <organism/msg.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ORG_HOST_ABI_VERSION 1u
+
+typedef struct org_ctx org_ctx; /* one per plugin instance, owned by agentd */
+
+enum org_log_level {
+        ORG_LOG_ERR = 3,
+        ORG_LOG_WARNING = 4,
+        ORG_LOG_NOTICE = 5,
+        ORG_LOG_INFO = 6,
+        ORG_LOG_DEBUG = 7,
+};
+
+/* A request's answer, or its failure (-ETIMEDOUT, -ENOENT when nobody listens). The
+ * message is valid during the call only. */
+typedef void (*org_reply_fn)(org_ctx *ctx, int error, const org_msg *reply, void *userdata);
+
+typedef void (*org_timer_fn)(org_ctx *ctx, uint64_t timer_id, void *userdata);
+
+/* What a finished process left: exit status (or -signal when killed, -ETIMEDOUT when
+ * the time-out fired), captured output (NUL terminated, cut at the cap). */
+typedef struct org_exec_result {
+        int status;
+        bool timed_out;
+        bool dry_run;             /* nothing ran: dry_run short-circuited it */
+        const char *out;
+        size_t out_len;
+        bool out_truncated;
+        const char *err;
+        size_t err_len;
+        bool err_truncated;
+        uint64_t duration_us;
+} org_exec_result;
+
+typedef void (*org_exec_fn)(org_ctx *ctx, const org_exec_result *res, void *userdata);
+
+typedef struct org_exec_spec {
+        /* argv[0] is a command *name* looked up in the agent's command table
+         * (`agent.commands`), or an absolute path when `allow_path` is set by a plugin
+         * that runs what its own operator configured (a task, a repository script). */
+        const char *const *argv;          /* NULL-terminated */
+        bool allow_path;
+        const char *const *env;           /* "K=V", NULL-terminated; NULL = minimal env */
+        const char *cwd;                  /* NULL = "/" */
+        uid_t uid;                        /* used when set_ids is true */
+        gid_t gid;
+        bool set_ids;
+        uint64_t timeout_ms;              /* 0 = 60 s; on expiry the process group is killed */
+        size_t capture_max;               /* per stream; 0 = 64000 bytes */
+        bool mutating;                    /* changes the system: dry_run skips it */
+        const char *stdin_data;           /* optional bytes written to stdin */
+        size_t stdin_len;
+} org_exec_spec;
+
+/* One row from `store_query`: `n` columns, NULL for SQL NULL. */
+typedef int (*org_row_fn)(void *userdata, int n, const char *const *columns, const char *const *names);
+
+typedef enum org_metric_type {
+        ORG_METRIC_COUNTER = 1,
+        ORG_METRIC_GAUGE = 2,
+} org_metric_type;
+
+typedef struct org_host {
+        uint32_t abi_version;
+        uint32_t struct_size;
+
+        /* Identity. */
+        const char *(*instance_name)(org_ctx *ctx);
+        const char *(*agent_name)(org_ctx *ctx);
+        bool (*dry_run)(org_ctx *ctx); /* global or per-instance */
+
+        /* Logging: the line carries [plugin:instance]; repeats are rate-limited. */
+        void (*log)(org_ctx *ctx, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+        void (*logv)(org_ctx *ctx, int level, const char *fmt, va_list ap);
+
+        /* Config, validated and normalised against the plugin's config map. `path`
+         * names a key with dots ("profiles.day.arc_max"). Getters return -ENOENT for
+         * an absent key without a default, -EINVAL for a key of another type. */
+        const char *(*config_json)(org_ctx *ctx);
+        int (*config_string)(org_ctx *ctx, const char *path, const char **ret);
+        int (*config_int)(org_ctx *ctx, const char *path, int64_t *ret);
+        int (*config_bool)(org_ctx *ctx, const char *path, bool *ret);
+        int (*config_double)(org_ctx *ctx, const char *path, double *ret);
+
+        /* Bus. publish copies everything; delivery happens later on the loop, never
+         * inside this call. Messages matching a subscription arrive in `handle`. */
+        int (*publish)(org_ctx *ctx, const char *subject, const org_header *headers, size_t n_headers,
+                       const void *data, size_t len);
+        int (*subscribe)(org_ctx *ctx, const char *pattern, uint64_t *ret_sid);
+        int (*unsubscribe)(org_ctx *ctx, uint64_t sid);
+        int (*request)(org_ctx *ctx, const char *subject, const void *data, size_t len, uint64_t timeout_ms,
+                       org_reply_fn cb, void *userdata);
+        /* Answers a request; `reply_subject` is msg->reply of the request (copy it to
+         * answer later). */
+        int (*respond)(org_ctx *ctx, const char *reply_subject, const void *data, size_t len);
+
+        /* Timers on the monotonic clock. period_ms 0 = one-shot. */
+        int (*timer_add)(org_ctx *ctx, uint64_t first_ms, uint64_t period_ms, org_timer_fn cb, void *userdata,
+                         uint64_t *ret_id);
+        int (*timer_cancel)(org_ctx *ctx, uint64_t id);
+        uint64_t (*now_realtime_us)(org_ctx *ctx);
+        uint64_t (*now_monotonic_us)(org_ctx *ctx);
+
+        /* Sysroot I/O: `path` is absolute as on the real system ("/proc/meminfo"); the
+         * agent's sysroot is prefixed. read_file returns a malloc'd NUL-terminated
+         * copy. write_file reads first, compares ignoring trailing white space, and only
+         * writes a different value; under dry_run it logs what it would write.
+         * *ret_changed tells whether the value differed. */
+        int (*read_file)(org_ctx *ctx, const char *path, char **ret_data, size_t *ret_len);
+        int (*write_file)(org_ctx *ctx, const char *path, const char *value, bool *ret_changed);
+        int (*sysroot_path)(org_ctx *ctx, const char *path, char **ret_path);
+
+        /* Exec by argv, completion on the loop. *ret_id may be NULL. */
+        int (*exec)(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void *userdata, uint64_t *ret_id);
+        int (*exec_cancel)(org_ctx *ctx, uint64_t id);
+
+        /* Store: the instance's own sqlite database (WAL). Parameters are bound as text
+         * (?1, ?2, ...); NULL binds SQL NULL. `store_query` calls `row` per row; a
+         * non-zero return from `row` stops it. kv_* use a key/value table of the store. */
+        int (*store_exec)(org_ctx *ctx, const char *sql, const char *const *params, size_t n_params);
+        int (*store_query)(org_ctx *ctx, const char *sql, const char *const *params, size_t n_params,
+                           org_row_fn row, void *userdata);
+        int (*kv_get)(org_ctx *ctx, const char *key, char **ret_value);
+        int (*kv_set)(org_ctx *ctx, const char *key, const char *value);
+
+        /* Metrics: names are snake_case, Prometheus style, optional labels in braces
+         * ("gpu_temp_c{gpu=\"3\"}"). agentd prefixes "organism_" and adds the
+         * instance label. */
+        int (*metric_set)(org_ctx *ctx, const char *name, org_metric_type type, double value, const char *help);
+        int (*metric_add)(org_ctx *ctx, const char *name, double delta, const char *help);
+} org_host;
+
+/* True when the host table has member M (a host older than the plugin may not). */
+#define ORG_HOST_HAS(host, member) \
+        ((host)->struct_size >= offsetof(org_host, member) + sizeof(((org_host *)0)->member))
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,3 @@
+/* example.c — stub */
+#include <organism/plugin.h>
+ORG_PLUGIN_DEFINE(.name = "example");

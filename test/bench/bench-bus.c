@@ -1,0 +1,2 @@
+/* bench-bus.c — stub */
+int main(void) { return 0; }
