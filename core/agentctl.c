@@ -1,2 +1,687 @@
-#include <stdio.h>
-int main(void){return 0;}
+/* agentctl.c — the command line of organism: turns words into control requests and
+ * replies into tables (or JSON with --json). It holds no logic of the agent's own; the
+ * daemon decides and checks everything. */
+#include <getopt.h>
+#include <stdarg.h>
+
+#include "ctl_client.h"
+#include "org-build-config.h"
+#include "table.h"
+#include "util.h"
+
+#define DEFAULT_SOCKET "/run/organism/agentd.sock"
+
+enum {
+        EXIT_OK = 0,
+        EXIT_FAILED = 1,   /* the daemon reported an error, a check failed, drift found */
+        EXIT_USAGE = 2,
+        EXIT_NOAGENT = 3,  /* cannot reach agentd */
+        EXIT_DENIED = 4,
+        EXIT_TIMEOUT = 5,
+};
+
+static const char *arg_socket;
+static bool arg_json;
+static uint64_t arg_timeout_ms = 10000;
+
+static void help(void) {
+        printf("Usage: agentctl [OPTIONS] COMMAND ...\n"
+               "\n"
+               "Drive a running agentd through its control socket.\n"
+               "\n"
+               "Agent:\n"
+               "  status                          agent, instances, bus counters\n"
+               "  metrics [--text]                every counter and gauge (--text: Prometheus format)\n"
+               "  audit                           run every plugin's verify hook (desired vs actual)\n"
+               "  config check [FILE]             check the config file (default: the running one)\n"
+               "  config reload                   re-read the config; restart only what changed\n"
+               "\n"
+               "Plugins:\n"
+               "  plugin list                     instances with state, counters, drops\n"
+               "  plugin info NAME                an instance (or a plugin file) with its config map and verbs\n"
+               "  plugin load NAME [--plugin P] [--path FILE.so] [--config JSON]\n"
+               "                                  start a new instance (not written to the config)\n"
+               "  plugin unload NAME --confirm    stop and remove an instance\n"
+               "  plugin reload NAME              replace an instance with the .so now on disk; if it\n"
+               "                                  fails, the running version stays\n"
+               "  plugin enable NAME | disable NAME\n"
+               "  call INSTANCE VERB [JSON]       run a plugin verb (also: agentctl INSTANCE VERB [JSON])\n"
+               "\n"
+               "Bus:\n"
+               "  bus pub SUBJECT [JSON] [-H KEY=VALUE]...\n"
+               "  bus sub PATTERN [--count N] [--timeout SEC]\n"
+               "                                  one JSON line per message: subject, headers, payload\n"
+               "  bus request SUBJECT [JSON]      publish with a reply subject, print the first reply\n"
+               "\n"
+               "Options:\n"
+               "  -s, --socket PATH   control socket (default $AGENTCTL_SOCKET or %s)\n"
+               "      --json          print the daemon's JSON instead of tables\n"
+               "  -t, --timeout SEC   how long to wait for a reply (default 10; bus sub: none)\n"
+               "      --version       print the version\n"
+               "  -h, --help          this text\n"
+               "\n"
+               "Access: root may use every command; members of group organism the read-only ones\n"
+               "(status, metrics, audit, config check, plugin list/info, bus sub, read-only verbs).\n"
+               "\n"
+               "Exit status: 0 success, 1 the agent reported an error (or a check or audit failed),\n"
+               "2 usage error, 3 agentd not reachable, 4 permission denied, 5 time-out.\n",
+               DEFAULT_SOCKET);
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "agentctl: ");
+        vfprintf(stderr, fmt, ap);
+        fprintf(stderr, "\nTry 'agentctl --help'.\n");
+        va_end(ap);
+        return EXIT_USAGE;
+}
+
+static int connect_agent(ctl_client **ret) {
+        const char *path = arg_socket ? arg_socket : getenv("AGENTCTL_SOCKET");
+        if (isempty(path))
+                path = DEFAULT_SOCKET;
+        _cleanup_free_ char *err = NULL;
+        int r = ctl_client_connect(path, arg_timeout_ms, ret, &err);
+        if (r == -EACCES) {
+                fprintf(stderr, "agentctl: %s\n", err ? err : "permission denied");
+                return EXIT_DENIED;
+        }
+        if (r < 0) {
+                fprintf(stderr, "agentctl: cannot reach agentd at %s: %s\n", path, strerror(-r));
+                if (r == -ENOENT || r == -ECONNREFUSED)
+                        fprintf(stderr, "Is agentd running? (systemctl status agentd)\n");
+                return r == -ETIMEDOUT ? EXIT_TIMEOUT : (r == -EACCES || r == -EPERM ? EXIT_DENIED : EXIT_NOAGENT);
+        }
+        return EXIT_OK;
+}
+
+static int exit_for_error(json_t *reply) {
+        const char *e = json_string_value(json_object_get(reply, "errno"));
+        if (e && (streq(e, "EPERM") || streq(e, "EACCES")))
+                return EXIT_DENIED;
+        if (e && streq(e, "ETIMEDOUT"))
+                return EXIT_TIMEOUT;
+        return EXIT_FAILED;
+}
+
+/* One request, one reply. On success *ret_result is a new reference to "result". */
+static int request(const char *verb, json_t *args, json_t **ret_result) {
+        ctl_client *c = NULL;
+        int ex = connect_agent(&c);
+        if (ex != EXIT_OK) {
+                json_decref(args);
+                return ex;
+        }
+        int r = ctl_client_send(c, verb, args);
+        json_t *reply = NULL;
+        if (r >= 0)
+                r = ctl_client_read(c, arg_timeout_ms, &reply);
+        ctl_client_free(c);
+        if (r < 0) {
+                fprintf(stderr, "agentctl: %s: %s\n", verb, r == -ETIMEDOUT ? "no answer in time" : strerror(-r));
+                return r == -ETIMEDOUT ? EXIT_TIMEOUT : EXIT_NOAGENT;
+        }
+        if (!json_is_true(json_object_get(reply, "ok"))) {
+                const char *err = json_string_value(json_object_get(reply, "error"));
+                if (arg_json) {
+                        json_dumpf(reply, stdout, JSON_INDENT(2));
+                        putchar('\n');
+                }
+                fprintf(stderr, "agentctl: %s\n", err ? err : "request failed");
+                ex = exit_for_error(reply);
+                json_decref(reply);
+                return ex;
+        }
+        *ret_result = json_incref(json_object_get(reply, "result"));
+        json_decref(reply);
+        return EXIT_OK;
+}
+
+static void print_json(json_t *o) {
+        json_dumpf(o, stdout, JSON_INDENT(2) | JSON_ENCODE_ANY);
+        putchar('\n');
+}
+
+/* Scalars as text for table cells; buf must hold 64 bytes. */
+static const char *cell(json_t *v, char *buf) {
+        if (!v || json_is_null(v))
+                return NULL;
+        if (json_is_string(v))
+                return json_string_value(v);
+        if (json_is_integer(v))
+                snprintf(buf, 64, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        else if (json_is_real(v))
+                snprintf(buf, 64, "%g", json_real_value(v));
+        else if (json_is_boolean(v))
+                snprintf(buf, 64, "%s", json_is_true(v) ? "yes" : "no");
+        else
+                snprintf(buf, 64, "...");
+        return buf;
+}
+
+static int run_simple(const char *verb, json_t *args, void (*human)(json_t *)) {
+        json_t *res = NULL;
+        int ex = request(verb, args, &res);
+        if (ex != EXIT_OK)
+                return ex;
+        if (arg_json || !human)
+                print_json(res);
+        else
+                human(res);
+        json_decref(res);
+        return EXIT_OK;
+}
+
+static void human_status(json_t *r) {
+        char b[64];
+        json_t *inst = json_object_get(r, "instances"), *bus = json_object_get(r, "bus");
+        printf("agent:      %s (agentd %s, pid %s)\n", json_string_value(json_object_get(r, "agent")),
+               json_string_value(json_object_get(r, "version")), cell(json_object_get(r, "pid"), b));
+        printf("config:     %s\n", json_string_value(json_object_get(r, "config")));
+        printf("started:    %s (up %s s)\n", json_string_value(json_object_get(r, "started")),
+               cell(json_object_get(r, "uptime_s"), b));
+        printf("sysroot:    %s%s\n", json_string_value(json_object_get(r, "sysroot")),
+               json_is_true(json_object_get(r, "dry_run")) ? "  (dry_run: changes are only logged)" : "");
+        printf("instances:  %" JSON_INTEGER_FORMAT " total, %" JSON_INTEGER_FORMAT " running, %" JSON_INTEGER_FORMAT
+               " failed, %" JSON_INTEGER_FORMAT " disabled\n",
+               json_integer_value(json_object_get(inst, "total")), json_integer_value(json_object_get(inst, "running")),
+               json_integer_value(json_object_get(inst, "failed")), json_integer_value(json_object_get(inst, "disabled")));
+        printf("bus:        %" JSON_INTEGER_FORMAT " published, %" JSON_INTEGER_FORMAT " delivered, %" JSON_INTEGER_FORMAT
+               " dropped, %" JSON_INTEGER_FORMAT " subscriptions\n",
+               json_integer_value(json_object_get(bus, "published")), json_integer_value(json_object_get(bus, "delivered")),
+               json_integer_value(json_object_get(bus, "dropped")), json_integer_value(json_object_get(bus, "subscriptions")));
+        printf("nats:       %s\n", json_is_true(json_object_get(json_object_get(r, "nats"), "enabled")) ? "on" : "off (embedded mode)");
+}
+
+static void human_plugin_list(json_t *r) {
+        static const char *const h[] = {"INSTANCE", "PLUGIN", "STATE", "VERSION", "INTERVAL", "TICKS",
+                                        "HANDLED",  "QUEUED", "DROPPED", "ERROR"};
+        table *t = table_new(ELEMENTSOF(h), h);
+        size_t i;
+        json_t *o;
+        json_array_foreach(r, i, o) {
+                char b[6][64], iv[64];
+                snprintf(iv, sizeof iv, "%" JSON_INTEGER_FORMAT "ms", json_integer_value(json_object_get(o, "interval_ms")));
+                const char *row[] = {json_string_value(json_object_get(o, "name")),
+                                     json_string_value(json_object_get(o, "plugin")),
+                                     json_string_value(json_object_get(o, "state")),
+                                     cell(json_object_get(o, "version"), b[0]),
+                                     iv,
+                                     cell(json_object_get(o, "ticks"), b[1]),
+                                     cell(json_object_get(o, "handled"), b[2]),
+                                     cell(json_object_get(o, "queued"), b[3]),
+                                     cell(json_object_get(o, "dropped"), b[4]),
+                                     cell(json_object_get(o, "error"), b[5])};
+                table_add_row(t, row);
+        }
+        table_print(t, stdout);
+        table_free(t);
+}
+
+static void print_config_map(json_t *map, const char *prefix, table *t) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(map, i, e) {
+                char key[256], b[64];
+                snprintf(key, sizeof key, "%s%s", prefix, json_string_value(json_object_get(e, "key")));
+                const char *row[] = {key, json_string_value(json_object_get(e, "type")),
+                                     json_is_true(json_object_get(e, "required")) ? "yes" : "no",
+                                     cell(json_object_get(e, "default"), b), json_string_value(json_object_get(e, "help"))};
+                table_add_row(t, row);
+                json_t *children = json_object_get(e, "children");
+                if (children) {
+                        char p[300];
+                        bool dict = streq(json_string_value(json_object_get(e, "type")), "dict");
+                        snprintf(p, sizeof p, "%s.%s", key, dict ? "<name>." : "");
+                        print_config_map(children, p, t);
+                }
+        }
+}
+
+static void human_plugin_info(json_t *r) {
+        const char *keys[] = {"name", "plugin", "version", "summary", "file", "path", "state", "error",
+                              "load_error", "interval_ms", "generation", "reloads", "ticks", "handled",
+                              "calls", "queued", "queue_max", "dropped", "hook_errors", "tick_us_max", "dry_run"};
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                char b[64];
+                const char *v = cell(json_object_get(r, keys[i]), b);
+                if (v)
+                        printf("%-13s %s\n", keys[i], v);
+        }
+        json_t *subs = json_object_get(r, "subscriptions");
+        if (json_array_size(subs)) {
+                printf("%-13s", "subscriptions");
+                size_t i;
+                json_t *s;
+                json_array_foreach(subs, i, s) printf(" %s", json_string_value(s));
+                putchar('\n');
+        }
+        json_t *map = json_object_get(r, "config_map");
+        if (json_array_size(map)) {
+                static const char *const h[] = {"CONFIG KEY", "TYPE", "REQUIRED", "DEFAULT", "HELP"};
+                table *t = table_new(ELEMENTSOF(h), h);
+                print_config_map(map, "", t);
+                putchar('\n');
+                table_print(t, stdout);
+                table_free(t);
+        }
+        json_t *verbs = json_object_get(r, "verbs");
+        if (json_array_size(verbs)) {
+                static const char *const h[] = {"VERB", "MUTATING", "ARGS", "HELP"};
+                table *t = table_new(ELEMENTSOF(h), h);
+                size_t i;
+                json_t *v;
+                json_array_foreach(verbs, i, v) {
+                        const char *row[] = {json_string_value(json_object_get(v, "name")),
+                                             json_is_true(json_object_get(v, "mutating")) ? "yes" : "no",
+                                             json_string_value(json_object_get(v, "args")),
+                                             json_string_value(json_object_get(v, "help"))};
+                        table_add_row(t, row);
+                }
+                putchar('\n');
+                table_print(t, stdout);
+                table_free(t);
+        }
+}
+
+static void human_metrics(json_t *r) {
+        static const char *const h[] = {"INSTANCE", "METRIC", "TYPE", "VALUE"};
+        table *t = table_new(ELEMENTSOF(h), h);
+        size_t i;
+        json_t *m;
+        json_array_foreach(r, i, m) {
+                char b[64], name[512];
+                const char *labels = json_string_value(json_object_get(m, "labels"));
+                snprintf(name, sizeof name, "%s%s%s%s", json_string_value(json_object_get(m, "name")),
+                         isempty(labels) ? "" : "{", isempty(labels) ? "" : labels, isempty(labels) ? "" : "}");
+                const char *row[] = {json_string_value(json_object_get(m, "instance")), name,
+                                     json_string_value(json_object_get(m, "type")), cell(json_object_get(m, "value"), b)};
+                table_add_row(t, row);
+        }
+        table_print(t, stdout);
+        table_free(t);
+}
+
+static void human_reload(json_t *r) {
+        char g[64], us[64];
+        printf("%s reloaded: generation %s, %s us\n", json_string_value(json_object_get(r, "name")),
+               cell(json_object_get(r, "generation"), g), cell(json_object_get(r, "reload_us"), us));
+}
+
+static void human_instance(json_t *r) {
+        printf("%s: %s\n", json_string_value(json_object_get(r, "name")), json_string_value(json_object_get(r, "state")));
+}
+
+static void human_config_reload(json_t *r) {
+        const char *keys[] = {"restarted", "started", "stopped", "unchanged"};
+        for (size_t k = 0; k < ELEMENTSOF(keys); k++) {
+                json_t *a = json_object_get(r, keys[k]);
+                printf("%-10s", keys[k]);
+                size_t i;
+                json_t *s;
+                json_array_foreach(a, i, s) printf(" %s", json_string_value(s));
+                if (!json_array_size(a))
+                        printf(" -");
+                putchar('\n');
+        }
+        size_t i;
+        json_t *f;
+        json_array_foreach(json_object_get(r, "failed"), i, f)
+                printf("failed     %s: %s\n", json_string_value(json_object_get(f, "instance")),
+                       json_string_value(json_object_get(f, "error")));
+}
+
+static int cmd_config_check(int argc, char **argv) {
+        json_t *args = json_object();
+        if (argc > 0)
+                json_object_set_new(args, "path", json_string(argv[0]));
+        json_t *res = NULL;
+        int ex = request("config.check", args, &res);
+        if (ex != EXIT_OK)
+                return ex;
+        bool ok = json_is_true(json_object_get(res, "ok"));
+        if (arg_json)
+                print_json(res);
+        else {
+                size_t i;
+                json_t *e;
+                json_array_foreach(json_object_get(res, "errors"), i, e) printf("%s\n", json_string_value(e));
+                if (ok)
+                        printf("%s: valid (%" JSON_INTEGER_FORMAT " plugin instances).\n",
+                               json_string_value(json_object_get(res, "path")),
+                               json_integer_value(json_object_get(res, "instances")));
+        }
+        json_decref(res);
+        return ok ? EXIT_OK : EXIT_FAILED;
+}
+
+static int cmd_audit(void) {
+        json_t *res = NULL;
+        int ex = request("audit", NULL, &res);
+        if (ex != EXIT_OK)
+                return ex;
+        bool ok = json_is_true(json_object_get(res, "ok"));
+        if (arg_json)
+                print_json(res);
+        else {
+                static const char *const h[] = {"INSTANCE", "PLUGIN", "STATE", "RESULT", "WHAT", "WANT", "HAVE"};
+                table *t = table_new(ELEMENTSOF(h), h);
+                size_t i;
+                json_t *o;
+                json_array_foreach(json_object_get(res, "instances"), i, o) {
+                        const char *result = !json_is_true(json_object_get(o, "verified")) ? "no verify"
+                                             : json_is_true(json_object_get(o, "ok"))      ? "ok"
+                                                                                           : "DRIFT";
+                        const char *row[] = {json_string_value(json_object_get(o, "instance")),
+                                             json_string_value(json_object_get(o, "plugin")),
+                                             json_string_value(json_object_get(o, "state")), result,
+                                             json_string_value(json_object_get(o, "error")), NULL, NULL};
+                        table_add_row(t, row);
+                        size_t k;
+                        json_t *c;
+                        json_array_foreach(json_object_get(o, "checks"), k, c) {
+                                char b[3][64];
+                                const char *crow[] = {"", "", "",
+                                                      json_is_true(json_object_get(c, "ok")) ? "  ok" : "  DRIFT",
+                                                      cell(json_object_get(c, "what"), b[0]),
+                                                      cell(json_object_get(c, "want"), b[1]),
+                                                      cell(json_object_get(c, "have"), b[2])};
+                                table_add_row(t, crow);
+                        }
+                }
+                table_print(t, stdout);
+                table_free(t);
+        }
+        json_decref(res);
+        return ok ? EXIT_OK : EXIT_FAILED;
+}
+
+static int parse_json_arg(const char *text, json_t **ret) {
+        json_error_t e;
+        json_t *o = json_loads(text, JSON_DECODE_ANY, &e);
+        if (!o) {
+                fprintf(stderr, "agentctl: invalid JSON '%s': %s (column %d)\n", text, e.text, e.column);
+                return EXIT_USAGE;
+        }
+        *ret = o;
+        return EXIT_OK;
+}
+
+static int cmd_call(const char *inst, const char *verb, int argc, char **argv) {
+        json_t *a = NULL;
+        if (argc > 1)
+                return usage_error("call takes one JSON argument");
+        if (argc == 1 && parse_json_arg(argv[0], &a) != EXIT_OK)
+                return EXIT_USAGE;
+        json_t *args = json_pack("{s:s, s:s}", "instance", inst, "verb", verb);
+        if (a)
+                json_object_set_new(args, "args", a);
+        json_object_set_new(args, "timeout_ms", json_integer((json_int_t)arg_timeout_ms));
+        return run_simple("call", args, NULL);
+}
+
+static int parse_seconds(const char *s, uint64_t *ret_ms) {
+        char *end;
+        errno = 0;
+        double v = strtod(s, &end);
+        if (errno || end == s || *end || v < 0)
+                return -EINVAL;
+        *ret_ms = (uint64_t)(v * 1000);
+        return 0;
+}
+
+static int cmd_bus(int argc, char **argv) {
+        if (argc < 2)
+                return usage_error("bus needs pub|sub|request and a subject");
+        const char *sub = argv[0], *subject = argv[1];
+        json_t *headers = json_object();
+        long long count = 0;
+        uint64_t timeout_ms = 0;
+        bool have_timeout = false;
+        const char *payload = NULL;
+        for (int i = 2; i < argc; i++) {
+                if ((streq(argv[i], "-H") || streq(argv[i], "--header")) && i + 1 < argc) {
+                        char *eq = strchr(argv[++i], '=');
+                        if (!eq) {
+                                json_decref(headers);
+                                return usage_error("a header is KEY=VALUE");
+                        }
+                        *eq = '\0';
+                        json_object_set_new(headers, argv[i], json_string(eq + 1));
+                } else if (streq(argv[i], "--count") && i + 1 < argc) {
+                        char *end;
+                        count = strtoll(argv[++i], &end, 10);
+                        if (*end || count < 0) {
+                                json_decref(headers);
+                                return usage_error("--count takes a number");
+                        }
+                } else if (streq(argv[i], "--timeout") && i + 1 < argc) {
+                        if (parse_seconds(argv[++i], &timeout_ms) < 0) {
+                                json_decref(headers);
+                                return usage_error("--timeout takes seconds");
+                        }
+                        have_timeout = true;
+                } else if (!payload)
+                        payload = argv[i];
+                else {
+                        json_decref(headers);
+                        return usage_error("unexpected argument '%s'", argv[i]);
+                }
+        }
+        json_t *args = json_object();
+        if (payload) {
+                json_t *p = NULL;
+                if (parse_json_arg(payload, &p) != EXIT_OK) {
+                        json_decref(args);
+                        json_decref(headers);
+                        return EXIT_USAGE;
+                }
+                json_object_set_new(args, "payload", p);
+        }
+        if (json_object_size(headers))
+                json_object_set(args, "headers", headers);
+        json_decref(headers);
+
+        if (streq(sub, "pub")) {
+                json_object_set_new(args, "subject", json_string(subject));
+                return run_simple("bus.pub", args, NULL);
+        }
+        if (streq(sub, "request")) {
+                json_object_set_new(args, "subject", json_string(subject));
+                if (have_timeout)
+                        arg_timeout_ms = timeout_ms;
+                json_object_set_new(args, "timeout_ms", json_integer((json_int_t)arg_timeout_ms));
+                return run_simple("bus.request", args, NULL);
+        }
+        if (!streq(sub, "sub")) {
+                json_decref(args);
+                return usage_error("unknown bus command '%s'", sub);
+        }
+        json_object_set_new(args, "pattern", json_string(subject));
+        if (count)
+                json_object_set_new(args, "count", json_integer(count));
+        if (have_timeout)
+                json_object_set_new(args, "timeout_ms", json_integer((json_int_t)timeout_ms));
+        ctl_client *c = NULL;
+        int ex = connect_agent(&c);
+        if (ex != EXIT_OK) {
+                json_decref(args);
+                return ex;
+        }
+        int r = ctl_client_send(c, "bus.sub", args);
+        /* the daemon ends the stream on count or time-out; the extra second covers transit */
+        uint64_t wait = have_timeout ? timeout_ms + 5000 : 0;
+        ex = EXIT_OK;
+        while (r >= 0) {
+                json_t *line = NULL;
+                r = ctl_client_read(c, wait, &line);
+                if (r < 0)
+                        break;
+                if (json_object_get(line, "ok") && !json_is_true(json_object_get(line, "ok"))) {
+                        fprintf(stderr, "agentctl: %s\n", json_string_value(json_object_get(line, "error")));
+                        ex = exit_for_error(line);
+                        json_decref(line);
+                        break;
+                }
+                if (json_is_true(json_object_get(line, "end"))) {
+                        json_int_t dropped = json_integer_value(json_object_get(line, "dropped"));
+                        if (dropped)
+                                fprintf(stderr, "agentctl: %" JSON_INTEGER_FORMAT " messages dropped (too slow a reader)\n", dropped);
+                        json_decref(line);
+                        break;
+                }
+                json_t *ev = json_object_get(line, "event");
+                if (ev && !json_object_get(ev, "subscribed")) {
+                        json_dumpf(ev, stdout, JSON_COMPACT);
+                        putchar('\n');
+                        fflush(stdout);
+                }
+                json_decref(line);
+        }
+        ctl_client_free(c);
+        if (r == -ETIMEDOUT)
+                return EXIT_TIMEOUT;
+        if (r < 0 && r != -ECONNRESET)
+                return EXIT_NOAGENT;
+        return ex;
+}
+
+static int cmd_plugin(int argc, char **argv) {
+        if (argc < 1)
+                return usage_error("plugin needs list|info|load|unload|reload|enable|disable");
+        const char *sub = argv[0];
+        if (streq(sub, "list"))
+                return run_simple("plugin.list", NULL, human_plugin_list);
+        if (argc < 2)
+                return usage_error("plugin %s needs an instance name", sub);
+        json_t *args = json_pack("{s:s}", "name", argv[1]);
+        if (streq(sub, "info"))
+                return run_simple("plugin.info", args, human_plugin_info);
+        if (streq(sub, "reload"))
+                return run_simple("plugin.reload", args, human_reload);
+        if (streq(sub, "enable"))
+                return run_simple("plugin.enable", args, human_instance);
+        if (streq(sub, "disable"))
+                return run_simple("plugin.disable", args, human_instance);
+        if (streq(sub, "unload")) {
+                if (argc < 3 || !streq(argv[2], "--confirm")) {
+                        json_decref(args);
+                        fprintf(stderr, "agentctl: plugin unload stops and removes %s: add --confirm.\n", argv[1]);
+                        return EXIT_USAGE;
+                }
+                return run_simple("plugin.unload", args, NULL);
+        }
+        if (streq(sub, "load")) {
+                for (int i = 2; i < argc; i++) {
+                        if (i + 1 >= argc) {
+                                json_decref(args);
+                                return usage_error("%s needs a value", argv[i]);
+                        }
+                        if (streq(argv[i], "--plugin"))
+                                json_object_set_new(args, "plugin", json_string(argv[++i]));
+                        else if (streq(argv[i], "--path"))
+                                json_object_set_new(args, "path", json_string(argv[++i]));
+                        else if (streq(argv[i], "--config")) {
+                                json_t *cfg = NULL;
+                                if (parse_json_arg(argv[++i], &cfg) != EXIT_OK) {
+                                        json_decref(args);
+                                        return EXIT_USAGE;
+                                }
+                                json_object_set_new(args, "config", cfg);
+                        } else {
+                                json_decref(args);
+                                return usage_error("unknown option '%s'", argv[i]);
+                        }
+                }
+                return run_simple("plugin.load", args, human_instance);
+        }
+        json_decref(args);
+        return usage_error("unknown plugin command '%s'", sub);
+}
+
+int main(int argc, char **argv) {
+        enum { OPT_JSON = 0x100, OPT_VERSION };
+        static const struct option opts[] = {
+                {"socket", required_argument, NULL, 's'}, {"json", no_argument, NULL, OPT_JSON},
+                {"timeout", required_argument, NULL, 't'}, {"version", no_argument, NULL, OPT_VERSION},
+                {"help", no_argument, NULL, 'h'},         {0},
+        };
+        int c;
+        /* "+": options end at the first command word, so verbs may have their own */
+        while ((c = getopt_long(argc, argv, "+s:t:h", opts, NULL)) >= 0) {
+                switch (c) {
+                case 's':
+                        arg_socket = optarg;
+                        break;
+                case OPT_JSON:
+                        arg_json = true;
+                        break;
+                case 't':
+                        if (parse_seconds(optarg, &arg_timeout_ms) < 0)
+                                return usage_error("--timeout takes seconds, got '%s'", optarg);
+                        break;
+                case OPT_VERSION:
+                        printf("agentctl %s\n", ORG_VERSION);
+                        return 0;
+                case 'h':
+                        help();
+                        return 0;
+                default:
+                        fprintf(stderr, "Try 'agentctl --help'.\n");
+                        return EXIT_USAGE;
+                }
+        }
+        argc -= optind;
+        argv += optind;
+        /* --json may also follow the command words */
+        for (int i = 0; i < argc; i++)
+                if (streq(argv[i], "--json")) {
+                        arg_json = true;
+                        memmove(argv + i, argv + i + 1, (size_t)(argc - i - 1) * sizeof(char *));
+                        argc--;
+                        i--;
+                }
+        if (argc < 1)
+                return usage_error("no command given");
+        const char *cmd = argv[0];
+        if (streq(cmd, "status"))
+                return run_simple("status", NULL, human_status);
+        if (streq(cmd, "metrics")) {
+                if (argc > 1 && streq(argv[1], "--text")) {
+                        json_t *res = NULL;
+                        int ex = request("metrics", json_pack("{s:s}", "format", "text"), &res);
+                        if (ex == EXIT_OK)
+                                fputs(json_string_value(json_object_get(res, "text")), stdout);
+                        json_decref(res);
+                        return ex;
+                }
+                return run_simple("metrics", NULL, human_metrics);
+        }
+        if (streq(cmd, "audit"))
+                return cmd_audit();
+        if (streq(cmd, "plugin"))
+                return cmd_plugin(argc - 1, argv + 1);
+        if (streq(cmd, "bus"))
+                return cmd_bus(argc - 1, argv + 1);
+        if (streq(cmd, "config")) {
+                if (argc >= 2 && streq(argv[1], "check"))
+                        return cmd_config_check(argc - 2, argv + 2);
+                if (argc >= 2 && streq(argv[1], "reload"))
+                        return run_simple("config.reload", NULL, human_config_reload);
+                return usage_error("config needs check|reload");
+        }
+        if (streq(cmd, "call")) {
+                if (argc < 3)
+                        return usage_error("call needs INSTANCE VERB [JSON]");
+                return cmd_call(argv[1], argv[2], argc - 3, argv + 3);
+        }
+        if (streq(cmd, "help"))
+                return help(), 0;
+        /* agentctl INSTANCE VERB [JSON]: sugar for call */
+        if (argc >= 2 && name_is_valid(cmd))
+                return cmd_call(cmd, argv[1], argc - 2, argv + 2);
+        return usage_error("unknown command '%s'", cmd);
+}

@@ -1,1 +1,502 @@
-/* host.c — stub */
+/* host.c — the org_host table: the services a plugin reaches through its context.
+ *
+ * Every entry resolves the instance behind the context and calls the core module that
+ * does the work (bus, sysroot, exec, store, metrics). What a generation creates
+ * (timers, processes, pending requests) is recorded in its org_ctx so that retiring
+ * the generation — on reload, disable or stop — cancels all of it and no callback ever
+ * reaches freed plugin state. */
+#include <stdarg.h>
+
+#include "config_schema.h"
+#include "context.h"
+#include "log.h"
+#include "metrics.h"
+#include "sysroot.h"
+#include "util.h"
+
+#define LOG_WINDOW_US (10 * USEC_PER_SEC)
+#define LOG_WINDOW_MAX 50
+
+static agent *ctx_agent(org_ctx *ctx) { return ctx->inst->agent; }
+
+static const char *h_instance_name(org_ctx *ctx) { return ctx->inst->name; }
+static const char *h_agent_name(org_ctx *ctx) { return ctx_agent(ctx)->config->name; }
+static bool h_dry_run(org_ctx *ctx) { return instance_dry_run(ctx->inst); }
+
+/* Repeats beyond LOG_WINDOW_MAX lines in a window are counted, not printed (Fluent
+ * Bit's approach): a plugin stuck in an error path cannot flood the journal. */
+static void h_logv(org_ctx *ctx, int level, const char *fmt, va_list ap) {
+        instance *in = ctx->inst;
+        if (level > instance_log_level(in))
+                return;
+        uint64_t now = now_monotonic_us();
+        if (now - ctx->log_window_start_us > LOG_WINDOW_US) {
+                if (ctx->log_suppressed > 0)
+                        log_internal(LOG_WARNING, 0, in->cfg.plugin, in->name,
+                                     "%u log messages suppressed in the last %llu s", ctx->log_suppressed,
+                                     (unsigned long long)(LOG_WINDOW_US / USEC_PER_SEC));
+                ctx->log_window_start_us = now;
+                ctx->log_in_window = 0;
+                ctx->log_suppressed = 0;
+        }
+        if (++ctx->log_in_window > LOG_WINDOW_MAX) {
+                ctx->log_suppressed++;
+                return;
+        }
+        /* the instance's own level was applied above; let the line through the global one */
+        int saved = log_get_max_level();
+        log_set_max_level(LOG_DEBUG);
+        log_internalv(level, 0, in->cfg.plugin, in->name, fmt, ap);
+        log_set_max_level(saved);
+}
+
+static void h_log(org_ctx *ctx, int level, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        h_logv(ctx, level, fmt, ap);
+        va_end(ap);
+}
+
+static const char *h_config_json(org_ctx *ctx) { return ctx->inst->config_text ? ctx->inst->config_text : "{}"; }
+
+static int config_lookup(org_ctx *ctx, const char *path, json_t **ret) {
+        if (!path)
+                return -EINVAL;
+        json_t *v = config_json_path(ctx->inst->cfg.config_json, path);
+        if (!v || json_is_null(v))
+                return -ENOENT;
+        *ret = v;
+        return 0;
+}
+
+static int h_config_string(org_ctx *ctx, const char *path, const char **ret) {
+        json_t *v;
+        int r = config_lookup(ctx, path, &v);
+        if (r < 0)
+                return r;
+        if (!json_is_string(v))
+                return -EINVAL;
+        *ret = json_string_value(v);
+        return 0;
+}
+
+static int h_config_int(org_ctx *ctx, const char *path, int64_t *ret) {
+        json_t *v;
+        int r = config_lookup(ctx, path, &v);
+        if (r < 0)
+                return r;
+        if (!json_is_integer(v))
+                return -EINVAL;
+        *ret = json_integer_value(v);
+        return 0;
+}
+
+static int h_config_bool(org_ctx *ctx, const char *path, bool *ret) {
+        json_t *v;
+        int r = config_lookup(ctx, path, &v);
+        if (r < 0)
+                return r;
+        if (!json_is_boolean(v))
+                return -EINVAL;
+        *ret = json_is_true(v);
+        return 0;
+}
+
+static int h_config_double(org_ctx *ctx, const char *path, double *ret) {
+        json_t *v;
+        int r = config_lookup(ctx, path, &v);
+        if (r < 0)
+                return r;
+        if (!json_is_number(v))
+                return -EINVAL;
+        *ret = json_number_value(v);
+        return 0;
+}
+
+static int h_publish(org_ctx *ctx, const char *subject, const org_header *headers, size_t n_headers,
+                     const void *data, size_t len) {
+        int r = bus_publish(ctx_agent(ctx)->bus, subject, NULL, headers, n_headers, data, len, NULL);
+        return r < 0 ? r : 0;
+}
+
+static int h_subscribe(org_ctx *ctx, const char *pattern, uint64_t *ret_sid) {
+        return bus_subscribe(ctx->inst->client, pattern, ret_sid);
+}
+
+static int h_unsubscribe(org_ctx *ctx, uint64_t sid) { return bus_unsubscribe(ctx->inst->client, sid); }
+
+static void request_unlink(org_ctx *ctx, ctx_request *q) {
+        for (ctx_request **p = &ctx->requests; *p; p = &(*p)->next)
+                if (*p == q) {
+                        *p = q->next;
+                        return;
+                }
+}
+
+static void on_reply(int error, const bus_msg *reply, void *userdata) {
+        ctx_request *q = userdata;
+        org_ctx *ctx = q->ctx;
+        request_unlink(ctx, q);
+        org_reply_fn cb = q->cb;
+        void *ud = q->userdata;
+        free(q);
+        cb(ctx, error, reply ? &reply->m : NULL, ud);
+}
+
+static int h_request(org_ctx *ctx, const char *subject, const void *data, size_t len, uint64_t timeout_ms,
+                     org_reply_fn cb, void *userdata) {
+        if (!cb)
+                return -EINVAL;
+        ctx_request *q = new0(ctx_request, 1);
+        if (!q)
+                return -ENOMEM;
+        q->cb = cb;
+        q->userdata = userdata;
+        q->ctx = ctx;
+        int r = bus_request(ctx_agent(ctx)->bus, subject, NULL, 0, data, len, timeout_ms ? timeout_ms : 5000,
+                            on_reply, q, &q->bus_id);
+        if (r < 0) {
+                free(q);
+                return r;
+        }
+        q->next = ctx->requests;
+        ctx->requests = q;
+        return 0;
+}
+
+static int h_respond(org_ctx *ctx, const char *reply_subject, const void *data, size_t len) {
+        if (isempty(reply_subject))
+                return -EINVAL;
+        if (ctx->call_reply && streq(ctx->call_reply, reply_subject))
+                ctx->call_replied = true;
+        int r = bus_publish(ctx_agent(ctx)->bus, reply_subject, NULL, NULL, 0, data, len, NULL);
+        return r < 0 ? r : 0;
+}
+
+static void timer_unlink(org_ctx *ctx, ctx_timer *t) {
+        for (ctx_timer **p = &ctx->timers; *p; p = &(*p)->next)
+                if (*p == t) {
+                        *p = t->next;
+                        return;
+                }
+}
+
+static void timer_free(ctx_timer *t) {
+        sd_event_source_disable_unref(t->source);
+        free(t);
+}
+
+static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        ctx_timer *t = userdata;
+        org_ctx *ctx = t->ctx;
+        uint64_t id = t->id;
+        org_timer_fn cb = t->cb;
+        void *ud = t->userdata;
+        if (t->period_us > 0) {
+                sd_event_source_set_time(s, usec + t->period_us);
+                sd_event_source_set_enabled(s, SD_EVENT_ON);
+        } else {
+                timer_unlink(ctx, t);
+                timer_free(t);
+        }
+        cb(ctx, id, ud); /* last: it may cancel this very timer */
+        return 0;
+}
+
+/* Accuracy lets sd-event coalesce wake-ups: a tenth of the period, at most 250 ms. */
+static uint64_t timer_accuracy_us(uint64_t us) { return MAX(1000ULL, MIN(us / 10, 250000ULL)); }
+
+static int h_timer_add(org_ctx *ctx, uint64_t first_ms, uint64_t period_ms, org_timer_fn cb, void *userdata,
+                       uint64_t *ret_id) {
+        if (!cb)
+                return -EINVAL;
+        ctx_timer *t = new0(ctx_timer, 1);
+        if (!t)
+                return -ENOMEM;
+        t->id = ++ctx->next_id;
+        t->period_us = period_ms * USEC_PER_MSEC;
+        t->cb = cb;
+        t->userdata = userdata;
+        t->ctx = ctx;
+        int r = sd_event_add_time_relative(ctx_agent(ctx)->event, &t->source, CLOCK_MONOTONIC,
+                                           first_ms * USEC_PER_MSEC,
+                                           timer_accuracy_us(period_ms ? t->period_us : first_ms * USEC_PER_MSEC),
+                                           on_timer, t);
+        if (r < 0) {
+                free(t);
+                return r;
+        }
+        t->next = ctx->timers;
+        ctx->timers = t;
+        if (ret_id)
+                *ret_id = t->id;
+        return 0;
+}
+
+static int h_timer_cancel(org_ctx *ctx, uint64_t id) {
+        for (ctx_timer *t = ctx->timers; t; t = t->next)
+                if (t->id == id) {
+                        timer_unlink(ctx, t);
+                        timer_free(t);
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+static uint64_t h_now_realtime_us(org_ctx *ctx) { return now_realtime_us(); }
+static uint64_t h_now_monotonic_us(org_ctx *ctx) { return now_monotonic_us(); }
+
+static int h_read_file(org_ctx *ctx, const char *path, char **ret_data, size_t *ret_len) {
+        return sysroot_read(ctx_agent(ctx)->config->sysroot, path, ret_data, ret_len);
+}
+
+static int h_write_file(org_ctx *ctx, const char *path, const char *value, bool *ret_changed) {
+        instance *in = ctx->inst;
+        bool dry = instance_dry_run(in), changed = false;
+        _cleanup_free_ char *before = NULL;
+        int r = sysroot_write(ctx_agent(ctx)->config->sysroot, path, value, dry, &changed, &before);
+        if (r < 0)
+                return r;
+        if (changed)
+                log_internal(LOG_NOTICE, 0, in->cfg.plugin, in->name, "%s%s: \"%s\" -> \"%s\"",
+                             dry ? "dry_run, would write " : "wrote ", path, before ? before : "", value);
+        if (ret_changed)
+                *ret_changed = changed;
+        return 0;
+}
+
+static int h_sysroot_path(org_ctx *ctx, const char *path, char **ret_path) {
+        return sysroot_path(ctx_agent(ctx)->config->sysroot, path, ret_path);
+}
+
+static void exec_unlink(org_ctx *ctx, ctx_exec *x) {
+        for (ctx_exec **p = &ctx->execs; *p; p = &(*p)->next)
+                if (*p == x) {
+                        *p = x->next;
+                        return;
+                }
+}
+
+static void on_exec_done(const org_exec_result *res, void *userdata) {
+        ctx_exec *x = userdata;
+        org_ctx *ctx = x->ctx;
+        exec_unlink(ctx, x);
+        org_exec_fn cb = x->cb;
+        void *ud = x->userdata;
+        free(x->argv0);
+        free(x);
+        if (cb)
+                cb(ctx, res, ud);
+}
+
+/* dry_run answers from a deferred source so the plugin sees the same asynchronous
+ * shape as a real run. */
+static int on_dry_run_defer(sd_event_source *s, void *userdata) {
+        ctx_exec *x = userdata;
+        org_exec_result res = {.dry_run = true, .out = "", .err = ""};
+        x->defer = sd_event_source_disable_unref(s);
+        on_exec_done(&res, x);
+        return 0;
+}
+
+static int h_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void *userdata, uint64_t *ret_id) {
+        instance *in = ctx->inst;
+        if (!spec || !spec->argv || !spec->argv[0])
+                return -EINVAL;
+        const char *name = spec->argv[0], *path;
+        if (name[0] == '/') {
+                if (!spec->allow_path) {
+                        log_internal(LOG_ERR, 0, in->cfg.plugin, in->name,
+                                     "refusing to run %s: only commands of agent.commands may run", name);
+                        return -EPERM;
+                }
+                path = name;
+        } else {
+                path = config_command_path(ctx_agent(ctx)->config, name);
+                if (!path) {
+                        log_internal(LOG_ERR, 0, in->cfg.plugin, in->name,
+                                     "command \"%s\" is not in agent.commands of %s", name,
+                                     ctx_agent(ctx)->config_path ? ctx_agent(ctx)->config_path : "the config");
+                        return -ENOENT;
+                }
+        }
+
+        ctx_exec *x = new0(ctx_exec, 1);
+        if (!x)
+                return -ENOMEM;
+        x->id = ++ctx->next_id;
+        x->cb = cb;
+        x->userdata = userdata;
+        x->ctx = ctx;
+        x->argv0 = strdup(name);
+
+        /* the command line, for the log */
+        char line[512] = "";
+        size_t off = 0;
+        for (size_t i = 0; spec->argv[i] && off < sizeof line - 1; i++)
+                off += (size_t)snprintf(line + off, sizeof line - off, "%s%s", i ? " " : "", i ? spec->argv[i] : path);
+
+        int r;
+        if (spec->mutating && instance_dry_run(in)) {
+                log_internal(LOG_NOTICE, 0, in->cfg.plugin, in->name, "dry_run, would run: %s", line);
+                r = sd_event_add_defer(ctx_agent(ctx)->event, &x->defer, on_dry_run_defer, x);
+                if (r < 0)
+                        goto fail;
+        } else {
+                exec_params p = {
+                        .path = path,
+                        .argv = spec->argv,
+                        .env = spec->env,
+                        .cwd = spec->cwd,
+                        .set_ids = spec->set_ids,
+                        .uid = spec->uid,
+                        .gid = spec->gid,
+                        .timeout_ms = spec->timeout_ms ? spec->timeout_ms : 60000,
+                        .capture_max = spec->capture_max,
+                        .stdin_data = spec->stdin_data,
+                        .stdin_len = spec->stdin_len,
+                };
+                log_internal(spec->mutating ? LOG_INFO : LOG_DEBUG, 0, in->cfg.plugin, in->name, "run: %s", line);
+                r = exec_start(ctx_agent(ctx)->event, &p, on_exec_done, x, &x->job);
+                if (r < 0)
+                        goto fail;
+        }
+        x->next = ctx->execs;
+        ctx->execs = x;
+        if (ret_id)
+                *ret_id = x->id;
+        return 0;
+fail:
+        free(x->argv0);
+        free(x);
+        return r;
+}
+
+static int h_exec_cancel(org_ctx *ctx, uint64_t id) {
+        for (ctx_exec *x = ctx->execs; x; x = x->next)
+                if (x->id == id) {
+                        exec_unlink(ctx, x);
+                        if (x->job)
+                                exec_cancel(x->job);
+                        sd_event_source_disable_unref(x->defer);
+                        free(x->argv0);
+                        free(x);
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+static int h_store_exec(org_ctx *ctx, const char *sql, const char *const *params, size_t n_params) {
+        int r = instance_open_store(ctx->inst);
+        if (r < 0)
+                return r;
+        r = store_exec(ctx->inst->store, sql, params, n_params);
+        if (r < 0)
+                log_internal(LOG_ERR, 0, ctx->inst->cfg.plugin, ctx->inst->name, "store: %s",
+                             store_errmsg(ctx->inst->store));
+        return r;
+}
+
+static int h_store_query(org_ctx *ctx, const char *sql, const char *const *params, size_t n_params, org_row_fn row,
+                         void *userdata) {
+        int r = instance_open_store(ctx->inst);
+        if (r < 0)
+                return r;
+        r = store_query(ctx->inst->store, sql, params, n_params, row, userdata);
+        if (r < 0)
+                log_internal(LOG_ERR, 0, ctx->inst->cfg.plugin, ctx->inst->name, "store: %s",
+                             store_errmsg(ctx->inst->store));
+        return r;
+}
+
+static int h_kv_get(org_ctx *ctx, const char *key, char **ret_value) {
+        int r = instance_open_store(ctx->inst);
+        return r < 0 ? r : store_kv_get(ctx->inst->store, key, ret_value);
+}
+
+static int h_kv_set(org_ctx *ctx, const char *key, const char *value) {
+        int r = instance_open_store(ctx->inst);
+        return r < 0 ? r : store_kv_set(ctx->inst->store, key, value);
+}
+
+static int h_metric_set(org_ctx *ctx, const char *name, org_metric_type type, double value, const char *help) {
+        return metrics_set(ctx_agent(ctx)->metrics, ctx->inst->name, name, type, value, help);
+}
+
+static int h_metric_add(org_ctx *ctx, const char *name, double delta, const char *help) {
+        return metrics_add(ctx_agent(ctx)->metrics, ctx->inst->name, name, delta, help);
+}
+
+const org_host host_table = {
+        .abi_version = ORG_HOST_ABI_VERSION,
+        .struct_size = sizeof(org_host),
+        .instance_name = h_instance_name,
+        .agent_name = h_agent_name,
+        .dry_run = h_dry_run,
+        .log = h_log,
+        .logv = h_logv,
+        .config_json = h_config_json,
+        .config_string = h_config_string,
+        .config_int = h_config_int,
+        .config_bool = h_config_bool,
+        .config_double = h_config_double,
+        .publish = h_publish,
+        .subscribe = h_subscribe,
+        .unsubscribe = h_unsubscribe,
+        .request = h_request,
+        .respond = h_respond,
+        .timer_add = h_timer_add,
+        .timer_cancel = h_timer_cancel,
+        .now_realtime_us = h_now_realtime_us,
+        .now_monotonic_us = h_now_monotonic_us,
+        .read_file = h_read_file,
+        .write_file = h_write_file,
+        .sysroot_path = h_sysroot_path,
+        .exec = h_exec,
+        .exec_cancel = h_exec_cancel,
+        .store_exec = h_store_exec,
+        .store_query = h_store_query,
+        .kv_get = h_kv_get,
+        .kv_set = h_kv_set,
+        .metric_set = h_metric_set,
+        .metric_add = h_metric_add,
+};
+
+org_ctx *ctx_new(instance *in) {
+        org_ctx *ctx = new0(org_ctx, 1);
+        if (!ctx)
+                return NULL;
+        ctx->inst = in;
+        ctx->generation = in->generation;
+        return ctx;
+}
+
+void ctx_free(org_ctx *ctx) {
+        if (!ctx)
+                return;
+        while (ctx->timers) {
+                ctx_timer *t = ctx->timers;
+                ctx->timers = t->next;
+                timer_free(t);
+        }
+        while (ctx->execs) {
+                ctx_exec *x = ctx->execs;
+                ctx->execs = x->next;
+                if (x->job) {
+                        log_internal(LOG_NOTICE, 0, ctx->inst->cfg.plugin, ctx->inst->name,
+                                     "killing %s (pid %d): its plugin generation is retired", x->argv0,
+                                     (int)exec_job_pid(x->job));
+                        exec_cancel(x->job);
+                }
+                sd_event_source_disable_unref(x->defer);
+                free(x->argv0);
+                free(x);
+        }
+        while (ctx->requests) {
+                ctx_request *q = ctx->requests;
+                ctx->requests = q->next;
+                bus_request_cancel(ctx_agent(ctx)->bus, q->bus_id);
+                free(q);
+        }
+        free(ctx);
+}

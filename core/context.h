@@ -1,0 +1,66 @@
+/* context.h — struct org_ctx, the host side of one plugin generation: what the plugin
+ * created through the host (timers, processes, pending requests) so that retiring the
+ * generation cancels all of it, and the log rate limiter. Only core/host.c and
+ * core/instance.c look inside. */
+#ifndef CORE_CONTEXT_H
+#define CORE_CONTEXT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <organism/host.h>
+
+#include "exec.h"
+#include "instance.h"
+
+typedef struct ctx_timer {
+        struct ctx_timer *next;
+        uint64_t id;
+        uint64_t period_us;
+        sd_event_source *source;
+        org_timer_fn cb;
+        void *userdata;
+        org_ctx *ctx;
+} ctx_timer;
+
+typedef struct ctx_exec {
+        struct ctx_exec *next;
+        uint64_t id;
+        exec_job *job;           /* NULL for a dry_run answer still pending in `defer` */
+        sd_event_source *defer;
+        org_exec_fn cb;
+        void *userdata;
+        org_ctx *ctx;
+        char *argv0;
+} ctx_exec;
+
+typedef struct ctx_request {
+        struct ctx_request *next;
+        uint64_t bus_id;
+        org_reply_fn cb;
+        void *userdata;
+        org_ctx *ctx;
+} ctx_request;
+
+struct org_ctx {
+        instance *inst;
+        uint64_t generation;
+        const char *call_reply;     /* reply subject of the call being handled */
+        bool call_replied;          /* respond() answered it during the call hook */
+        uint64_t next_id;
+        ctx_timer *timers;
+        ctx_exec *execs;
+        ctx_request *requests;
+        /* rate limiting of repeated log lines */
+        uint64_t log_window_start_us;
+        unsigned log_in_window;
+        unsigned log_suppressed;
+};
+
+extern const org_host host_table;
+
+org_ctx *ctx_new(instance *in);
+/* Cancels every timer, process and request of the generation and frees it. */
+void ctx_free(org_ctx *ctx);
+
+#endif
