@@ -1,0 +1,378 @@
+/* fakehost.c — the recording org_host of fakehost.h. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "fakehost.h"
+
+static const char *f_instance_name(org_ctx *ctx) { return ctx->instance; }
+static const char *f_agent_name(org_ctx *ctx) { return ctx->agent; }
+static bool f_dry_run(org_ctx *ctx) { return ctx->dry_run; }
+
+static void f_logv(org_ctx *ctx, int level, const char *fmt, va_list ap) {
+        ctx->logs++;
+        fprintf(stderr, "[fake:%s] <%d> ", ctx->instance, level);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+}
+
+static void f_log(org_ctx *ctx, int level, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        f_logv(ctx, level, fmt, ap);
+        va_end(ap);
+}
+
+static const char *f_config_json(org_ctx *ctx) { return ctx->config_json; }
+
+static json_t *lookup(org_ctx *ctx, const char *path) {
+        json_t *cur = ctx->config;
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", path);
+        char *save = NULL;
+        for (char *tok = strtok_r(buf, ".", &save); tok && cur; tok = strtok_r(NULL, ".", &save))
+                cur = json_object_get(cur, tok);
+        return cur;
+}
+
+static int f_config_string(org_ctx *ctx, const char *path, const char **ret) {
+        json_t *v = lookup(ctx, path);
+        if (!v || json_is_null(v))
+                return -ENOENT;
+        if (!json_is_string(v))
+                return -EINVAL;
+        *ret = json_string_value(v);
+        return 0;
+}
+
+static int f_config_int(org_ctx *ctx, const char *path, int64_t *ret) {
+        json_t *v = lookup(ctx, path);
+        if (!v || json_is_null(v))
+                return -ENOENT;
+        if (!json_is_integer(v))
+                return -EINVAL;
+        *ret = json_integer_value(v);
+        return 0;
+}
+
+static int f_config_bool(org_ctx *ctx, const char *path, bool *ret) {
+        json_t *v = lookup(ctx, path);
+        if (!v || json_is_null(v))
+                return -ENOENT;
+        if (!json_is_boolean(v))
+                return -EINVAL;
+        *ret = json_is_true(v);
+        return 0;
+}
+
+static int f_config_double(org_ctx *ctx, const char *path, double *ret) {
+        json_t *v = lookup(ctx, path);
+        if (!v || json_is_null(v))
+                return -ENOENT;
+        if (!json_is_number(v))
+                return -EINVAL;
+        *ret = json_number_value(v);
+        return 0;
+}
+
+static int f_publish(org_ctx *ctx, const char *subject, const org_header *h, size_t nh, const void *data,
+                     size_t len) {
+        if (ctx->n_published == FAKE_MAX)
+                return -ENOBUFS;
+        fake_published *p = &ctx->published[ctx->n_published++];
+        p->subject = strdup(subject);
+        p->data = strndup(data, len);
+        return 0;
+}
+
+static int f_subscribe(org_ctx *ctx, const char *pattern, uint64_t *ret_sid) {
+        if (ctx->n_subscriptions == FAKE_MAX)
+                return -ENOBUFS;
+        ctx->subscriptions[ctx->n_subscriptions++] = strdup(pattern);
+        if (ret_sid)
+                *ret_sid = ctx->n_subscriptions;
+        return 0;
+}
+
+static int f_unsubscribe(org_ctx *ctx, uint64_t sid) {
+        if (sid == 0 || sid > ctx->n_subscriptions || !ctx->subscriptions[sid - 1])
+                return -ENOENT;
+        free(ctx->subscriptions[sid - 1]);
+        ctx->subscriptions[sid - 1] = NULL;
+        return 0;
+}
+
+static int f_request(org_ctx *ctx, const char *subject, const void *data, size_t len, uint64_t timeout_ms,
+                     org_reply_fn cb, void *userdata) {
+        f_publish(ctx, subject, NULL, 0, data, len);
+        cb(ctx, -ENOENT, NULL, userdata); /* nobody answers in the fake */
+        return 0;
+}
+
+static int f_respond(org_ctx *ctx, const char *reply_subject, const void *data, size_t len) {
+        return f_publish(ctx, reply_subject ? reply_subject : "_reply", NULL, 0, data, len);
+}
+
+static int f_timer_add(org_ctx *ctx, uint64_t first_ms, uint64_t period_ms, org_timer_fn cb, void *userdata,
+                       uint64_t *ret_id) {
+        if (ctx->n_timers == FAKE_MAX)
+                return -ENOBUFS;
+        fake_timer *t = &ctx->timers[ctx->n_timers++];
+        *t = (fake_timer){.id = ctx->n_timers, .first_ms = first_ms, .period_ms = period_ms, .cb = cb,
+                          .userdata = userdata, .active = true};
+        if (ret_id)
+                *ret_id = t->id;
+        return 0;
+}
+
+static int f_timer_cancel(org_ctx *ctx, uint64_t id) {
+        if (id == 0 || id > ctx->n_timers)
+                return -ENOENT;
+        ctx->timers[id - 1].active = false;
+        return 0;
+}
+
+static uint64_t f_now_realtime_us(org_ctx *ctx) { return ctx->now_realtime_us; }
+static uint64_t f_now_monotonic_us(org_ctx *ctx) { return ctx->now_monotonic_us; }
+
+static int f_sysroot_path(org_ctx *ctx, const char *path, char **ret) {
+        if (!path || path[0] != '/')
+                return -EINVAL;
+        if (asprintf(ret, "%s%s", ctx->sysroot ? ctx->sysroot : "", path) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
+static int f_read_file(org_ctx *ctx, const char *path, char **ret_data, size_t *ret_len) {
+        char *p = NULL;
+        int r = f_sysroot_path(ctx, path, &p);
+        if (r < 0)
+                return r;
+        FILE *f = fopen(p, "re");
+        free(p);
+        if (!f)
+                return -errno;
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *m = open_memstream(&buf, &len);
+        char chunk[4096];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+                fwrite(chunk, 1, n, m);
+        fclose(f);
+        fclose(m);
+        *ret_data = buf;
+        if (ret_len)
+                *ret_len = len;
+        return 0;
+}
+
+static int f_write_file(org_ctx *ctx, const char *path, const char *value, bool *ret_changed) {
+        char *old = NULL;
+        bool changed = true;
+        if (f_read_file(ctx, path, &old, NULL) >= 0) {
+                size_t l = strlen(old);
+                while (l && (old[l - 1] == '\n' || old[l - 1] == ' '))
+                        old[--l] = '\0';
+                changed = strcmp(old, value) != 0;
+                free(old);
+        }
+        if (changed && !ctx->dry_run) {
+                char *p = NULL;
+                f_sysroot_path(ctx, path, &p);
+                FILE *f = p ? fopen(p, "we") : NULL;
+                free(p);
+                if (!f)
+                        return -errno;
+                fprintf(f, "%s\n", value);
+                fclose(f);
+        }
+        if (ret_changed)
+                *ret_changed = changed;
+        return 0;
+}
+
+static int f_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void *userdata, uint64_t *ret_id) {
+        if (ctx->n_execs == FAKE_MAX)
+                return -ENOBUFS;
+        fake_exec *x = &ctx->execs[ctx->n_execs++];
+        for (size_t i = 0; spec->argv[i] && i < 15; i++)
+                x->argv[i] = strdup(spec->argv[i]);
+        x->mutating = spec->mutating;
+        org_exec_result res = {.status = ctx->exec_status,
+                               .dry_run = spec->mutating && ctx->dry_run,
+                               .out = ctx->exec_out ? ctx->exec_out : "",
+                               .out_len = ctx->exec_out ? strlen(ctx->exec_out) : 0,
+                               .err = ""};
+        if (ret_id)
+                *ret_id = ctx->n_execs;
+        if (cb)
+                cb(ctx, &res, userdata);
+        return 0;
+}
+
+static int f_exec_cancel(org_ctx *ctx, uint64_t id) { return 0; }
+
+static int f_store_exec(org_ctx *ctx, const char *sql, const char *const *p, size_t n) { return 0; }
+static int f_store_query(org_ctx *ctx, const char *sql, const char *const *p, size_t n, org_row_fn row, void *ud) {
+        return 0;
+}
+
+static int f_kv_get(org_ctx *ctx, const char *key, char **ret) {
+        for (size_t i = 0; i < ctx->n_kv; i++)
+                if (strcmp(ctx->kv_keys[i], key) == 0) {
+                        *ret = strdup(ctx->kv_values[i]);
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+static int f_kv_set(org_ctx *ctx, const char *key, const char *value) {
+        for (size_t i = 0; i < ctx->n_kv; i++)
+                if (strcmp(ctx->kv_keys[i], key) == 0) {
+                        free(ctx->kv_values[i]);
+                        ctx->kv_values[i] = strdup(value);
+                        return 0;
+                }
+        if (ctx->n_kv == FAKE_MAX)
+                return -ENOBUFS;
+        ctx->kv_keys[ctx->n_kv] = strdup(key);
+        ctx->kv_values[ctx->n_kv++] = strdup(value);
+        return 0;
+}
+
+static int f_metric_set(org_ctx *ctx, const char *name, org_metric_type type, double value, const char *help) {
+        for (size_t i = 0; i < ctx->n_metrics; i++)
+                if (strcmp(ctx->metric_names[i], name) == 0) {
+                        ctx->metric_values[i] = value;
+                        return 0;
+                }
+        if (ctx->n_metrics == FAKE_MAX)
+                return -ENOBUFS;
+        ctx->metric_names[ctx->n_metrics] = strdup(name);
+        ctx->metric_values[ctx->n_metrics++] = value;
+        return 0;
+}
+
+static int f_metric_add(org_ctx *ctx, const char *name, double delta, const char *help) {
+        return f_metric_set(ctx, name, ORG_METRIC_COUNTER, fake_metric(ctx, name) + delta, help);
+}
+
+const org_host fake_host = {
+        .abi_version = ORG_HOST_ABI_VERSION,
+        .struct_size = sizeof(org_host),
+        .instance_name = f_instance_name,
+        .agent_name = f_agent_name,
+        .dry_run = f_dry_run,
+        .log = f_log,
+        .logv = f_logv,
+        .config_json = f_config_json,
+        .config_string = f_config_string,
+        .config_int = f_config_int,
+        .config_bool = f_config_bool,
+        .config_double = f_config_double,
+        .publish = f_publish,
+        .subscribe = f_subscribe,
+        .unsubscribe = f_unsubscribe,
+        .request = f_request,
+        .respond = f_respond,
+        .timer_add = f_timer_add,
+        .timer_cancel = f_timer_cancel,
+        .now_realtime_us = f_now_realtime_us,
+        .now_monotonic_us = f_now_monotonic_us,
+        .read_file = f_read_file,
+        .write_file = f_write_file,
+        .sysroot_path = f_sysroot_path,
+        .exec = f_exec,
+        .exec_cancel = f_exec_cancel,
+        .store_exec = f_store_exec,
+        .store_query = f_store_query,
+        .kv_get = f_kv_get,
+        .kv_set = f_kv_set,
+        .metric_set = f_metric_set,
+        .metric_add = f_metric_add,
+};
+
+void fake_ctx_init(org_ctx *ctx, const char *instance, const char *config_json) {
+        memset(ctx, 0, sizeof *ctx);
+        ctx->instance = instance;
+        ctx->agent = "test-agent";
+        ctx->config_json = strdup(config_json ? config_json : "{}");
+        json_error_t e;
+        ctx->config = json_loads(ctx->config_json, 0, &e);
+        ctx->now_realtime_us = 1795000000ULL * 1000000ULL;
+        ctx->now_monotonic_us = 1000000;
+}
+
+void fake_ctx_clear_published(org_ctx *ctx) {
+        for (size_t i = 0; i < ctx->n_published; i++) {
+                free(ctx->published[i].subject);
+                free(ctx->published[i].data);
+        }
+        ctx->n_published = 0;
+}
+
+void fake_ctx_done(org_ctx *ctx) {
+        fake_ctx_clear_published(ctx);
+        for (size_t i = 0; i < ctx->n_subscriptions; i++)
+                free(ctx->subscriptions[i]);
+        for (size_t i = 0; i < ctx->n_execs; i++)
+                for (size_t k = 0; k < 16; k++)
+                        free(ctx->execs[i].argv[k]);
+        for (size_t i = 0; i < ctx->n_kv; i++) {
+                free(ctx->kv_keys[i]);
+                free(ctx->kv_values[i]);
+        }
+        for (size_t i = 0; i < ctx->n_metrics; i++)
+                free(ctx->metric_names[i]);
+        json_decref(ctx->config);
+        free(ctx->config_json);
+        free(ctx->sysroot);
+}
+
+const char *fake_last_published(org_ctx *ctx, const char *subject) {
+        for (size_t i = ctx->n_published; i > 0; i--)
+                if (strcmp(ctx->published[i - 1].subject, subject) == 0)
+                        return ctx->published[i - 1].data;
+        return NULL;
+}
+
+void fake_fire_timers(org_ctx *ctx) {
+        size_t n = ctx->n_timers;
+        for (size_t i = 0; i < n; i++) {
+                fake_timer *t = &ctx->timers[i];
+                if (!t->active)
+                        continue;
+                if (t->period_ms == 0)
+                        t->active = false;
+                t->cb(ctx, t->id, t->userdata);
+        }
+}
+
+double fake_metric(org_ctx *ctx, const char *name) {
+        for (size_t i = 0; i < ctx->n_metrics; i++)
+                if (strcmp(ctx->metric_names[i], name) == 0)
+                        return ctx->metric_values[i];
+        return 0;
+}
+
+int fake_deliver(const org_plugin *p, void *state, const char *subject, const char *data) {
+        org_msg m = {.subject = subject, .data = data, .len = strlen(data), .origin = "test-agent"};
+        return p->handle(state, &m);
+}
+
+int fake_call(const org_plugin *p, void *state, org_ctx *ctx, const char *verb, const char *args, char **ret_reply) {
+        org_msg m = {.subject = verb, .reply = "_INBOX.test.1", .data = args, .len = strlen(args)};
+        size_t before = ctx->n_published;
+        int r = p->call(state, verb, &m);
+        if (r < 0)
+                return r;
+        if (ctx->n_published == before)
+                return -ENOMSG;
+        *ret_reply = strdup(ctx->published[ctx->n_published - 1].data);
+        return 0;
+}

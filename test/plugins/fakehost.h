@@ -1,0 +1,79 @@
+/* fakehost.h — an org_host for plugin unit tests: no daemon, no loop. It records what
+ * the plugin publishes, subscribes, writes and runs; config comes from a JSON text
+ * (as agentd would hand it after checking); files are read from and written to a
+ * fixture sysroot; timers fire when the test says so; exec answers from canned
+ * results. Plugins are linked into the test directly and get this table in init, the
+ * way Redis modules' tests hand modules a fake RedisModuleCtx. */
+#ifndef TEST_FAKEHOST_H
+#define TEST_FAKEHOST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <organism/plugin.h>
+
+#define FAKE_MAX 256
+
+typedef struct fake_published {
+        char *subject;
+        char *data;
+} fake_published;
+
+typedef struct fake_timer {
+        uint64_t id;
+        uint64_t first_ms, period_ms;
+        org_timer_fn cb;
+        void *userdata;
+        bool active;
+} fake_timer;
+
+typedef struct fake_exec {
+        char *argv[16];
+        bool mutating;
+} fake_exec;
+
+struct org_ctx {
+        const char *instance;
+        const char *agent;
+        bool dry_run;
+        char *config_json;
+        void *config;           /* json_t * */
+        char *sysroot;          /* NULL: real paths */
+        uint64_t now_realtime_us, now_monotonic_us;
+
+        fake_published published[FAKE_MAX];
+        size_t n_published;
+        char *subscriptions[FAKE_MAX];
+        size_t n_subscriptions;
+        fake_timer timers[FAKE_MAX];
+        size_t n_timers;
+        fake_exec execs[FAKE_MAX];
+        size_t n_execs;
+        /* the next exec completes at once with this */
+        int exec_status;
+        const char *exec_out;
+        char *kv_keys[FAKE_MAX], *kv_values[FAKE_MAX];
+        size_t n_kv;
+        char *metric_names[FAKE_MAX];
+        double metric_values[FAKE_MAX];
+        size_t n_metrics;
+        unsigned logs;
+};
+
+extern const org_host fake_host;
+
+/* config_json may be NULL ("{}"). */
+void fake_ctx_init(org_ctx *ctx, const char *instance, const char *config_json);
+void fake_ctx_done(org_ctx *ctx);
+void fake_ctx_clear_published(org_ctx *ctx);
+/* The last message published on subject, or NULL. */
+const char *fake_last_published(org_ctx *ctx, const char *subject);
+/* Fires every active timer once. */
+void fake_fire_timers(org_ctx *ctx);
+double fake_metric(org_ctx *ctx, const char *name);
+/* Builds a message and hands it to the plugin's handle / call hook. */
+int fake_deliver(const org_plugin *p, void *state, const char *subject, const char *data);
+int fake_call(const org_plugin *p, void *state, org_ctx *ctx, const char *verb, const char *args, char **ret_reply);
+
+#endif
