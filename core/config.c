@@ -1,1 +1,432 @@
-/* config.c — stub */
+/* config.c — agentd's own configuration file. The `agent`, `bus.nats` and instance
+ * blocks are described as config map tables and checked by the same config_schema code
+ * as the plugins' blocks, so agentd's keys and the plugins' keys are validated, reported
+ * and defaulted one way. What a table cannot say (log level names, absolute command
+ * paths, valid instance names, positive intervals) is checked here against the YAML
+ * tree so that every fault still carries its line and column. The plugins' `config:`
+ * blocks are only kept as ynodes here: their schema is known once the plugin is. */
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "config_schema.h"
+#include "duration.h"
+#include "log.h"
+#include "org-build-config.h"
+#include "util.h"
+
+static const org_config_entry agent_entries[] = {
+        {"name", ORG_CFG_STRING, NULL, false, "this agent's name on the bus (default: the host name)", NULL},
+        {"plugin_dirs", ORG_CFG_STRING_LIST, "['" ORG_PLUGINDIR "']", false, "directories searched for plugins",
+         NULL},
+        {"state_dir", ORG_CFG_STRING, "/var/lib/organism", false, "where the sqlite state lives", NULL},
+        {"control_socket", ORG_CFG_STRING, "/run/organism/agentd.sock", false, "agentctl's Unix socket", NULL},
+        {"sysroot", ORG_CFG_STRING, "/", false, "prefix of every /proc and /sys access", NULL},
+        {"dry_run", ORG_CFG_BOOL, "false", false, "log changes instead of making them", NULL},
+        {"log_level", ORG_CFG_STRING, "info", false, "err, warning, notice, info or debug", NULL},
+        {"metrics_textfile", ORG_CFG_STRING, NULL, false, "Prometheus textfile to write (default: none)", NULL},
+        {"metrics_interval", ORG_CFG_DURATION, "15s", false, "how often the textfile is written", NULL},
+        {"queue_max", ORG_CFG_INT, "4096", false, "default bound of each subscriber's queue", NULL},
+        {"commands", ORG_CFG_STRING_DICT, NULL, false, "external commands: name → absolute path", NULL},
+        ORG_CONFIG_END,
+};
+
+static const org_config_entry tls_entries[] = {
+        {"ca", ORG_CFG_STRING, NULL, false, "CA certificate file", NULL},
+        {"cert", ORG_CFG_STRING, NULL, false, "client certificate file", NULL},
+        {"key", ORG_CFG_STRING, NULL, false, "client key file", NULL},
+        ORG_CONFIG_END,
+};
+
+static const org_config_entry jetstream_entries[] = {
+        {"streams", ORG_CFG_ANY, NULL, false, "list of streams to create if missing", NULL},
+        ORG_CONFIG_END,
+};
+
+static const org_config_entry nats_entries[] = {
+        {"url", ORG_CFG_STRING, NULL, false, "server URL (or servers)", NULL},
+        {"servers", ORG_CFG_STRING_LIST, NULL, false, "server URLs (or url)", NULL},
+        {"name", ORG_CFG_STRING, NULL, false, "connection name", NULL},
+        {"export", ORG_CFG_PATTERN_LIST, NULL, false, "subjects published to NATS", NULL},
+        {"import", ORG_CFG_PATTERN_LIST, NULL, false, "subjects subscribed from NATS", NULL},
+        {"token", ORG_CFG_STRING, NULL, false, "auth token", NULL},
+        {"user", ORG_CFG_STRING, NULL, false, "user name", NULL},
+        {"password", ORG_CFG_STRING, NULL, false, "password", NULL},
+        {"creds", ORG_CFG_STRING, NULL, false, "credentials file", NULL},
+        {"tls", ORG_CFG_OBJECT, NULL, false, "TLS files", tls_entries},
+        {"reconnect_wait", ORG_CFG_DURATION, "2s", false, "pause between reconnection attempts", NULL},
+        {"reconnect_attempts", ORG_CFG_INT, "-1", false, "attempts before giving up (-1: forever)", NULL},
+        {"reconnect_buffer", ORG_CFG_SIZE, "8MiB", false, "outgoing buffer while disconnected", NULL},
+        {"jetstream", ORG_CFG_OBJECT, NULL, false, "JetStream settings", jetstream_entries},
+        ORG_CONFIG_END,
+};
+
+static const org_config_entry bus_entries[] = {
+        {"nats", ORG_CFG_OBJECT, NULL, false, "the NATS bridge (absent: no bridge)", nats_entries},
+        ORG_CONFIG_END,
+};
+
+static const org_config_entry instance_entries[] = {
+        {"plugin", ORG_CFG_STRING, NULL, false, "plugin name (default: the instance name)", NULL},
+        {"path", ORG_CFG_STRING, NULL, false, "explicit path of the .so", NULL},
+        {"enabled", ORG_CFG_BOOL, "true", false, "whether the instance runs", NULL},
+        {"interval", ORG_CFG_DURATION, "5s", false, "tick period", NULL},
+        {"dry_run", ORG_CFG_BOOL, NULL, false, "override of agent.dry_run", NULL},
+        {"log_level", ORG_CFG_STRING, NULL, false, "override of agent.log_level", NULL},
+        {"queue_max", ORG_CFG_INT, NULL, false, "override of agent.queue_max", NULL},
+        /* Checked later against the plugin's own config map. */
+        {"config", ORG_CFG_ANY, NULL, false, "the plugin's settings", NULL},
+        ORG_CONFIG_END,
+};
+
+static const org_config_entry root_entries[] = {
+        {"agent", ORG_CFG_OBJECT, "{}", false, "the agent itself", agent_entries},
+        {"bus", ORG_CFG_OBJECT, NULL, false, "the bus bridge", bus_entries},
+        {"plugins", ORG_CFG_DICT, NULL, false, "plugin instances by name", instance_entries},
+        ORG_CONFIG_END,
+};
+
+/* The checks the tables cannot express. Each looks only at values of the right type
+ * (the schema reports the others), so no fault is reported twice. */
+
+static const ynode *scalar_value(const ynode *map, const char *key) {
+        const ynode *v = ynode_get(map, key, NULL);
+        if (!v || v->kind != YNODE_SCALAR || ynode_is_null(v))
+                return NULL;
+        return v;
+}
+
+static bool scalar_int(const ynode *v, long long *ret) {
+        ynode tmp = *v;
+        tmp.plain = true; /* as config_schema reads it: quoted numbers count */
+        json_t *j = ynode_to_json(&tmp);
+        bool ok = json_is_integer(j);
+        if (ok)
+                *ret = json_integer_value(j);
+        json_decref(j);
+        return ok;
+}
+
+static void check_log_level(const ynode *map, const char *where, diag *d, bool *bad) {
+        const ynode *v = scalar_value(map, "log_level");
+        if (v && log_level_from_string(v->scalar) < 0) {
+                diag_add(d, v->line, v->col,
+                         "%s.log_level: expected one of err, warning, notice, info, debug, got \"%.64s\"", where,
+                         v->scalar);
+                *bad = true;
+        }
+}
+
+static void check_positive_duration(const ynode *map, const char *key, const char *where, diag *d, bool *bad) {
+        const ynode *v = scalar_value(map, key);
+        uint64_t ms;
+        if (v && parse_duration_ms(v->scalar, &ms) >= 0 && ms == 0) {
+                diag_add(d, v->line, v->col, "%s.%s: must be greater than 0", where, key);
+                *bad = true;
+        }
+}
+
+static void check_int_min(const ynode *map, const char *key, long long min, const char *where, diag *d,
+                          bool *bad) {
+        const ynode *v = scalar_value(map, key);
+        long long i;
+        if (v && scalar_int(v, &i) && i < min) {
+                diag_add(d, v->line, v->col, "%s.%s: must be at least %lld", where, key, min);
+                *bad = true;
+        }
+}
+
+static void check_agent(const ynode *agent, diag *d, bool *bad) {
+        const ynode *v;
+
+        if (!agent || agent->kind != YNODE_MAP)
+                return;
+        v = scalar_value(agent, "name");
+        if (v && !name_is_valid(v->scalar)) {
+                diag_add(d, v->line, v->col,
+                         "agent.name: expected a name of letters, digits, '_' and '-' (at most 64), got \"%.64s\"",
+                         v->scalar);
+                *bad = true;
+        }
+        check_log_level(agent, "agent", d, bad);
+        check_positive_duration(agent, "metrics_interval", "agent", d, bad);
+        check_int_min(agent, "queue_max", 1, "agent", d, bad);
+
+        v = ynode_get(agent, "commands", NULL);
+        if (v && v->kind == YNODE_MAP)
+                for (size_t i = 0; i < v->n; i++) {
+                        const ynode *p = v->values[i];
+                        if (p->kind != YNODE_SCALAR || ynode_is_null(p) || p->scalar[0] == '/')
+                                continue;
+                        diag_add(d, p->line, p->col, "agent.commands.%s: expected an absolute path, got \"%.64s\"",
+                                 v->keys[i]->scalar, p->scalar);
+                        *bad = true;
+                }
+}
+
+static void check_nats(const ynode *bus, diag *d, bool *bad) {
+        const ynode *nats = ynode_get(bus, "nats", NULL), *k = NULL, *v;
+
+        if (!nats || nats->kind != YNODE_MAP)
+                return;
+        if (ynode_get(nats, "url", NULL) && ynode_get(nats, "servers", &k)) {
+                diag_add(d, k->line, k->col, "bus.nats.servers: give url or servers, not both");
+                *bad = true;
+        }
+        check_int_min(nats, "reconnect_attempts", -1, "bus.nats", d, bad);
+        v = ynode_get(nats, "jetstream", NULL);
+        v = v && v->kind == YNODE_MAP ? ynode_get(v, "streams", NULL) : NULL;
+        if (v && !ynode_is_null(v) && v->kind != YNODE_SEQ) {
+                diag_add(d, v->line, v->col, "bus.nats.jetstream.streams: expected a list");
+                *bad = true;
+        }
+}
+
+static void check_instances(const ynode *plugins, diag *d, bool *bad) {
+        if (!plugins || plugins->kind != YNODE_MAP)
+                return;
+        for (size_t i = 0; i < plugins->n; i++) {
+                const ynode *k = plugins->keys[i], *v = plugins->values[i];
+                _cleanup_free_ char *where = NULL;
+                if (!name_is_valid(k->scalar)) {
+                        diag_add(d, k->line, k->col,
+                                 "plugins.%.64s: invalid instance name (letters, digits, '_' and '-', at most 64)",
+                                 k->scalar);
+                        *bad = true;
+                }
+                if (v->kind != YNODE_MAP)
+                        continue;
+                if (asprintf(&where, "plugins.%s", k->scalar) < 0)
+                        continue; /* out of memory: one check fewer, no wrong answer */
+                check_log_level(v, where, d, bad);
+                check_positive_duration(v, "interval", where, d, bad);
+                check_int_min(v, "queue_max", 0, where, d, bad);
+        }
+}
+
+void config_free(agent_config *c) {
+        if (!c)
+                return;
+        free(c->path);
+        ynode_free(c->root);
+        free(c->name);
+        strv_free(c->plugin_dirs);
+        free(c->state_dir);
+        free(c->control_socket);
+        free(c->sysroot);
+        free(c->metrics_textfile);
+        for (size_t i = 0; i < c->n_commands; i++) {
+                free(c->commands[i].name);
+                free(c->commands[i].path);
+        }
+        free(c->commands);
+        json_decref(c->nats);
+        for (size_t i = 0; i < c->n_instances; i++) {
+                instance_config *ic = &c->instances[i];
+                free(ic->name);
+                free(ic->plugin);
+                free(ic->path);
+                json_decref(ic->config_json);
+        }
+        free(c->instances);
+        free(c);
+}
+
+static void config_freep(agent_config **c) { config_free(*c); }
+
+/* strdup of a string member, NULL when absent; *oom set when the copy failed. */
+static char *dup_member(json_t *o, const char *key, bool *oom) {
+        const char *s = json_string_value(json_object_get(o, key));
+        char *r;
+        if (!s)
+                return NULL;
+        r = strdup(s);
+        if (!r)
+                *oom = true;
+        return r;
+}
+
+static char *default_agent_name(void) {
+        char host[256] = "";
+        if (gethostname(host, sizeof host - 1) < 0 || !host[0])
+                return strdup("localhost");
+        host[sizeof host - 1] = '\0';
+        /* The short name: dots would split the agent's name into subject tokens. */
+        char *dot = strchr(host, '.');
+        if (dot)
+                *dot = '\0';
+        return strdup(host);
+}
+
+static int fill_agent(agent_config *c, json_t *agent) {
+        bool oom = false;
+        json_t *dirs = json_object_get(agent, "plugin_dirs"), *cmds = json_object_get(agent, "commands");
+        const ynode *cmd_node = ynode_get(ynode_get(c->root, "agent", NULL), "commands", NULL);
+
+        c->name = dup_member(agent, "name", &oom);
+        if (!c->name && !oom)
+                c->name = default_agent_name();
+        if (!c->name)
+                return -ENOMEM;
+        c->state_dir = dup_member(agent, "state_dir", &oom);
+        c->control_socket = dup_member(agent, "control_socket", &oom);
+        c->sysroot = dup_member(agent, "sysroot", &oom);
+        c->metrics_textfile = dup_member(agent, "metrics_textfile", &oom);
+        if (oom)
+                return -ENOMEM;
+        c->dry_run = json_is_true(json_object_get(agent, "dry_run"));
+        c->log_level = log_level_from_string(json_string_value(json_object_get(agent, "log_level")));
+        c->metrics_interval_ms = (uint64_t)json_integer_value(json_object_get(agent, "metrics_interval"));
+        c->queue_max = (size_t)json_integer_value(json_object_get(agent, "queue_max"));
+
+        c->plugin_dirs = new0(char *, json_array_size(dirs) + 1);
+        if (!c->plugin_dirs)
+                return -ENOMEM;
+        for (size_t i = 0; i < json_array_size(dirs); i++)
+                if (!(c->plugin_dirs[i] = strdup(json_string_value(json_array_get(dirs, i)))))
+                        return -ENOMEM;
+
+        /* In the file's order (the YAML map), which `agentctl` shows back. */
+        if (cmds && cmd_node && cmd_node->kind == YNODE_MAP && cmd_node->n > 0) {
+                c->commands = new0(command_entry, cmd_node->n);
+                if (!c->commands)
+                        return -ENOMEM;
+                for (size_t i = 0; i < cmd_node->n; i++) {
+                        const char *name = cmd_node->keys[i]->scalar;
+                        command_entry *ce = &c->commands[c->n_commands++];
+                        ce->name = strdup(name);
+                        ce->path = strdup(json_string_value(json_object_get(cmds, name)));
+                        if (!ce->name || !ce->path)
+                                return -ENOMEM;
+                }
+        }
+        return 0;
+}
+
+static int fill_instances(agent_config *c, json_t *plugins) {
+        const ynode *pn = ynode_get(c->root, "plugins", NULL);
+
+        if (!pn || pn->kind != YNODE_MAP || pn->n == 0)
+                return 0;
+        c->instances = new0(instance_config, pn->n);
+        if (!c->instances)
+                return -ENOMEM;
+        for (size_t i = 0; i < pn->n; i++) {
+                const ynode *k = pn->keys[i], *v = pn->values[i];
+                json_t *o = json_object_get(plugins, k->scalar), *j;
+                instance_config *ic = &c->instances[c->n_instances++];
+                bool oom = false;
+
+                ic->line = k->line;
+                ic->col = k->col;
+                ic->name = strdup(k->scalar);
+                ic->plugin = dup_member(o, "plugin", &oom);
+                if (!ic->plugin && !oom)
+                        ic->plugin = strdup(k->scalar);
+                ic->path = dup_member(o, "path", &oom);
+                if (!ic->name || !ic->plugin || oom)
+                        return -ENOMEM;
+                ic->enabled = json_is_true(json_object_get(o, "enabled"));
+                ic->interval_ms = (uint64_t)json_integer_value(json_object_get(o, "interval"));
+                j = json_object_get(o, "dry_run");
+                ic->dry_run = j ? json_is_true(j) : -1;
+                j = json_object_get(o, "log_level");
+                ic->log_level = j ? log_level_from_string(json_string_value(j)) : -1;
+                ic->queue_max = (size_t)json_integer_value(json_object_get(o, "queue_max"));
+                if (v->kind == YNODE_MAP) {
+                        const ynode *cfg = ynode_get(v, "config", NULL);
+                        ic->config = ynode_is_null(cfg) ? NULL : cfg;
+                }
+        }
+        return 0;
+}
+
+int config_load_string(const char *text, size_t len, const char *name, agent_config **ret, diag *d) {
+        _cleanup_(config_freep) agent_config *c = NULL;
+        json_t *root_json = NULL;
+        bool bad = false;
+        int r;
+
+        /* diag keeps a borrowed name: the caller's, which outlives the diag. */
+        if (!d->file)
+                d->file = name;
+        c = new0(agent_config, 1);
+        if (!c)
+                return -ENOMEM;
+        c->path = strdup(name ? name : "<config>");
+        if (!c->path)
+                return -ENOMEM;
+        r = ynode_parse_string(text, len, &c->root, d);
+        if (r < 0)
+                return r;
+
+        r = config_schema_check(root_entries, c->root, "", 0, 0, &root_json, d);
+        if (r == -ENOMEM)
+                return r;
+        if (c->root->kind == YNODE_MAP) {
+                check_agent(ynode_get(c->root, "agent", NULL), d, &bad);
+                check_nats(ynode_get(c->root, "bus", NULL), d, &bad);
+                check_instances(ynode_get(c->root, "plugins", NULL), d, &bad);
+        }
+        if (r < 0 || bad) {
+                json_decref(root_json);
+                return -EINVAL;
+        }
+
+        r = fill_agent(c, json_object_get(root_json, "agent"));
+        if (r >= 0)
+                r = fill_instances(c, json_object_get(root_json, "plugins"));
+        if (r >= 0) {
+                c->nats = json_object_get(json_object_get(root_json, "bus"), "nats");
+                json_incref(c->nats);
+        }
+        json_decref(root_json);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+int config_load(const char *path, agent_config **ret, diag *d) {
+        _cleanup_free_ char *text = NULL;
+        size_t len;
+        int r;
+
+        r = read_full_file(path, &text, &len);
+        if (r < 0)
+                return r;
+        return config_load_string(text, len, path, ret, d);
+}
+
+const instance_config *config_find_instance(const agent_config *c, const char *name) {
+        for (size_t i = 0; c && i < c->n_instances; i++)
+                if (streq(c->instances[i].name, name))
+                        return &c->instances[i];
+        return NULL;
+}
+
+const char *config_command_path(const agent_config *c, const char *name) {
+        for (size_t i = 0; c && i < c->n_commands; i++)
+                if (streq(c->commands[i].name, name))
+                        return c->commands[i].path;
+        return NULL;
+}
+
+char *instance_config_fingerprint(const instance_config *ic) {
+        json_t *o, *cfg;
+        char *s;
+
+        /* Before the block is checked against its plugin, the raw block stands in: a
+         * change to it must still change the fingerprint. */
+        cfg = ic->config_json ? json_incref(ic->config_json) : ic->config ? ynode_to_json(ic->config) : json_null();
+        o = json_pack("{s:s, s:s?, s:b, s:I, s:i, s:i, s:I, s:o?}", "plugin", ic->plugin, "path", ic->path,
+                      "enabled", ic->enabled, "interval", (json_int_t)ic->interval_ms, "dry_run", ic->dry_run,
+                      "log_level", ic->log_level, "queue_max", (json_int_t)ic->queue_max, "config", cfg);
+        if (!o)
+                return NULL;
+        s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(o);
+        return s;
+}
