@@ -10,6 +10,7 @@
 #include "instance.h"
 #include "loader.h"
 #include "log.h"
+#include "org-build-config.h"
 #include "util.h"
 
 instance *agent_find_instance(agent *a, const char *name) {
@@ -31,55 +32,102 @@ static int resolve_so(const agent_config *cfg, const instance_config *ic, char *
         return loader_find(cfg->plugin_dirs, ic->plugin, ret_path);
 }
 
+/* Finds, loads and checks one instance's plugin and config block; on success sets
+ * ic->config_json. Faults go to d. */
+static int resolve_instance(char *const *plugin_dirs, instance_config *ic, bool check_perms, diag *d) {
+        _cleanup_free_ char *path = NULL;
+        int r = ic->path ? ((path = strdup(ic->path)) ? 0 : -ENOMEM) : loader_find(plugin_dirs, ic->plugin, &path);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                char dirs[1024] = "";
+                size_t off = 0;
+                for (size_t k = 0; plugin_dirs && plugin_dirs[k] && off < sizeof dirs; k++)
+                        off += (size_t)snprintf(dirs + off, sizeof dirs - off, "%s%s", k ? ", " : "", plugin_dirs[k]);
+                diag_add(d, ic->line, ic->col, "plugins.%s.plugin: unknown plugin \"%s\" (no %s.so in %s)", ic->name,
+                         ic->plugin, ic->plugin, dirs);
+                return -EINVAL;
+        }
+        plugin_so *so = NULL;
+        _cleanup_free_ char *err = NULL;
+        r = loader_open(path, check_perms, &so, &err);
+        if (r < 0) {
+                diag_add(d, ic->line, ic->col, "plugins.%s: cannot load %s: %s", ic->name, path, err ? err : strerror(-r));
+                return -EINVAL;
+        }
+        if (!ic->path && !streq(so->desc->name, ic->plugin))
+                diag_add(d, ic->line, ic->col, "plugins.%s: %s calls itself \"%s\", not \"%s\"", ic->name, path,
+                         so->desc->name, ic->plugin);
+        _cleanup_free_ char *where = NULL;
+        if (asprintf(&where, "plugins.%s.config", ic->name) < 0) {
+                loader_close(so);
+                return -ENOMEM;
+        }
+        json_t *cj = NULL;
+        r = config_schema_check(so->desc->config_map, ic->config, where, ic->line, ic->col, &cj, d);
+        loader_close(so);
+        if (r < 0)
+                return r;
+        json_decref(ic->config_json);
+        ic->config_json = cj;
+        return 0;
+}
+
 int agent_config_resolve(agent_config *cfg, bool check_perms, diag *d) {
         int ret = 0;
         for (size_t i = 0; i < cfg->n_instances; i++) {
-                instance_config *ic = &cfg->instances[i];
-                _cleanup_free_ char *path = NULL;
-                int r = resolve_so(cfg, ic, &path);
-                if (r < 0) {
-                        _cleanup_free_ char *dirs = NULL;
-                        size_t len = 0;
-                        for (size_t k = 0; cfg->plugin_dirs && cfg->plugin_dirs[k]; k++)
-                                len += strlen(cfg->plugin_dirs[k]) + 2;
-                        dirs = calloc(len + 1, 1);
-                        for (size_t k = 0; dirs && cfg->plugin_dirs && cfg->plugin_dirs[k]; k++) {
-                                if (k)
-                                        strcat(dirs, ", ");
-                                strcat(dirs, cfg->plugin_dirs[k]);
-                        }
-                        diag_add(d, ic->line, ic->col, "plugins.%s.plugin: unknown plugin \"%s\" (no %s.so in %s)",
-                                 ic->name, ic->plugin, ic->plugin, dirs ? dirs : "plugin_dirs");
+                int r = resolve_instance(cfg->plugin_dirs, &cfg->instances[i], check_perms, d);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0)
                         ret = -EINVAL;
-                        continue;
-                }
-                plugin_so *so = NULL;
-                _cleanup_free_ char *err = NULL;
-                r = loader_open(path, check_perms, &so, &err);
-                if (r < 0) {
-                        diag_add(d, ic->line, ic->col, "plugins.%s: cannot load %s: %s", ic->name, path,
-                                 err ? err : strerror(-r));
-                        ret = -EINVAL;
-                        continue;
-                }
-                if (!ic->path && !streq(so->desc->name, ic->plugin))
-                        diag_add(d, ic->line, ic->col, "plugins.%s: %s calls itself \"%s\", not \"%s\"", ic->name,
-                                 path, so->desc->name, ic->plugin);
-                _cleanup_free_ char *where = NULL;
-                if (asprintf(&where, "plugins.%s.config", ic->name) < 0) {
-                        loader_close(so);
-                        return -ENOMEM;
-                }
-                json_t *cj = NULL;
-                r = config_schema_check(so->desc->config_map, ic->config, where, ic->line, ic->col, &cj, d);
-                loader_close(so);
-                if (r < 0) {
-                        ret = -EINVAL;
-                        continue;
-                }
-                json_decref(ic->config_json);
-                ic->config_json = cj;
         }
+        return ret;
+}
+
+static const char *raw_scalar(const ynode *map, const char *key) {
+        const ynode *v = map && map->kind == YNODE_MAP ? ynode_get(map, key, NULL) : NULL;
+        return v && v->kind == YNODE_SCALAR ? v->scalar : NULL;
+}
+
+int agent_config_check_blocks(const char *path, bool check_perms, diag *d) {
+        diag ignored; /* syntax and structure were reported by config_load already */
+        diag_init(&ignored, path);
+        ynode *root = NULL;
+        int r = ynode_parse_file(path, &root, &ignored);
+        diag_done(&ignored);
+        if (r < 0)
+                return 0;
+        const ynode *agent_node = ynode_get(root, "agent", NULL);
+        const ynode *dirs_node = agent_node && agent_node->kind == YNODE_MAP ? ynode_get(agent_node, "plugin_dirs", NULL) : NULL;
+        char *dirs[33] = {0};
+        size_t n = 0;
+        if (dirs_node && dirs_node->kind == YNODE_SEQ)
+                for (size_t i = 0; i < dirs_node->n && n < 32; i++)
+                        if (dirs_node->values[i]->kind == YNODE_SCALAR)
+                                dirs[n++] = dirs_node->values[i]->scalar;
+        if (!dirs_node)
+                dirs[n++] = (char *)ORG_PLUGINDIR;
+        const ynode *plugins = ynode_get(root, "plugins", NULL);
+        int ret = 0;
+        for (size_t i = 0; plugins && plugins->kind == YNODE_MAP && i < plugins->n; i++) {
+                const ynode *k = plugins->keys[i], *v = plugins->values[i];
+                if (v->kind != YNODE_MAP || !name_is_valid(k->scalar))
+                        continue;
+                const ynode *cfg = ynode_get(v, "config", NULL);
+                instance_config ic = {
+                        .name = k->scalar,
+                        .plugin = (char *)(raw_scalar(v, "plugin") ? raw_scalar(v, "plugin") : k->scalar),
+                        .path = (char *)raw_scalar(v, "path"),
+                        .config = ynode_is_null(cfg) ? NULL : cfg,
+                        .line = k->line,
+                        .col = k->col,
+                };
+                if (resolve_instance(dirs, &ic, check_perms, d) < 0)
+                        ret = -EINVAL;
+                json_decref(ic.config_json);
+        }
+        ynode_free(root);
         return ret;
 }
 
@@ -262,6 +310,8 @@ int agent_reload_config(agent *a, json_t **ret_summary, char **ret_errors) {
         int r = config_load(a->config_path, &nc, &d);
         if (r >= 0)
                 r = agent_config_resolve(nc, a->check_perms, &d);
+        else if (r == -EINVAL)
+                agent_config_check_blocks(a->config_path, a->check_perms, &d);
         if (r < 0) {
                 *ret_errors = diag_join(&d);
                 if (!*ret_errors && asprintf(ret_errors, "%s: %s", a->config_path, strerror(-r)) < 0)

@@ -45,6 +45,10 @@ instance *agent_find_instance(agent *a, const char *name);
  * Faults go to d. Used by --check and before a config reload. */
 int agent_config_resolve(agent_config *cfg, bool check_perms, diag *d);
 
+/* For a file that config_load refused: checks the plugin blocks it could still make
+ * out, so that one run reports every fault. */
+int agent_config_check_blocks(const char *path, bool check_perms, diag *d);
+
 /* Re-reads the config file; an invalid file changes nothing and its faults are
  * returned (malloc'd text in *ret_errors). On success *ret_summary tells what
  * changed: {"restarted":[...],"started":[...],"stopped":[...],"unchanged":[...]}. */

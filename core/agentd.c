@@ -129,6 +129,8 @@ int main(int argc, char **argv) {
         r = config_load(config_path, &cfg, &d);
         if (r >= 0)
                 r = agent_config_resolve(cfg, geteuid() == 0, &d);
+        else if (r == -EINVAL)
+                agent_config_check_blocks(config_path, geteuid() == 0, &d);
         if (r < 0 || d.n > 0) {
                 if (d.n == 0)
                         diag_add(&d, 0, 0, "%s", strerror(-r));

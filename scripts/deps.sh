@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# deps.sh — installs the Debian 12 packages organism needs: `deps.sh` for building and
+# running, `deps.sh --test` adds what the test suite uses (nats-server, clang for the
+# fuzzers and sanitizers, python3 for the end-to-end tests).
+set -euo pipefail
+build=(meson ninja-build gcc pkg-config libsystemd-dev libyaml-dev libsqlite3-dev libjansson-dev libnats-dev)
+test=(python3 clang libclang-rt-14-dev nats-server sqlite3 util-linux git)
+pkgs=("${build[@]}")
+[ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")
+missing=()
+for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+        echo "Installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

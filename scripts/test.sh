@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# test.sh — the whole test suite, as CI runs it: installs the test dependencies,
+# builds twice (normal, then ASan+UBSan) with warnings as errors, runs every test in
+# both builds, builds the libFuzzer targets with clang and runs each briefly, then the
+# benchmarks (figures only, never pass/fail). Ends with "N passed, N failed".
+# Run as root for the full suite (peer-credential, ownership and mount tests skip
+# otherwise, saying why). Options: --quick (normal build only, no fuzz, no bench).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+if [ "$(id -u)" = 0 ]; then ./scripts/deps.sh --test || exit 1; fi
+
+passed=0 failed=0 skipped=0
+count() { # $1 = build dir: adds the results of its last meson test run
+        local log="$1/meson-logs/testlog.json"
+        [ -f "$log" ] || { failed=$((failed + 1)); return; }
+        local p f s
+        p=$(grep -c '"result": "OK"' "$log"); f=$(grep -Ec '"result": "(FAIL|TIMEOUT|ERROR|UNEXPECTEDPASS)"' "$log")
+        s=$(grep -c '"result": "SKIP"' "$log")
+        passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+}
+suite() { # $1 = build dir, rest = meson setup options
+        local dir=$1; shift
+        if ! { [ -d "$dir" ] || meson setup "$dir" "$@" >/dev/null; } || ! ninja -C "$dir" -j2; then
+                echo "BUILD FAILED: $dir"; failed=$((failed + 1)); return
+        fi
+        meson test -C "$dir" --no-rebuild --print-errorlogs --num-processes 2 --suite unit --suite plugins --suite e2e
+        count "$dir"
+}
+
+suite build-ci
+if [ $quick = 0 ]; then
+        suite build-ci-asan -Db_sanitize=address,undefined -Dbuildtype=debug
+        if command -v clang >/dev/null; then
+                if CC=clang meson setup build-ci-fuzz -Dfuzz=true -Dtests=false -Db_sanitize=address,undefined >/dev/null &&
+                        ninja -C build-ci-fuzz -j2; then
+                        for f in build-ci-fuzz/test/fuzz/fuzz-*; do
+                                [ -x "$f" ] || continue
+                                if "$f" -max_total_time=20 -rss_limit_mb=2048 >"$f.log" 2>&1; then
+                                        echo "fuzz $(basename "$f"): ok ($(grep -o 'stat::number_of_executed_units: [0-9]*' "$f.log" || tail -1 "$f.log"))"
+                                        passed=$((passed + 1))
+                                else
+                                        echo "fuzz $(basename "$f"): FAILED"; tail -30 "$f.log"; failed=$((failed + 1))
+                                fi
+                        done
+                else
+                        echo "BUILD FAILED: fuzz targets"; failed=$((failed + 1))
+                fi
+        fi
+        echo "== benchmarks (figures, not pass/fail) =="
+        meson test -C build-ci --benchmark --no-rebuild --verbose 2>&1 | grep -vE '^(ninja|\s*$)' | tail -60 || true
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""End-to-end: start, list, init failure isolation, --check errors, refusal of unsafe
+plugin files, and a clean stop on SIGTERM."""
+import os
+import signal
+import subprocess
+
+from harness import AGENTD, Agent, Skip, install_plugin, plugin_file, run_tests
+
+TWO = """\
+  ex1:
+    plugin: example
+    interval: 100ms
+    config: {greeting: one}
+  ex2:
+    plugin: example
+    interval: 1s
+"""
+
+
+def test_start_list_stop(tmp, agents):
+    a = Agent(tmp, TWO)
+    agents.append(a)
+    a.start()
+    lst = a.ok("plugin", "list")
+    assert [i["name"] for i in lst] == ["ex1", "ex2"], lst
+    assert all(i["state"] == "running" for i in lst), lst
+    assert all(i["version"] == "1.0.0" for i in lst)
+    st = a.ok("status")
+    assert st["agent"] == "e2e" and st["instances"]["running"] == 2, st
+    # human table
+    rc, out, _ = a.ctl("plugin", "list", as_json=False, check=0)
+    assert out.splitlines()[0].split()[:3] == ["INSTANCE", "PLUGIN", "STATE"], out
+    assert os.path.exists(a.sock)
+    assert a.stop() == 0
+    assert not os.path.exists(a.sock), "control socket left behind"
+    log = a.logtext()
+    assert "Received Terminated, stopping." in log and "Stopped." in log, log
+
+
+def test_init_failure_is_isolated(tmp, agents):
+    a = Agent(tmp, """\
+  good:
+    plugin: example
+  bad:
+    plugin: example
+    path: %s
+""" % plugin_file("broken"))
+    agents.append(a)
+    a.start()
+    good, bad = a.instance("good"), a.instance("bad")
+    assert good["state"] == "running", good
+    assert bad["state"] == "failed", bad
+    assert "init" in bad["error"] and "failed" in bad["error"], bad
+    # a call to the failed instance gets a clear error, not a hang
+    rc, _, err = a.ctl("call", "bad", "count")
+    assert rc == 1 and "failed" in err, (rc, err)
+    assert a.ok("call", "good", "count")["count"] == 0
+
+
+def test_check_reports_file_line_column(tmp, agents):
+    a = Agent(tmp, """\
+  ex1:
+    plugin: example
+    intervall: 5s
+    config:
+      greting: hi
+      subscribe: "a..b"
+  ex2:
+    plugin: nosuchplugin
+""", agent_extra="  colour: blue\n")
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p
+    err = p.stderr
+    # each fault on its own line, FILE:LINE:COL first
+    assert "%s:7:3: agent.colour" % a.config in err, err
+    assert "%s:11:5: plugins.ex1.intervall" % a.config in err, err
+    assert "%s:13:7: plugins.ex1.config.greting" % a.config in err, err
+    assert "%s:15:3: plugins.ex2.plugin: unknown plugin \"nosuchplugin\"" % a.config in err, err
+    # a valid file says so and exits 0
+    a.write_config(TWO)
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "valid (2 plugin instances)" in p.stdout, p
+    # agentd refuses to start on an invalid file: exit 1, nothing started
+    a.write_config("  ex1: {plugin: example, interval: soon}\n")
+    assert a.start(expect_ready=False) == 1
+    assert "plugins.ex1.interval" in a.logtext()
+    assert not os.path.exists(a.sock)
+
+
+def test_plugin_config_errors(tmp, agents):
+    a = Agent(tmp, """\
+  ex1:
+    plugin: example
+    config:
+      greting: hi
+      subscribe: "a.>.b"
+""")
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p
+    assert "%s:11:7: plugins.ex1.config.greting" % a.config in p.stderr, p.stderr
+    assert "%s:12:" % a.config in p.stderr and "plugins.ex1.config.subscribe" in p.stderr, p.stderr
+
+
+def test_world_writable_plugin_refused(tmp, agents):
+    if os.geteuid() != 0:
+        raise Skip("ownership checks apply only when agentd runs as root")
+    pdir = os.path.join(tmp, "plugins")
+    install_plugin(plugin_file(), pdir)
+    a = Agent(tmp, "  ex1: {plugin: example}\n", plugin_dirs=[pdir])
+    os.chmod(os.path.join(pdir, "example.so"), 0o666)
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "writable by everyone" in p.stderr, p
+    os.chmod(os.path.join(pdir, "example.so"), 0o644)
+    os.chmod(pdir, 0o777)
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "plugin directory" in p.stderr, p
+    os.chmod(pdir, 0o755)
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p
+    # a world-writable config file is refused too
+    os.chmod(a.config, 0o666)
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "writable by everyone" in p.stderr, p
+
+
+def test_sigint_and_hup(tmp, agents):
+    a = Agent(tmp, TWO)
+    agents.append(a)
+    a.start()
+    a.signal(signal.SIGINT)
+    assert a.proc.wait(timeout=15) == 0
+    assert "Stopped." in a.logtext()
+
+
+if __name__ == "__main__":
+    run_tests(globals())

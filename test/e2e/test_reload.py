@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""End-to-end: plugin reload while a publisher runs at full speed (no message lost),
+a failed reload keeps the running version, config reload restarts only what changed."""
+import json
+import os
+import shutil
+import signal
+import threading
+
+from harness import Agent, Control, install_plugin, plugin_file, run_tests, wait_for
+
+N_MESSAGES = 30000
+
+
+def publisher(sock, n, done, errors):
+    """Pipelines bus.pub requests on one connection, reading replies as it goes."""
+    try:
+        c = Control(sock)
+        window = 256
+        sent = acked = 0
+        while acked < n:
+            while sent < n and sent - acked < window:
+                sent += 1
+                c.send("bus.pub", {"subject": "example.load", "payload": {"i": sent}}, id=sent)
+            r = c.read()
+            if not r.get("ok"):
+                errors.append(r)
+                return
+            acked += 1
+        c.close()
+    except Exception as e:  # reported by the test thread
+        errors.append(repr(e))
+    finally:
+        done.set()
+
+
+def test_reload_under_load_loses_nothing(tmp, agents):
+    pdir = os.path.join(tmp, "plugins")
+    install_plugin(plugin_file(), pdir)
+    a = Agent(tmp, """\
+  ex:
+    plugin: example
+    queue_max: 1000000
+    config: {subscribe: "example.>"}
+""", plugin_dirs=[pdir])
+    agents.append(a)
+    a.start()
+    done, errors = threading.Event(), []
+    t = threading.Thread(target=publisher, args=(a.sock, N_MESSAGES, done, errors))
+    t.start()
+    reloads = 0
+    versions = [plugin_file("v2"), plugin_file()]
+    # reload again and again while the publisher runs
+    while not done.is_set():
+        install_plugin(versions[reloads % 2], pdir)
+        r = a.ok("plugin", "reload", "ex")
+        assert r["state"] == "running", r
+        reloads += 1
+    t.join(timeout=60)
+    assert not errors, errors
+    assert reloads >= 2, "the publisher finished before two reloads: %d" % reloads
+    # The call is queued behind every message in the same inbox (FIFO), so its answer
+    # comes after all of them were handled.
+    res = a.ok("call", "ex", "count")
+    info = a.instance("ex")
+    assert info["dropped"] == 0, info
+    assert res["count"] == N_MESSAGES, "lost %d of %d messages over %d reloads" % (
+        N_MESSAGES - res["count"], N_MESSAGES, reloads)
+    assert info["reloads"] == reloads, info
+    print("# %d messages, %d reloads, none lost" % (N_MESSAGES, reloads))
+
+
+def test_failed_reload_keeps_running_version(tmp, agents):
+    pdir = os.path.join(tmp, "plugins")
+    install_plugin(plugin_file("v2"), pdir)
+    a = Agent(tmp, "  ex: {plugin: example, interval: 1h}\n", plugin_dirs=[pdir])
+    agents.append(a)
+    a.start()
+    a.ok("bus", "pub", "example.one", "{}")
+    assert a.ok("call", "ex", "count")["count"] == 1
+
+    for variant, words in (("broken", ["init", "failed"]), ("badabi", ["ABI version 99", "speaks version 1"]),
+                           ("nodesc", ["organism_plugin"])):
+        install_plugin(plugin_file(variant), pdir)
+        rc, out, err = a.ctl("plugin", "reload", "ex")
+        assert rc == 1, (variant, rc, out, err)
+        for w in words:
+            assert w in err, (variant, err)
+        assert "running version stays" in err, err
+        info = a.instance("ex")
+        assert info["state"] == "running" and info["version"] == "2.0.0", (variant, info)
+        # the old generation still works and kept its state
+        assert a.ok("call", "ex", "count")["count"] == 1
+    # and a good build goes through afterwards
+    install_plugin(plugin_file(), pdir)
+    r = a.ok("plugin", "reload", "ex")
+    assert r["version"] == "1.0.0", r
+    assert a.ok("call", "ex", "count")["count"] == 1
+
+
+BASE = """\
+  ex1:
+    plugin: example
+    config: {greeting: one}
+  ex2:
+    plugin: example
+    config: {greeting: two}
+"""
+
+
+def test_config_reload_touches_only_changed(tmp, agents):
+    a = Agent(tmp, BASE + "  ex3: {plugin: example}\n")
+    agents.append(a)
+    a.start()
+    gen = {i["name"]: i["generation"] for i in a.ok("plugin", "list")}
+    a.write_config(BASE.replace("greeting: two", "greeting: deux") + "  ex4: {plugin: example}\n")
+    r = a.ok("config", "reload")
+    assert r["restarted"] == ["ex2"], r
+    assert r["unchanged"] == ["ex1"], r
+    assert r["started"] == ["ex4"], r
+    assert r["stopped"] == ["ex3"], r
+    now = {i["name"]: i for i in a.ok("plugin", "list")}
+    assert now["ex1"]["generation"] == gen["ex1"], now
+    assert now["ex2"]["generation"] == gen["ex2"] + 1, now
+    assert "ex3" not in now and now["ex4"]["state"] == "running", now
+    info = a.ok("plugin", "info", "ex2")
+    assert info["config"]["greeting"] == "deux", info
+
+    # an invalid file changes nothing and says why
+    with open(a.config, "a") as f:
+        f.write("  ex5: {plugin: example, config: {nope: 1}}\n")
+    rc, _, err = a.ctl("config", "reload")
+    assert rc == 1 and "plugins.ex5.config.nope" in err and "nothing changed" in err, err
+    assert sorted(i["name"] for i in a.ok("plugin", "list")) == ["ex1", "ex2", "ex4"]
+
+    # SIGHUP does the same as config reload
+    a.write_config(BASE)
+    a.signal(signal.SIGHUP)
+    wait_for(lambda: sorted(i["name"] for i in a.ok("plugin", "list")) == ["ex1", "ex2"], what="SIGHUP reload")
+    now = {i["name"]: i for i in a.ok("plugin", "list")}
+    assert now["ex1"]["generation"] == gen["ex1"], now
+
+
+def test_runtime_load_enable_disable(tmp, agents):
+    a = Agent(tmp, "  ex1: {plugin: example}\n")
+    agents.append(a)
+    a.start()
+    r = a.ok("plugin", "load", "extra", "--plugin", "example", "--config", '{"subscribe": "extra.>"}')
+    assert r["state"] == "running", r
+    a.ok("bus", "pub", "extra.x", "{}")
+    assert a.ok("call", "extra", "count")["count"] == 1
+    rc, _, err = a.ctl("plugin", "load", "bad", "--plugin", "example", "--config", '{"subscribe": "a..b"}')
+    assert rc == 1 and "subscribe" in err, err
+    rc, _, err = a.ctl("plugin", "load", "ex1", "--plugin", "example")
+    assert rc == 1 and "exists" in err, err
+    assert a.ok("plugin", "disable", "extra")["state"] == "disabled"
+    rc, _, err = a.ctl("call", "extra", "count")
+    assert rc == 1 and "disabled" in err, err
+    assert a.ok("plugin", "enable", "extra")["state"] == "running"
+    rc, _, err = a.ctl("plugin", "unload", "extra")
+    assert rc == 2 and "--confirm" in err, err
+    a.ok("plugin", "unload", "extra", "--confirm")
+    assert a.instance("extra") is None
+
+
+if __name__ == "__main__":
+    run_tests(globals())
