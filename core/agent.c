@@ -219,12 +219,12 @@ void agent_free(agent *a) {
                 return;
         sd_event_source_disable_unref(a->metrics_timer);
         control_free(a->control); /* first: no request may reach a half-torn agent */
+        if (a->config && a->config->metrics_textfile && a->metrics && a->bus)
+                agent_write_metrics(a); /* the last figures, while everything still exists */
         for (size_t i = a->n_instances; i > 0; i--)
                 instance_free(a->instances[i - 1]);
         free(a->instances);
         bus_free(a->bus);
-        if (a->config && a->config->metrics_textfile && a->metrics)
-                agent_write_metrics(a);
         metrics_free(a->metrics);
         config_free(a->config);
         free(a->config_path);

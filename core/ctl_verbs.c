@@ -474,7 +474,7 @@ static void v_call(ctl_request *q) {
                                                v ? "changes the system and" : "is not a declared read-only verb and");
         }
         json_t *args = json_object_get(q->args, "args");
-        _cleanup_free_ char *data = json_dumps(args ? args : json_object(), JSON_COMPACT | JSON_ENCODE_ANY);
+        _cleanup_free_ char *data = args ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
         _cleanup_free_ char *subject = instance_ctl_subject(in, verb);
         if (!data || !subject)
                 return ctl_reply_error(q, ENOMEM, "out of memory");

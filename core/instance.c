@@ -573,7 +573,7 @@ json_t *instance_to_json(const instance *in, bool detailed) {
                 json_array_append_new(subs, json_string(pats[i]));
         strv_free(pats);
         json_object_set_new(o, "subscriptions", subs);
-        json_object_set(o, "config", in->cfg.config_json ? in->cfg.config_json : json_object());
+        json_object_set_new(o, "config", in->cfg.config_json ? json_incref(in->cfg.config_json) : json_object());
         if (in->so) {
                 const org_plugin *d = in->so->desc;
                 json_object_set_new(o, "summary", json_string(d->summary ? d->summary : ""));

@@ -56,6 +56,16 @@ def wait_for(pred, timeout=10.0, what="condition"):
     raise AssertionError("timed out waiting for " + what)
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def check_sanitizers(what, text):
+    """Under the ASan+UBSan build any report fails the test, even if the program went on."""
+    for m in SANITIZER_MARKS:
+        if m in text:
+            raise AssertionError("%s: sanitizer report:\n%s" % (what, text[-6000:]))
+
+
 class Agent:
     def __init__(self, tmp, plugins_yaml, agent_extra="", name="e2e", plugin_dirs=None):
         self.tmp = tmp
@@ -126,6 +136,7 @@ class Agent:
         if user is not None:
             cmd = ["setpriv"] + user + ["--"] + cmd
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        check_sanitizers("agentctl " + " ".join(args), p.stderr)
         out = p.stdout
         if as_json and out.strip():
             try:
@@ -160,6 +171,7 @@ class Agent:
                 raise AssertionError("agentd did not stop on SIGTERM within %ds" % timeout)
         if getattr(self, "logf", None):
             self.logf.close()
+        check_sanitizers("agentd", self.logtext())
         return self.proc.returncode if self.proc else None
 
 
@@ -205,6 +217,8 @@ def run_tests(namespace):
         t0 = time.monotonic()
         try:
             fn(tmp, agents)
+            for a in agents:
+                a.stop()  # a sanitizer report in agentd's log fails the test here
             passed += 1
             print("ok %s (%.2fs)" % (name, time.monotonic() - t0))
         except Skip as e:
