@@ -25,6 +25,7 @@ static bool h_dry_run(org_ctx *ctx) { return instance_dry_run(ctx->inst); }
 
 /* Repeats beyond LOG_WINDOW_MAX lines in a window are counted, not printed (Fluent
  * Bit's approach): a plugin stuck in an error path cannot flood the journal. */
+static void h_logv(org_ctx *ctx, int level, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 static void h_logv(org_ctx *ctx, int level, const char *fmt, va_list ap) {
         instance *in = ctx->inst;
         if (level > instance_log_level(in))
@@ -50,6 +51,7 @@ static void h_logv(org_ctx *ctx, int level, const char *fmt, va_list ap) {
         log_set_max_level(saved);
 }
 
+static void h_log(org_ctx *ctx, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void h_log(org_ctx *ctx, int level, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);

@@ -37,11 +37,16 @@ if [ $quick = 0 ]; then
                         ninja -C build-ci-fuzz -j2; then
                         for f in build-ci-fuzz/test/fuzz/fuzz-*; do
                                 [ -x "$f" ] || continue
-                                if "$f" -max_total_time=20 -rss_limit_mb=2048 >"$f.log" 2>&1; then
-                                        echo "fuzz $(basename "$f"): ok ($(grep -o 'stat::number_of_executed_units: [0-9]*' "$f.log" || tail -1 "$f.log"))"
+                                name=$(basename "$f") extra=()
+                                [ -f "test/fuzz/$name.dict" ] && extra+=("-dict=test/fuzz/$name.dict")
+                                mkdir -p "$f.corpus" && extra+=("$f.corpus")
+                                [ -d "test/fuzz/corpus/$name" ] && extra+=("test/fuzz/corpus/$name")
+                                if "$f" -max_total_time=20 -rss_limit_mb=2048 -print_final_stats=1 "${extra[@]}" \
+                                        >"$f.log" 2>&1; then
+                                        echo "fuzz $name: ok, $(grep -o 'number_of_executed_units: [0-9]*' "$f.log" | grep -o '[0-9]*') runs, $(grep -o 'cov: [0-9]*' "$f.log" | tail -1)"
                                         passed=$((passed + 1))
                                 else
-                                        echo "fuzz $(basename "$f"): FAILED"; tail -30 "$f.log"; failed=$((failed + 1))
+                                        echo "fuzz $name: FAILED"; tail -30 "$f.log"; failed=$((failed + 1))
                                 fi
                         done
                 else

@@ -3,7 +3,6 @@
  * one request stream, the loop runs until agentd has answered and closed, and the
  * agent must stay whole. Inputs that name the loading verbs are skipped: they would
  * let the fuzzer dlopen arbitrary files of the machine. */
-#define _GNU_SOURCE
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
