@@ -36,7 +36,7 @@ if [ $quick = 0 ]; then
                 if CC=clang meson setup build-ci-fuzz -Dfuzz=true -Dtests=false -Db_sanitize=address,undefined >/dev/null &&
                         ninja -C build-ci-fuzz -j2; then
                         for f in build-ci-fuzz/test/fuzz/fuzz-*; do
-                                [ -x "$f" ] || continue
+                                [ -f "$f" ] && [ -x "$f" ] || continue
                                 name=$(basename "$f") extra=()
                                 [ -f "test/fuzz/$name.dict" ] && extra+=("-dict=test/fuzz/$name.dict")
                                 mkdir -p "$f.corpus" && extra+=("$f.corpus")
