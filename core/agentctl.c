@@ -287,16 +287,30 @@ static void human_plugin_info(json_t *r) {
         }
 }
 
+/* {"gpu":"3","x":"y"} as gpu="3",x="y" */
+static void format_labels(json_t *labels, char *buf, size_t size) {
+        const char *k;
+        json_t *v;
+        size_t off = 0;
+        buf[0] = '\0';
+        json_object_foreach(labels, k, v) {
+                if (off >= size)
+                        break;
+                off += (size_t)snprintf(buf + off, size - off, "%s%s=\"%s\"", off ? "," : "", k,
+                                        json_string_value(v) ? json_string_value(v) : "");
+        }
+}
+
 static void human_metrics(json_t *r) {
         static const char *const h[] = {"INSTANCE", "METRIC", "TYPE", "VALUE"};
         table *t = table_new(ELEMENTSOF(h), h);
         size_t i;
         json_t *m;
         json_array_foreach(r, i, m) {
-                char b[64], name[512];
-                const char *labels = json_string_value(json_object_get(m, "labels"));
+                char b[64], labels[384], name[512];
+                format_labels(json_object_get(m, "labels"), labels, sizeof labels);
                 snprintf(name, sizeof name, "%s%s%s%s", json_string_value(json_object_get(m, "name")),
-                         isempty(labels) ? "" : "{", isempty(labels) ? "" : labels, isempty(labels) ? "" : "}");
+                         labels[0] ? "{" : "", labels, labels[0] ? "}" : "");
                 const char *row[] = {json_string_value(json_object_get(m, "instance")), name,
                                      json_string_value(json_object_get(m, "type")), cell(json_object_get(m, "value"), b)};
                 table_add_row(t, row);

@@ -196,8 +196,14 @@ static json_t *diag_to_json(const diag *d) {
 
 static void v_config_check(ctl_request *q) {
         const char *path = arg_str(q, "path");
+        /* agentd reads as root and quotes what it reads in its errors: only root
+         * may point it at another file */
+        if (path && !q->admin)
+                return ctl_reply_error(q, EPERM, "permission denied: checking another file than the running config needs root");
         if (!path)
                 path = q->agent->config_path;
+        if (!path)
+                return ctl_reply_error(q, ENOENT, "this agent was started without a config file");
         diag d;
         diag_init(&d, path);
         agent_config *c = NULL;
@@ -216,6 +222,8 @@ static void v_config_check(ctl_request *q) {
 static void v_config_reload(ctl_request *q) {
         json_t *summary = NULL;
         _cleanup_free_ char *errors = NULL;
+        if (!q->agent->config_path)
+                return ctl_reply_error(q, ENOENT, "this agent was started without a config file");
         notify_reloading();
         int r = agent_reload_config(q->agent, &summary, &errors);
         notify_ready();
