@@ -13,10 +13,18 @@
 #include "exec.h"
 #include "instance.h"
 
+typedef enum ctx_timer_kind {
+        CTX_TIMER_MONOTONIC,
+        CTX_TIMER_REALTIME,
+        CTX_TIMER_TIME_CHANGE,  /* a timerfd that fires when the wall clock is set */
+} ctx_timer_kind;
+
 typedef struct ctx_timer {
         struct ctx_timer *next;
         uint64_t id;
+        ctx_timer_kind kind;
         uint64_t period_us;
+        int fd;                  /* CTX_TIMER_TIME_CHANGE only, else -1 */
         sd_event_source *source;
         org_timer_fn cb;
         void *userdata;
@@ -33,6 +41,15 @@ typedef struct ctx_exec {
         org_ctx *ctx;
         char *argv0;
 } ctx_exec;
+
+typedef struct ctx_io {
+        struct ctx_io *next;
+        uint64_t id;
+        sd_event_source *source;
+        org_io_fn cb;
+        void *userdata;
+        org_ctx *ctx;
+} ctx_io;
 
 typedef struct ctx_request {
         struct ctx_request *next;
@@ -51,6 +68,7 @@ struct org_ctx {
         ctx_timer *timers;
         ctx_exec *execs;
         ctx_request *requests;
+        ctx_io *ios;
         /* rate limiting of repeated log lines */
         uint64_t log_window_start_us;
         unsigned log_in_window;

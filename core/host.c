@@ -6,6 +6,8 @@
  * the generation — on reload, disable or stop — cancels all of it and no callback ever
  * reaches freed plugin state. */
 #include <stdarg.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
 
 #include "config_schema.h"
 #include "context.h"
@@ -185,6 +187,8 @@ static void timer_unlink(org_ctx *ctx, ctx_timer *t) {
 
 static void timer_free(ctx_timer *t) {
         sd_event_source_disable_unref(t->source);
+        if (t->fd >= 0)
+                close(t->fd);
         free(t);
 }
 
@@ -216,6 +220,8 @@ static int h_timer_add(org_ctx *ctx, uint64_t first_ms, uint64_t period_ms, org_
         if (!t)
                 return -ENOMEM;
         t->id = ++ctx->next_id;
+        t->kind = CTX_TIMER_MONOTONIC;
+        t->fd = -1;
         t->period_us = period_ms * USEC_PER_MSEC;
         t->cb = cb;
         t->userdata = userdata;
@@ -240,6 +246,123 @@ static int h_timer_cancel(org_ctx *ctx, uint64_t id) {
                 if (t->id == id) {
                         timer_unlink(ctx, t);
                         timer_free(t);
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+static int h_timer_add_realtime(org_ctx *ctx, uint64_t at_realtime_us, org_timer_fn cb, void *userdata,
+                                uint64_t *ret_id) {
+        if (!cb)
+                return -EINVAL;
+        ctx_timer *t = new0(ctx_timer, 1);
+        if (!t)
+                return -ENOMEM;
+        t->id = ++ctx->next_id;
+        t->kind = CTX_TIMER_REALTIME;
+        t->fd = -1;
+        t->cb = cb;
+        t->userdata = userdata;
+        t->ctx = ctx;
+        /* wall-clock schedules want the instant itself, not a coalesced neighbour */
+        int r = sd_event_add_time(ctx_agent(ctx)->event, &t->source, CLOCK_REALTIME, at_realtime_us, 1000, on_timer, t);
+        if (r < 0) {
+                free(t);
+                return r;
+        }
+        t->next = ctx->timers;
+        ctx->timers = t;
+        if (ret_id)
+                *ret_id = t->id;
+        return 0;
+}
+
+/* A CLOCK_REALTIME timerfd armed far in the future with TFD_TIMER_CANCEL_ON_SET: the
+ * kernel wakes it (read fails with ECANCELED) whenever the wall clock is set. */
+static int arm_time_change_fd(int fd) {
+        struct itimerspec its = {.it_value.tv_sec = (time_t)INT32_MAX};
+        return timerfd_settime(fd, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &its, NULL) < 0 ? -errno : 0;
+}
+
+static int on_time_change(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        ctx_timer *t = userdata;
+        uint64_t expirations;
+        ssize_t _unused_ n = read(fd, &expirations, sizeof expirations); /* ECANCELED: the clock was set */
+        arm_time_change_fd(fd);
+        t->cb(t->ctx, t->id, t->userdata); /* last: it may cancel this watch */
+        return 0;
+}
+
+static int h_time_change_add(org_ctx *ctx, org_timer_fn cb, void *userdata, uint64_t *ret_id) {
+        if (!cb)
+                return -EINVAL;
+        ctx_timer *t = new0(ctx_timer, 1);
+        if (!t)
+                return -ENOMEM;
+        t->id = ++ctx->next_id;
+        t->kind = CTX_TIMER_TIME_CHANGE;
+        t->cb = cb;
+        t->userdata = userdata;
+        t->ctx = ctx;
+        t->fd = timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK | TFD_CLOEXEC);
+        int r = t->fd < 0 ? -errno : arm_time_change_fd(t->fd);
+        if (r >= 0)
+                r = sd_event_add_io(ctx_agent(ctx)->event, &t->source, t->fd, EPOLLIN, on_time_change, t);
+        if (r < 0) {
+                timer_free(t);
+                return r;
+        }
+        t->next = ctx->timers;
+        ctx->timers = t;
+        if (ret_id)
+                *ret_id = t->id;
+        return 0;
+}
+
+static uint32_t io_to_epoll(uint32_t ev) {
+        return ((ev & ORG_IO_IN) ? EPOLLIN : 0) | ((ev & ORG_IO_PRI) ? EPOLLPRI : 0) | ((ev & ORG_IO_OUT) ? EPOLLOUT : 0);
+}
+
+static uint32_t epoll_to_io(uint32_t ev) {
+        return ((ev & EPOLLIN) ? ORG_IO_IN : 0) | ((ev & EPOLLPRI) ? ORG_IO_PRI : 0) | ((ev & EPOLLOUT) ? ORG_IO_OUT : 0) |
+               ((ev & EPOLLERR) ? ORG_IO_ERR : 0) | ((ev & EPOLLHUP) ? ORG_IO_HUP : 0);
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        ctx_io *w = userdata;
+        w->cb(w->ctx, w->id, fd, epoll_to_io(revents), w->userdata);
+        return 0;
+}
+
+static int h_io_add(org_ctx *ctx, int fd, uint32_t events, org_io_fn cb, void *userdata, uint64_t *ret_id) {
+        if (fd < 0 || !cb)
+                return -EINVAL;
+        ctx_io *w = new0(ctx_io, 1);
+        if (!w)
+                return -ENOMEM;
+        w->id = ++ctx->next_id;
+        w->cb = cb;
+        w->userdata = userdata;
+        w->ctx = ctx;
+        int r = sd_event_add_io(ctx_agent(ctx)->event, &w->source, fd, io_to_epoll(events), on_io, w);
+        if (r < 0) {
+                free(w);
+                return r;
+        }
+        w->next = ctx->ios;
+        ctx->ios = w;
+        if (ret_id)
+                *ret_id = w->id;
+        return 0;
+}
+
+static int h_io_remove(org_ctx *ctx, uint64_t id) {
+        for (ctx_io **p = &ctx->ios; *p; p = &(*p)->next)
+                if ((*p)->id == id) {
+                        ctx_io *w = *p;
+                        *p = w->next;
+                        sd_event_source_disable_unref(w->source);
+                        free(w);
                         return 0;
                 }
         return -ENOENT;
@@ -462,6 +585,10 @@ const org_host host_table = {
         .kv_set = h_kv_set,
         .metric_set = h_metric_set,
         .metric_add = h_metric_add,
+        .io_add = h_io_add,
+        .io_remove = h_io_remove,
+        .timer_add_realtime = h_timer_add_realtime,
+        .time_change_add = h_time_change_add,
 };
 
 org_ctx *ctx_new(instance *in) {
@@ -493,6 +620,12 @@ void ctx_free(org_ctx *ctx) {
                 sd_event_source_disable_unref(x->defer);
                 free(x->argv0);
                 free(x);
+        }
+        while (ctx->ios) {
+                ctx_io *w = ctx->ios;
+                ctx->ios = w->next;
+                sd_event_source_disable_unref(w->source);
+                free(w);
         }
         while (ctx->requests) {
                 ctx_request *q = ctx->requests;

@@ -44,6 +44,14 @@ typedef void (*org_reply_fn)(org_ctx *ctx, int error, const org_msg *reply, void
 
 typedef void (*org_timer_fn)(org_ctx *ctx, uint64_t timer_id, void *userdata);
 
+/* Readiness of a watched file descriptor (poll(2) bits: POLLIN, POLLPRI, ...). */
+#define ORG_IO_IN 0x001u
+#define ORG_IO_PRI 0x002u
+#define ORG_IO_OUT 0x004u
+#define ORG_IO_ERR 0x008u
+#define ORG_IO_HUP 0x010u
+typedef void (*org_io_fn)(org_ctx *ctx, uint64_t watch_id, int fd, uint32_t revents, void *userdata);
+
 /* What a finished process left: exit status (or -signal when killed, -ETIMEDOUT when
  * the time-out fired), captured output (NUL terminated, cut at the cap). */
 typedef struct org_exec_result {
@@ -155,6 +163,19 @@ typedef struct org_host {
          * instance label. */
         int (*metric_set)(org_ctx *ctx, const char *name, org_metric_type type, double value, const char *help);
         int (*metric_add)(org_ctx *ctx, const char *name, double delta, const char *help);
+
+        /* Watches fd (which the plugin owns and closes after io_remove) for ORG_IO_*
+         * events; cb runs on the loop while they hold (level-triggered). Used for PSI
+         * triggers (ORG_IO_PRI), pipes, sockets. */
+        int (*io_add)(org_ctx *ctx, int fd, uint32_t events, org_io_fn cb, void *userdata, uint64_t *ret_id);
+        int (*io_remove)(org_ctx *ctx, uint64_t id);
+        /* One-shot timer at an absolute CLOCK_REALTIME instant (wall-clock schedules:
+         * "22:00 local"). Cancel with timer_cancel. */
+        int (*timer_add_realtime)(org_ctx *ctx, uint64_t at_realtime_us, org_timer_fn cb, void *userdata,
+                                  uint64_t *ret_id);
+        /* cb runs after the wall clock was set (a jump, NTP step, manual date); the
+         * plugin then recomputes its wall-clock timers. Cancel with timer_cancel. */
+        int (*time_change_add)(org_ctx *ctx, org_timer_fn cb, void *userdata, uint64_t *ret_id);
 } org_host;
 
 /* True when the host table has member M (a host older than the plugin may not). */

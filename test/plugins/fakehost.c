@@ -9,6 +9,8 @@
 
 #include "fakehost.h"
 
+static int add_timer(org_ctx *ctx, fake_timer t, uint64_t *ret_id);
+
 static const char *f_instance_name(org_ctx *ctx) { return ctx->instance; }
 static const char *f_agent_name(org_ctx *ctx) { return ctx->agent; }
 static bool f_dry_run(org_ctx *ctx) { return ctx->dry_run; }
@@ -121,11 +123,44 @@ static int f_timer_add(org_ctx *ctx, uint64_t first_ms, uint64_t period_ms, org_
                        uint64_t *ret_id) {
         if (ctx->n_timers == FAKE_MAX)
                 return -ENOBUFS;
-        fake_timer *t = &ctx->timers[ctx->n_timers++];
-        *t = (fake_timer){.id = ctx->n_timers, .first_ms = first_ms, .period_ms = period_ms, .cb = cb,
-                          .userdata = userdata, .active = true};
+        return add_timer(ctx, (fake_timer){.kind = FAKE_TIMER_MONOTONIC, .first_ms = first_ms, .period_ms = period_ms,
+                                           .cb = cb, .userdata = userdata},
+                         ret_id);
+}
+
+static int add_timer(org_ctx *ctx, fake_timer t, uint64_t *ret_id) {
+        if (ctx->n_timers == FAKE_MAX)
+                return -ENOBUFS;
+        t.id = ctx->n_timers + 1;
+        t.active = true;
+        ctx->timers[ctx->n_timers++] = t;
         if (ret_id)
-                *ret_id = t->id;
+                *ret_id = t.id;
+        return 0;
+}
+
+static int f_timer_add_realtime(org_ctx *ctx, uint64_t at, org_timer_fn cb, void *userdata, uint64_t *ret_id) {
+        return add_timer(ctx, (fake_timer){.kind = FAKE_TIMER_REALTIME, .at_realtime_us = at, .cb = cb, .userdata = userdata},
+                         ret_id);
+}
+
+static int f_time_change_add(org_ctx *ctx, org_timer_fn cb, void *userdata, uint64_t *ret_id) {
+        return add_timer(ctx, (fake_timer){.kind = FAKE_TIMER_TIME_CHANGE, .cb = cb, .userdata = userdata}, ret_id);
+}
+
+static int f_io_add(org_ctx *ctx, int fd, uint32_t events, org_io_fn cb, void *userdata, uint64_t *ret_id) {
+        if (ctx->n_ios == FAKE_MAX)
+                return -ENOBUFS;
+        ctx->ios[ctx->n_ios++] = (fake_io){.fd = fd, .events = events, .cb = cb, .userdata = userdata, .active = true};
+        if (ret_id)
+                *ret_id = ctx->n_ios;
+        return 0;
+}
+
+static int f_io_remove(org_ctx *ctx, uint64_t id) {
+        if (id == 0 || id > ctx->n_ios || !ctx->ios[id - 1].active)
+                return -ENOENT;
+        ctx->ios[id - 1].active = false;
         return 0;
 }
 
@@ -295,6 +330,10 @@ const org_host fake_host = {
         .kv_set = f_kv_set,
         .metric_set = f_metric_set,
         .metric_add = f_metric_add,
+        .io_add = f_io_add,
+        .io_remove = f_io_remove,
+        .timer_add_realtime = f_timer_add_realtime,
+        .time_change_add = f_time_change_add,
 };
 
 void fake_ctx_init(org_ctx *ctx, const char *instance, const char *config_json) {
@@ -345,7 +384,7 @@ void fake_fire_timers(org_ctx *ctx) {
         size_t n = ctx->n_timers;
         for (size_t i = 0; i < n; i++) {
                 fake_timer *t = &ctx->timers[i];
-                if (!t->active)
+                if (!t->active || t->kind != FAKE_TIMER_MONOTONIC)
                         continue;
                 if (t->period_ms == 0)
                         t->active = false;
@@ -375,4 +414,59 @@ int fake_call(const org_plugin *p, void *state, org_ctx *ctx, const char *verb, 
                 return -ENOMSG;
         *ret_reply = strdup(ctx->published[ctx->n_published - 1].data);
         return 0;
+}
+
+size_t fake_realtime_timers(org_ctx *ctx, uint64_t *ret_first_at) {
+        size_t n = 0;
+        uint64_t first = UINT64_MAX;
+        for (size_t i = 0; i < ctx->n_timers; i++)
+                if (ctx->timers[i].active && ctx->timers[i].kind == FAKE_TIMER_REALTIME) {
+                        n++;
+                        if (ctx->timers[i].at_realtime_us < first)
+                                first = ctx->timers[i].at_realtime_us;
+                }
+        if (ret_first_at)
+                *ret_first_at = first;
+        return n;
+}
+
+static void fire_due_realtime(org_ctx *ctx) {
+        /* bounded: a plugin that re-arms in the past must not spin the test forever */
+        for (int round = 0; round < 10000; round++) {
+                fake_timer *due = NULL;
+                for (size_t i = 0; i < ctx->n_timers; i++) {
+                        fake_timer *t = &ctx->timers[i];
+                        if (t->active && t->kind == FAKE_TIMER_REALTIME && t->at_realtime_us <= ctx->now_realtime_us &&
+                            (!due || t->at_realtime_us < due->at_realtime_us))
+                                due = t;
+                }
+                if (!due)
+                        return;
+                due->active = false;
+                due->cb(ctx, due->id, due->userdata);
+        }
+}
+
+void fake_advance_realtime(org_ctx *ctx, uint64_t now_us) {
+        /* fire in order, with the clock at each timer's instant */
+        for (;;) {
+                uint64_t first;
+                if (fake_realtime_timers(ctx, &first) == 0 || first > now_us)
+                        break;
+                if (first > ctx->now_realtime_us)
+                        ctx->now_realtime_us = first;
+                fire_due_realtime(ctx);
+        }
+        ctx->now_realtime_us = now_us;
+}
+
+void fake_clock_jump(org_ctx *ctx, uint64_t now_us) {
+        ctx->now_realtime_us = now_us;
+        size_t n = ctx->n_timers;
+        for (size_t i = 0; i < n; i++) {
+                fake_timer *t = &ctx->timers[i];
+                if (t->active && t->kind == FAKE_TIMER_TIME_CHANGE)
+                        t->cb(ctx, t->id, t->userdata);
+        }
+        fire_due_realtime(ctx);
 }

@@ -20,13 +20,25 @@ typedef struct fake_published {
         char *data;
 } fake_published;
 
+typedef enum fake_timer_kind { FAKE_TIMER_MONOTONIC, FAKE_TIMER_REALTIME, FAKE_TIMER_TIME_CHANGE } fake_timer_kind;
+
 typedef struct fake_timer {
         uint64_t id;
+        fake_timer_kind kind;
         uint64_t first_ms, period_ms;
+        uint64_t at_realtime_us;  /* FAKE_TIMER_REALTIME */
         org_timer_fn cb;
         void *userdata;
         bool active;
 } fake_timer;
+
+typedef struct fake_io {
+        int fd;
+        uint32_t events;
+        org_io_fn cb;
+        void *userdata;
+        bool active;
+} fake_io;
 
 typedef struct fake_exec {
         char *argv[16];
@@ -48,6 +60,8 @@ struct org_ctx {
         size_t n_subscriptions;
         fake_timer timers[FAKE_MAX];
         size_t n_timers;
+        fake_io ios[FAKE_MAX];
+        size_t n_ios;
         fake_exec execs[FAKE_MAX];
         size_t n_execs;
         /* the next exec completes at once with this */
@@ -69,8 +83,16 @@ void fake_ctx_done(org_ctx *ctx);
 void fake_ctx_clear_published(org_ctx *ctx);
 /* The last message published on subject, or NULL. */
 const char *fake_last_published(org_ctx *ctx, const char *subject);
-/* Fires every active timer once. */
+/* Fires every active monotonic timer once. */
 void fake_fire_timers(org_ctx *ctx);
+/* Moves the wall clock forward to now_us and fires the realtime timers that are due,
+ * in time order (timers they add are considered too). */
+void fake_advance_realtime(org_ctx *ctx, uint64_t now_us);
+/* Sets the wall clock to now_us (forwards or backwards) like settimeofday and runs the
+ * time-change watchers; due realtime timers then fire as in fake_advance_realtime. */
+void fake_clock_jump(org_ctx *ctx, uint64_t now_us);
+/* Active realtime timers. */
+size_t fake_realtime_timers(org_ctx *ctx, uint64_t *ret_first_at);
 double fake_metric(org_ctx *ctx, const char *name);
 /* Builds a message and hands it to the plugin's handle / call hook. */
 int fake_deliver(const org_plugin *p, void *state, const char *subject, const char *data);
