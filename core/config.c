@@ -40,8 +40,23 @@ static const org_config_entry tls_entries[] = {
         ORG_CONFIG_END,
 };
 
+static const org_config_entry stream_entries[] = {
+        {"name", ORG_CFG_STRING, NULL, true, "stream name", NULL},
+        {"subjects", ORG_CFG_PATTERN_LIST, NULL, true, "subjects the stream stores", NULL},
+        {"retention", ORG_CFG_STRING, "limits", false, "limits | workqueue | interest", NULL},
+        {"storage", ORG_CFG_STRING, "file", false, "file | memory", NULL},
+        {"max_bytes", ORG_CFG_SIZE, NULL, false, "size bound of the stream (absent: none)", NULL},
+        {"max_age", ORG_CFG_DURATION, NULL, false, "age bound of its messages (absent: none)", NULL},
+        {"max_msgs", ORG_CFG_INT, NULL, false, "count bound (absent: none)", NULL},
+        {"duplicate_window", ORG_CFG_DURATION, "2m", false, "window of message-id de-duplication", NULL},
+        {"replicas", ORG_CFG_INT, "1", false, "replicas in a cluster", NULL},
+        ORG_CONFIG_END,
+};
+
 static const org_config_entry jetstream_entries[] = {
-        {"streams", ORG_CFG_ANY, NULL, false, "list of streams to create if missing", NULL},
+        {"domain", ORG_CFG_STRING, NULL, false, "JetStream domain (absent: the account's default)", NULL},
+        {"streams", ORG_CFG_OBJECT_LIST, NULL, false, "streams created at start if missing, checked otherwise",
+         stream_entries},
         ORG_CONFIG_END,
 };
 
@@ -60,6 +75,9 @@ static const org_config_entry nats_entries[] = {
         {"reconnect_attempts", ORG_CFG_INT, "-1", false, "attempts before giving up (-1: forever)", NULL},
         {"reconnect_buffer", ORG_CFG_SIZE, "8MiB", false, "outgoing buffer while disconnected", NULL},
         {"jetstream", ORG_CFG_OBJECT, NULL, false, "JetStream settings", jetstream_entries},
+        {"remote_control", ORG_CFG_STRING, "read-only", false,
+         "control of this agent from others over NATS: off | read-only | admin", NULL},
+        {"connect_timeout", ORG_CFG_DURATION, "2s", false, "time-out of one connection attempt", NULL},
         ORG_CONFIG_END,
 };
 
@@ -176,11 +194,34 @@ static void check_nats(const ynode *bus, diag *d, bool *bad) {
                 *bad = true;
         }
         check_int_min(nats, "reconnect_attempts", -1, "bus.nats", d, bad);
+        v = ynode_get(nats, "remote_control", NULL);
+        if (v && v->kind == YNODE_SCALAR && !streq(v->scalar, "off") && !streq(v->scalar, "read-only") &&
+            !streq(v->scalar, "admin")) {
+                diag_add(d, v->line, v->col, "bus.nats.remote_control: expected off, read-only or admin, got \"%.64s\"",
+                         v->scalar);
+                *bad = true;
+        }
         v = ynode_get(nats, "jetstream", NULL);
         v = v && v->kind == YNODE_MAP ? ynode_get(v, "streams", NULL) : NULL;
-        if (v && !ynode_is_null(v) && v->kind != YNODE_SEQ) {
-                diag_add(d, v->line, v->col, "bus.nats.jetstream.streams: expected a list");
-                *bad = true;
+        for (size_t i = 0; v && v->kind == YNODE_SEQ && i < v->n; i++) {
+                const ynode *s = v->values[i];
+                static const char *const retentions[] = {"limits", "workqueue", "interest"};
+                static const char *const storages[] = {"file", "memory"};
+                const ynode *r = s->kind == YNODE_MAP ? ynode_get(s, "retention", NULL) : NULL;
+                const ynode *st = s->kind == YNODE_MAP ? ynode_get(s, "storage", NULL) : NULL;
+                bool ok_r = !r || r->kind != YNODE_SCALAR, ok_s = !st || st->kind != YNODE_SCALAR;
+                for (size_t j = 0; j < ELEMENTSOF(retentions) && !ok_r; j++)
+                        ok_r = streq(r->scalar, retentions[j]);
+                for (size_t j = 0; j < ELEMENTSOF(storages) && !ok_s; j++)
+                        ok_s = streq(st->scalar, storages[j]);
+                if (!ok_r) {
+                        diag_add(d, r->line, r->col, "bus.nats.jetstream.streams[%zu].retention: expected limits, workqueue or interest", i);
+                        *bad = true;
+                }
+                if (!ok_s) {
+                        diag_add(d, st->line, st->col, "bus.nats.jetstream.streams[%zu].storage: expected file or memory", i);
+                        *bad = true;
+                }
         }
 }
 

@@ -44,6 +44,7 @@ const char *config_type_name(org_config_type t) {
         case ORG_CFG_ANY: return "any";
         case ORG_CFG_PATTERN: return "pattern";
         case ORG_CFG_PATTERN_LIST: return "pattern list";
+        case ORG_CFG_OBJECT_LIST: return "object list";
         }
         return "unknown";
 }
@@ -65,6 +66,7 @@ static const char *type_expectation(org_config_type t) {
         case ORG_CFG_ANY: return "a value";
         case ORG_CFG_PATTERN: return "a subject pattern (e.g. gpu.task.*, alert.>)";
         case ORG_CFG_PATTERN_LIST: return "a list of subject patterns";
+        case ORG_CFG_OBJECT_LIST: return "a list of mappings";
         }
         return "a value";
 }
@@ -234,6 +236,39 @@ static json_t *check_list(checker *c, org_config_type t, org_config_type item, c
         return a;
 }
 
+/* A sequence of mappings, each checked against the entry's children. */
+static json_t *check_object_list(checker *c, const org_config_entry *e, const ynode *v, const char *path) {
+        if (v->kind != YNODE_SEQ) {
+                type_error(c, v, path, e->type, NULL);
+                return NULL;
+        }
+        json_t *a = json_array();
+        bool ok = a != NULL;
+        if (!a)
+                oom(c);
+        for (size_t i = 0; a && i < v->n; i++) {
+                const ynode *item = v->values[i];
+                _cleanup_free_ char *p = NULL;
+                if (asprintf(&p, "%s[%zu]", path, i) < 0) {
+                        oom(c);
+                        ok = false;
+                        break;
+                }
+                json_t *j = NULL;
+                if (item->kind != YNODE_MAP)
+                        type_error(c, item, p, ORG_CFG_OBJECT, NULL);
+                else
+                        j = e->children ? check_map(c, e->children, item, p, item->line, item->col) : ynode_to_json(item);
+                if (!j || json_array_append_new(a, j) < 0)
+                        ok = false;
+        }
+        if (!ok) {
+                json_decref(a);
+                return NULL;
+        }
+        return a;
+}
+
 /* name → value mappings: DICT (values checked against children) and STRING_DICT. */
 static json_t *check_dict(checker *c, const org_config_entry *e, const ynode *v, const char *path) {
         json_t *o;
@@ -315,6 +350,8 @@ static json_t *check_value(checker *c, const org_config_entry *e, const ynode *v
         case ORG_CFG_DICT:
         case ORG_CFG_STRING_DICT:
                 return check_dict(c, e, v, path);
+        case ORG_CFG_OBJECT_LIST:
+                return check_object_list(c, e, v, path);
         case ORG_CFG_ANY:
                 break;
         default:

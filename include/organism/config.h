@@ -30,6 +30,7 @@ typedef enum org_config_type {
         ORG_CFG_ANY,          /* any YAML value, passed through as JSON, unchecked */
         ORG_CFG_PATTERN,      /* a bus subscription pattern ("gpu.task.*", "alert.>") */
         ORG_CFG_PATTERN_LIST, /* sequence of patterns */
+        ORG_CFG_OBJECT_LIST,  /* sequence of mappings, each checked against `children` */
 } org_config_type;
 
 typedef struct org_config_entry {
@@ -38,7 +39,7 @@ typedef struct org_config_entry {
         const char *default_value;        /* YAML text of the default, or NULL for none */
         bool required;
         const char *help;                 /* one line of documentation */
-        const struct org_config_entry *children; /* for OBJECT and DICT */
+        const struct org_config_entry *children; /* for OBJECT, DICT and OBJECT_LIST */
 } org_config_entry;
 
 #define ORG_CONFIG_END { .key = NULL }

@@ -124,11 +124,12 @@ static void test_full(void) {
 
         CHECK(c->nats);
         s = json_dumps(c->nats, JSON_COMPACT | JSON_SORT_KEYS);
-        CHECK_STR(s, "{\"export\":[\"sys.>\",\"gpu.task.*\"],\"import\":[\"gpu.>\"],"
-                     "\"jetstream\":{\"streams\":[{\"name\":\"TASKS\",\"subjects\":[\"gpu.task.>\"]}]},"
+        CHECK_STR(s, "{\"connect_timeout\":2000,\"export\":[\"sys.>\",\"gpu.task.*\"],\"import\":[\"gpu.>\"],"
+                     "\"jetstream\":{\"streams\":[{\"duplicate_window\":120000,\"name\":\"TASKS\",\"replicas\":1,"
+                     "\"retention\":\"limits\",\"storage\":\"file\",\"subjects\":[\"gpu.task.>\"]}]},"
                      "\"name\":\"host1\",\"reconnect_attempts\":10,\"reconnect_buffer\":16777216,"
-                     "\"reconnect_wait\":500,\"tls\":{\"ca\":\"/etc/ca.pem\"},\"token\":\"s3cret\","
-                     "\"url\":\"nats://127.0.0.1:4222\"}");
+                     "\"reconnect_wait\":500,\"remote_control\":\"read-only\",\"tls\":{\"ca\":\"/etc/ca.pem\"},"
+                     "\"token\":\"s3cret\",\"url\":\"nats://127.0.0.1:4222\"}");
         free(s);
 
         CHECK_INT(c->n_instances, 3);
@@ -199,7 +200,7 @@ static void test_defaults(void) {
         /* An empty nats block is a bridge with every default. */
         c = load_ok("bus:\n  nats: {}\nagent: {name: a, metrics_textfile: ~}\n");
         char *s = json_dumps(c->nats, JSON_COMPACT | JSON_SORT_KEYS);
-        CHECK_STR(s, "{\"reconnect_attempts\":-1,\"reconnect_buffer\":8388608,\"reconnect_wait\":2000}");
+        CHECK_STR(s, "{\"connect_timeout\":2000,\"reconnect_attempts\":-1,\"reconnect_buffer\":8388608,\"reconnect_wait\":2000,\"remote_control\":\"read-only\"}");
         free(s);
         CHECK(c->metrics_textfile == NULL);
         config_free(c);
@@ -304,7 +305,15 @@ static void test_bad_values(void) {
         expect_one("bus:\n"
                    "  nats:\n"
                    "    jetstream: {streams: {a: 1}}\n",
-                   "t.yaml:3:26: bus.nats.jetstream.streams: expected a list");
+                   "t.yaml:3:26: bus.nats.jetstream.streams: expected a list of mappings, got a mapping");
+        expect_one("bus:\n"
+                   "  nats:\n"
+                   "    jetstream: {streams: [{name: T, subjects: [a.b], retention: forever}]}\n",
+                   "t.yaml:3:65: bus.nats.jetstream.streams[0].retention: expected limits, workqueue or interest");
+        expect_one("bus:\n"
+                   "  nats:\n"
+                   "    remote_control: everyone\n",
+                   "t.yaml:3:21: bus.nats.remote_control: expected off, read-only or admin, got \"everyone\"");
         expect_one("agent:\n"
                    "  queue_max: 0\n",
                    "t.yaml:2:14: agent.queue_max: must be at least 1");
