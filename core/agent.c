@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "agent.h"
+#include "bridge.h"
 #include "config_schema.h"
 #include "control.h"
 #include "instance.h"
@@ -188,6 +189,17 @@ int agent_new(sd_event *event, agent_config *cfg, const char *config_path, agent
         r = control_new(a, cfg->control_socket, &a->control);
         if (r < 0)
                 goto fail;
+        if (cfg->nats) {
+                r = bridge_new(a, cfg->nats, &a->bridge);
+                if (r < 0)
+                        goto fail;
+                const char *rc = json_string_value(json_object_get(cfg->nats, "remote_control"));
+                if (!rc || !streq(rc, "off")) {
+                        r = control_remote_start(a->control, rc && streq(rc, "admin"));
+                        if (r < 0)
+                                goto fail;
+                }
+        }
 
         for (size_t i = 0; i < cfg->n_instances; i++) {
                 instance *in = NULL;
@@ -224,6 +236,9 @@ void agent_free(agent *a) {
         for (size_t i = a->n_instances; i > 0; i--)
                 instance_free(a->instances[i - 1]);
         free(a->instances);
+        if (a->bus)
+                bus_dispatch(a->bus, 0); /* what the instances said last reaches the bridge */
+        bridge_free(a->bridge);
         bus_free(a->bus);
         metrics_free(a->metrics);
         config_free(a->config);
@@ -253,8 +268,8 @@ int agent_unload_instance(agent *a, const char *name) {
 int agent_load_instance(agent *a, const char *name, const char *plugin, const char *path, const char *config_json,
                         char **ret_error) {
         *ret_error = NULL;
-        if (!name_is_valid(name)) {
-                *ret_error = strdup("instance names are 1 to 64 of [A-Za-z0-9_-]");
+        if (!name_is_valid(name) || name[0] == '_') {
+                *ret_error = strdup("instance names are 1 to 64 of [A-Za-z0-9_-], not starting with '_'");
                 return -EINVAL;
         }
         if (agent_find_instance(a, name)) {
@@ -299,8 +314,9 @@ int agent_load_instance(agent *a, const char *name, const char *plugin, const ch
 }
 
 static bool agent_keys_differ(const agent_config *o, const agent_config *n) {
+        bool nats_same = (!o->nats && !n->nats) || (o->nats && n->nats && json_equal(o->nats, n->nats));
         return !streq(o->name, n->name) || !streq(o->control_socket, n->control_socket) ||
-               !streq(o->state_dir, n->state_dir) || !streq(o->sysroot, n->sysroot);
+               !streq(o->state_dir, n->state_dir) || !streq(o->sysroot, n->sysroot) || !nats_same;
 }
 
 int agent_reload_config(agent *a, json_t **ret_summary, char **ret_errors) {
@@ -322,7 +338,7 @@ int agent_reload_config(agent *a, json_t **ret_summary, char **ret_errors) {
         }
         diag_done(&d);
         if (agent_keys_differ(a->config, nc))
-                log_warning("agent.name, control_socket, state_dir and sysroot take effect at the next restart.");
+                log_warning("agent.name, control_socket, state_dir, sysroot and bus.nats take effect at the next restart.");
 
         json_t *restarted = json_array(), *started = json_array(), *stopped = json_array(),
                *unchanged = json_array(), *failed = json_array();
@@ -343,6 +359,8 @@ int agent_reload_config(agent *a, json_t **ret_summary, char **ret_errors) {
                 t = nc->control_socket, nc->control_socket = old->control_socket, old->control_socket = t;
                 t = nc->state_dir, nc->state_dir = old->state_dir, old->state_dir = t;
                 t = nc->sysroot, nc->sysroot = old->sysroot, old->sysroot = t;
+                json_t *j = nc->nats;
+                nc->nats = old->nats, old->nats = j;
         }
         a->config = nc;
 

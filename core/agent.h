@@ -17,6 +17,7 @@
 
 typedef struct instance instance;
 typedef struct control control;
+typedef struct bridge bridge;
 
 typedef struct agent {
         sd_event *event;
@@ -27,6 +28,7 @@ typedef struct agent {
         instance **instances;   /* in config order; runtime-loaded ones appended */
         size_t n_instances;
         control *control;
+        bridge *bridge;         /* NULL in embedded mode (no bus.nats) */
         bool check_perms;       /* running as root: refuse unsafe plugin files */
         uint64_t started_us;
         uint64_t config_reloads;

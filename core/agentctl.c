@@ -21,6 +21,7 @@ enum {
 };
 
 static const char *arg_socket;
+static const char *arg_agent;
 static bool arg_json;
 static uint64_t arg_timeout_ms = 10000;
 
@@ -55,6 +56,8 @@ static void help(void) {
                "\n"
                "Options:\n"
                "  -s, --socket PATH   control socket (default $AGENTCTL_SOCKET or %s)\n"
+               "  -a, --agent NAME    act on another agent through the NATS bridge of this one\n"
+               "                      (its bus.nats.remote_control decides what it allows)\n"
                "      --json          print the daemon's JSON instead of tables\n"
                "  -t, --timeout SEC   how long to wait for a reply (default 10; bus sub: none)\n"
                "      --version       print the version\n"
@@ -114,6 +117,11 @@ static int request(const char *verb, json_t *args, json_t **ret_result) {
         if (ex != EXIT_OK) {
                 json_decref(args);
                 return ex;
+        }
+        if (arg_agent) {
+                if (!args)
+                        args = json_object();
+                json_object_set_new(args, "agent", json_string(arg_agent));
         }
         int r = ctl_client_send(c, verb, args);
         json_t *reply = NULL;
@@ -525,6 +533,8 @@ static int cmd_bus(int argc, char **argv) {
                 json_decref(args);
                 return ex;
         }
+        if (arg_agent)
+                json_object_set_new(args, "agent", json_string(arg_agent)); /* agentd explains the refusal */
         int r = ctl_client_send(c, "bus.sub", args);
         /* the daemon ends the stream on count or time-out; the extra second covers transit */
         uint64_t wait = have_timeout ? timeout_ms + 5000 : 0;
@@ -620,15 +630,19 @@ int main(int argc, char **argv) {
         enum { OPT_JSON = 0x100, OPT_VERSION };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, 's'}, {"json", no_argument, NULL, OPT_JSON},
+                {"agent", required_argument, NULL, 'a'},
                 {"timeout", required_argument, NULL, 't'}, {"version", no_argument, NULL, OPT_VERSION},
                 {"help", no_argument, NULL, 'h'},         {0},
         };
         int c;
         /* "+": options end at the first command word, so verbs may have their own */
-        while ((c = getopt_long(argc, argv, "+s:t:h", opts, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, "+s:a:t:h", opts, NULL)) >= 0) {
                 switch (c) {
                 case 's':
                         arg_socket = optarg;
+                        break;
+                case 'a':
+                        arg_agent = optarg;
                         break;
                 case OPT_JSON:
                         arg_json = true;

@@ -675,8 +675,15 @@ static void inbox_deliver(bus_client *c, const bus_msg *msg, void *userdata) {
                 id = id * 10 + (uint64_t)(*s - '0');
         }
         bus_request_s *r = req_take(b, id);
-        if (r)
-                req_finish(r, 0, msg); /* later replies to the same request find nothing */
+        if (!r)
+                return; /* later replies to the same request find nothing */
+        /* NATS answers a request nobody subscribed to with an empty "Status: 503"
+         * message (no responders): the same as our own -ENOENT */
+        const char *status = org_msg_header(&msg->m, "Status");
+        if (msg->m.len == 0 && status && streq(status, "503"))
+                req_finish(r, -ENOENT, NULL);
+        else
+                req_finish(r, 0, msg);
 }
 
 static int inbox_ensure(bus *b) {

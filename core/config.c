@@ -231,9 +231,11 @@ static void check_instances(const ynode *plugins, diag *d, bool *bad) {
         for (size_t i = 0; i < plugins->n; i++) {
                 const ynode *k = plugins->keys[i], *v = plugins->values[i];
                 _cleanup_free_ char *where = NULL;
-                if (!name_is_valid(k->scalar)) {
+                if (!name_is_valid(k->scalar) || k->scalar[0] == '_') {
+                        /* a leading '_' is reserved: organism.ctl.<agent>._agent.<verb> is the agent itself */
                         diag_add(d, k->line, k->col,
-                                 "plugins.%.64s: invalid instance name (letters, digits, '_' and '-', at most 64)",
+                                 "plugins.%.64s: invalid instance name (letters, digits, '_' and '-', at most 64, "
+                                 "not starting with '_')",
                                  k->scalar);
                         *bad = true;
                 }

@@ -22,6 +22,8 @@ struct control {
         bool bound;             /* the socket file is ours to remove */
         sd_event_source *source;
         ctl_conn *conns;
+        bus_client *remote;     /* organism.ctl.<agent>._agent.* from other agents */
+        bool remote_admin;
         gid_t organism_gid;
         bool have_group;
         uint64_t accepted, refused;
@@ -114,6 +116,7 @@ void ctl_request_free(ctl_request *q) {
         if (!q)
                 return;
         request_unlink(q);
+        free(q->reply_subject);
         json_decref(q->id);
         json_decref(q->args);
         free(q->verb);
@@ -126,12 +129,24 @@ static json_t *reply_base(ctl_request *q) {
         return o;
 }
 
+/* A remote request's answer: the same object a connection would get, on the bus. */
+static void remote_send(ctl_request *q, json_t *o) {
+        char *text = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (text)
+                bus_publish(q->agent->bus, q->reply_subject, NULL, NULL, 0, text, strlen(text), NULL);
+        free(text);
+}
+
 void ctl_reply_ok(ctl_request *q, json_t *result) {
-        if (q->conn) {
+        if (q->conn || q->reply_subject) {
                 json_t *o = reply_base(q);
                 json_object_set_new(o, "ok", json_true());
                 json_object_set_new(o, "result", result ? result : json_object());
-                conn_send(q->conn, o, true);
+                if (q->conn)
+                        conn_send(q->conn, o, true);
+                else
+                        remote_send(q, o);
         } else
                 json_decref(result);
         ctl_request_free(q);
@@ -172,13 +187,17 @@ static void send_error(ctl_conn *c, json_t *id, int error, const char *msg) {
 }
 
 void ctl_reply_error(ctl_request *q, int error, const char *fmt, ...) {
-        if (q->conn) {
+        if (q->conn || q->reply_subject) {
                 char msg[2048];
                 va_list ap;
                 va_start(ap, fmt);
                 vsnprintf(msg, sizeof msg, fmt, ap);
                 va_end(ap);
-                send_error(q->conn, q->id, error, msg);
+                if (q->conn)
+                        send_error(q->conn, q->id, error, msg);
+                else
+                        remote_send(q, json_pack("{s:O?, s:b, s:s, s:s}", "id", q->id, "ok", 0, "error", msg, "errno",
+                                                 errno_name(error < 0 ? -error : error)));
         }
         ctl_request_free(q);
 }
@@ -263,7 +282,11 @@ static void handle_line(ctl_conn *c, const char *line, size_t len) {
         q->admin = c->admin;
         q->next = c->requests;
         c->requests = q;
-        v->run(q);
+        const char *target = json_string_value(json_object_get(q->args, "agent"));
+        if (target && !streq(target, c->control->agent->config->name))
+                ctl_forward(q, target);
+        else
+                v->run(q);
 out:
         json_decref(req);
 }
@@ -476,9 +499,61 @@ fail:
         return r;
 }
 
+/* A control request from another agent, on the loop. */
+static void remote_deliver(bus_client *bc, const bus_msg *m, void *userdata) {
+        control *c = userdata;
+        /* organism.ctl.<agent>._agent.<verb>, where the verb may hold dots (plugin.list) */
+        const char *verb = strstr(m->m.subject, "._agent.") + strlen("._agent.");
+        if (!m->m.reply)
+                return; /* nobody to answer: not a request */
+        ctl_request *q = new0(ctl_request, 1);
+        if (!q)
+                return;
+        q->agent = c->agent;
+        q->reply_subject = strdup(m->m.reply);
+        q->verb = strdup(verb);
+        json_error_t e;
+        q->args = m->m.len ? json_loadb(m->m.data, m->m.len, 0, &e) : json_object();
+        q->admin = c->remote_admin;
+        if (!q->reply_subject || !q->verb) {
+                ctl_request_free(q);
+                return;
+        }
+        if (!json_is_object(q->args)) {
+                json_decref(q->args);
+                q->args = json_object();
+                return ctl_reply_error(q, EINVAL, "the arguments of a remote request are a JSON object");
+        }
+        json_object_del(q->args, "agent");
+        const ctl_verb *v = ctl_verb_find(verb);
+        if (!v)
+                return ctl_reply_error(q, EOPNOTSUPP, "unknown verb \"%.100s\"", verb);
+        if (streq(verb, "bus.sub"))
+                return ctl_reply_error(q, EOPNOTSUPP, "streams do not cross agents: run agentctl on %s itself",
+                                       c->agent->config->name);
+        if (v->mutating && !q->admin)
+                return ctl_reply_error(q, EPERM,
+                                       "permission denied: remote control of agent %s is read-only (bus.nats.remote_control)",
+                                       c->agent->config->name);
+        log_info("Control: %s from %s over the bus.", verb, m->m.origin ? m->m.origin : "?");
+        v->run(q);
+}
+
+int control_remote_start(control *c, bool admin) {
+        _cleanup_free_ char *pattern = NULL;
+        if (asprintf(&pattern, "organism.ctl.%s._agent.>", c->agent->config->name) < 0)
+                return -ENOMEM;
+        c->remote = bus_client_new(c->agent->bus, "control-remote", 0, remote_deliver, c);
+        if (!c->remote)
+                return -ENOMEM;
+        c->remote_admin = admin;
+        return bus_subscribe(c->remote, pattern, NULL);
+}
+
 void control_free(control *c) {
         if (!c)
                 return;
+        bus_client_free(c->remote);
         while (c->conns)
                 conn_free(c->conns);
         sd_event_source_disable_unref(c->source);

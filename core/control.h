@@ -25,7 +25,8 @@ typedef struct ctl_conn ctl_conn;
 typedef struct ctl_request ctl_request;
 
 struct ctl_request {
-        ctl_conn *conn;              /* NULL once the peer went away */
+        ctl_conn *conn;              /* NULL once the peer went away (or for a remote request) */
+        char *reply_subject;         /* a request that came over the bus from another agent */
         agent *agent;
         json_t *id;
         char *verb;
@@ -53,6 +54,10 @@ void ctl_stream_end(ctl_request *q, json_t *extra);
 /* Frees a request whose connection is gone (from on_close or later). */
 void ctl_request_free(ctl_request *q);
 
+/* Serves organism.ctl.<agent>._agent.<verb> on the bus: the control verbs for other
+ * agents (through the NATS bridge). admin: mutating verbs allowed too. */
+int control_remote_start(control *c, bool admin);
+
 /* ctl_verbs.c: the verbs. */
 typedef struct ctl_verb {
         const char *name;
@@ -60,5 +65,7 @@ typedef struct ctl_verb {
         void (*run)(ctl_request *q);
 } ctl_verb;
 const ctl_verb *ctl_verb_find(const char *name);
+/* Sends q to agent `target` over the bus (agentctl --agent). */
+void ctl_forward(ctl_request *q, const char *target);
 
 #endif

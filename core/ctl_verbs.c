@@ -4,6 +4,7 @@
  * verbs mutate is declared in the table at the end; control.c enforces it. */
 #include <unistd.h>
 
+#include "bridge.h"
 #include "config_schema.h"
 #include "context.h"
 #include "control.h"
@@ -53,6 +54,7 @@ static void v_status(ctl_request *q) {
                 (json_int_t)disabled, "bus", "published", (json_int_t)bs.published, "delivered",
                 (json_int_t)bs.delivered, "dropped", (json_int_t)bs.dropped, "subscriptions", (json_int_t)bs.n_subs,
                 "config_reloads", (json_int_t)a->config_reloads, "nats", "enabled", a->config->nats != NULL);
+        json_object_set_new(r, "nats", bridge_status(a->bridge));
         ctl_reply_ok(q, r);
 }
 
@@ -390,9 +392,15 @@ static void v_bus_sub(ctl_request *q) {
                 q->sent--; /* the marker is not a message */
 }
 
+typedef enum reply_kind {
+        REPLY_MESSAGE,     /* bus request: the reply message as it came */
+        REPLY_PLUGIN,      /* plugin verb: the payload, {"error": ...} is an error */
+        REPLY_CONTROL,     /* another agent's control answer: {"ok","result"|"error"} */
+} reply_kind;
+
 typedef struct pending_request {
         uint64_t id;
-        bool plugin_call; /* a reply {"error": ...} is an error */
+        reply_kind kind;
 } pending_request;
 
 static void request_on_close(ctl_request *q) {
@@ -405,7 +413,7 @@ static void request_on_close(ctl_request *q) {
 static void on_bus_reply(int error, const bus_msg *reply, void *userdata) {
         ctl_request *q = userdata;
         pending_request *p = q->data;
-        bool plugin_call = p->plugin_call;
+        reply_kind kind = p->kind;
         free(p);
         q->data = NULL;
         q->on_close = NULL;
@@ -416,7 +424,19 @@ static void on_bus_reply(int error, const bus_msg *reply, void *userdata) {
         if (error < 0)
                 return ctl_reply_error(q, error, "request failed: %s", strerror(-error));
         json_t *m = msg_to_json(reply);
-        if (plugin_call) {
+        if (kind == REPLY_CONTROL) {
+                json_t *payload = json_object_get(m, "payload");
+                if (json_is_true(json_object_get(payload, "ok")))
+                        ctl_reply_ok(q, json_incref(json_object_get(payload, "result")));
+                else {
+                        const char *err = json_string_value(json_object_get(payload, "error"));
+                        const char *en = json_string_value(json_object_get(payload, "errno"));
+                        ctl_reply_error(q, en && streq(en, "EPERM") ? EPERM : EIO, "%s", err ? err : "the remote agent failed");
+                }
+                json_decref(m);
+                return;
+        }
+        if (kind == REPLY_PLUGIN) {
                 json_t *payload = json_object_get(m, "payload");
                 const char *err = json_string_value(json_object_get(payload, "error"));
                 if (err) {
@@ -431,12 +451,12 @@ static void on_bus_reply(int error, const bus_msg *reply, void *userdata) {
         ctl_reply_ok(q, m);
 }
 
-static void start_request(ctl_request *q, const char *subject, const char *data, size_t len, bool plugin_call) {
+static void start_request(ctl_request *q, const char *subject, const char *data, size_t len, reply_kind kind) {
         json_int_t timeout_ms = json_integer_value(json_object_get(q->args, "timeout_ms"));
         pending_request *p = new0(pending_request, 1);
         if (!p)
                 return ctl_reply_error(q, ENOMEM, "out of memory");
-        p->plugin_call = plugin_call;
+        p->kind = kind;
         q->data = p;
         q->on_close = request_on_close;
         int r = bus_request(q->agent->bus, subject, NULL, 0, data, len, timeout_ms > 0 ? (uint64_t)timeout_ms : 5000,
@@ -457,7 +477,7 @@ static void v_bus_request(ctl_request *q) {
         size_t len = 0;
         if (payload_from_args(q, &data, &len) < 0)
                 return ctl_reply_error(q, EINVAL, "bad payload");
-        start_request(q, subject, data, len, false);
+        start_request(q, subject, data, len, REPLY_MESSAGE);
 }
 
 /* call INSTANCE VERB [ARGS]: a request to organism.ctl.<agent>.<instance>.<verb>. A
@@ -486,7 +506,36 @@ static void v_call(ctl_request *q) {
         _cleanup_free_ char *subject = instance_ctl_subject(in, verb);
         if (!data || !subject)
                 return ctl_reply_error(q, ENOMEM, "out of memory");
-        start_request(q, subject, data, strlen(data), true);
+        start_request(q, subject, data, strlen(data), REPLY_PLUGIN);
+}
+
+void ctl_forward(ctl_request *q, const char *target) {
+        if (!q->agent->bridge)
+                return ctl_reply_error(q, EOPNOTSUPP, "--agent %s needs the NATS bridge (bus.nats), and this agent has none",
+                                       target);
+        if (!name_is_valid(target))
+                return ctl_reply_error(q, EINVAL, "invalid agent name \"%s\"", target);
+        if (streq(q->verb, "bus.sub"))
+                return ctl_reply_error(q, EOPNOTSUPP, "streams do not cross agents: run agentctl on %s itself", target);
+        _cleanup_free_ char *subject = NULL, *data = NULL;
+        if (streq(q->verb, "call")) {
+                /* straight to the instance on the other agent, which checks its own verbs */
+                const char *inst = arg_str(q, "instance"), *verb = arg_str(q, "verb");
+                if (!inst || !verb || !name_is_valid(inst) || !name_is_valid(verb))
+                        return ctl_reply_error(q, EINVAL, "call needs a valid \"instance\" and \"verb\"");
+                json_t *args = json_object_get(q->args, "args");
+                data = args ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
+                if (asprintf(&subject, "organism.ctl.%s.%s.%s", target, inst, verb) < 0 || !data)
+                        return ctl_reply_error(q, ENOMEM, "out of memory");
+                return start_request(q, subject, data, strlen(data), REPLY_PLUGIN);
+        }
+        json_t *args = json_deep_copy(q->args);
+        json_object_del(args, "agent");
+        data = json_dumps(args, JSON_COMPACT);
+        json_decref(args);
+        if (asprintf(&subject, "organism.ctl.%s._agent.%s", target, q->verb) < 0 || !data)
+                return ctl_reply_error(q, ENOMEM, "out of memory");
+        start_request(q, subject, data, strlen(data), REPLY_CONTROL);
 }
 
 static void v_metrics(ctl_request *q) {

@@ -133,6 +133,23 @@ static void deliver_call(instance *in, const char *verb, const bus_msg *msg) {
                               in->error ? ": " : "", in->error ? in->error : "");
                 return;
         }
+        /* From another agent over NATS: only read-only verbs unless remote_control is admin. */
+        if (m->origin && !streq(m->origin, in->agent->config->name)) {
+                const char *rc = json_string_value(json_object_get(in->agent->config->nats, "remote_control"));
+                if (!rc || !streq(rc, "admin")) {
+                        const org_verb *v = NULL;
+                        for (size_t i = 0; in->so->desc->verbs && in->so->desc->verbs[i].name; i++)
+                                if (streq(in->so->desc->verbs[i].name, verb))
+                                        v = &in->so->desc->verbs[i];
+                        if (!v || v->mutating || (rc && streq(rc, "off"))) {
+                                respond_error(in, m->reply,
+                                              "permission denied: %s %s from agent %s: remote control of %s is %s "
+                                              "(bus.nats.remote_control)",
+                                              in->name, verb, m->origin, in->agent->config->name, rc ? rc : "read-only");
+                                return;
+                        }
+                }
+        }
         int (*call)(void *, const char *, const org_msg *) = PLUGIN_HOOK(in->so, call);
         if (!call) {
                 respond_error(in, m->reply, "plugin %s has no verbs", in->cfg.plugin);

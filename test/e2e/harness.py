@@ -175,6 +175,61 @@ class Agent:
         return self.proc.returncode if self.proc else None
 
 
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class NatsServer:
+    """A real nats-server (with JetStream) on a free loopback port, for one test."""
+
+    def __init__(self, tmp, port=None, extra=()):
+        if not shutil.which("nats-server"):
+            raise Skip("nats-server is not installed (apt-get install nats-server)")
+        self.tmp = tmp
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.proc = None
+        self.url = "nats://127.0.0.1:%d" % self.port
+        self.name = "nats-server:%d" % self.port
+
+    def logtext(self):
+        try:
+            with open(os.path.join(self.tmp, "nats-%d.log" % self.port), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def start(self, timeout=15):
+        store = os.path.join(self.tmp, "js-%d" % self.port)
+        self.log = open(os.path.join(self.tmp, "nats-%d.log" % self.port), "ab")
+        self.proc = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", store]
+                                     + self.extra, stdout=self.log, stderr=self.log)
+        # ready when it greets a client with INFO
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("nats-server exited with %d" % self.proc.returncode)
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as c:
+                    c.settimeout(2)
+                    if c.recv(4096).startswith(b"INFO"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError("nats-server not ready on port %d" % self.port)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if getattr(self, "log", None):
+            self.log.close()
+
+
 class Control:
     """A raw control connection, for what agentctl would never send."""
 

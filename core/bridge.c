@@ -1,0 +1,544 @@
+/* bridge.c — export/import between the internal bus and NATS through libnats, with
+ * origin tagging (no echo), de-duplication of overlapping import patterns, buffering
+ * while disconnected (libnats' reconnect buffer), counters for `agentctl status`, and
+ * the thread hand-off: libnats threads queue, the loop publishes. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
+
+#include <nats/nats.h>
+
+#include "bridge.h"
+#include "bus.h"
+#include "log.h"
+#include "subject.h"
+#include "util.h"
+
+#define IMPORT_QUEUE_MAX 65536 /* imported messages waiting for the loop; beyond: dropped */
+
+typedef struct import_msg {
+        struct import_msg *next;
+        char *subject, *reply, *origin;
+        org_header *headers;   /* keys and values point into `strings` */
+        size_t n_headers;
+        char *strings;
+        void *data;
+        size_t len;
+} import_msg;
+
+typedef struct import_sub {
+        bridge *bridge;
+        size_t index;          /* order among the import subscriptions */
+        char *pattern;
+        natsSubscription *sub;
+} import_sub;
+
+struct bridge {
+        agent *agent;
+        char *self;            /* this agent's name */
+        char *url;             /* the first server, for messages */
+        natsOptions *opts;
+        natsConnection *nc;
+        bus_client *exporter;
+        import_sub *imports;
+        size_t n_imports;
+        bool remote_control;
+
+        /* libnats threads → loop */
+        pthread_mutex_t lock;
+        import_msg *head, *tail;
+        size_t queued;
+        int efd;
+        sd_event_source *efd_source;
+
+        /* round-trip time, measured off the loop (natsConnection_GetRTT blocks) */
+        pthread_t rtt_thread;
+        bool rtt_started;
+        pthread_mutex_t rtt_lock;
+        pthread_cond_t rtt_cond;
+        bool stopping;
+
+        _Atomic uint64_t rtt_us, exported, export_dropped, imported, import_dropped, echo_dropped, duplicates,
+                disconnects, slow_consumers, errors;
+        _Atomic bool connected;
+};
+
+static const char *nats_error_text(natsStatus s) {
+        const char *t = nats_GetLastError(NULL);
+        return t && *t ? t : natsStatus_GetText(s);
+}
+
+bool bridge_addressed_to(const char *subject, const char *agent_name) {
+        const char *rest;
+        if (startswith(subject, "organism.ctl."))
+                rest = subject + strlen("organism.ctl.");
+        else if (startswith(subject, "_INBOX."))
+                rest = subject + strlen("_INBOX.");
+        else
+                return false;
+        size_t n = strlen(agent_name);
+        return strncmp(rest, agent_name, n) == 0 && (rest[n] == '.' || rest[n] == '\0');
+}
+
+static bool is_routed(const char *subject) {
+        return startswith(subject, "organism.ctl.") || startswith(subject, "_INBOX.");
+}
+
+/* On the loop: a local message for NATS. */
+static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
+        bridge *b = userdata;
+        if (!streq_ptr(m->m.origin, b->self))
+                return; /* imported: exporting it again would echo */
+        if (is_routed(m->m.subject) && bridge_addressed_to(m->m.subject, b->self))
+                return; /* a request or reply for this very agent */
+        natsMsg *nm = NULL;
+        natsStatus s = natsMsg_Create(&nm, m->m.subject, m->m.reply, m->m.data, (int)m->m.len);
+        for (size_t i = 0; s == NATS_OK && i < m->m.n_headers; i++)
+                s = natsMsgHeader_Add(nm, m->m.headers[i].key, m->m.headers[i].value);
+        if (s == NATS_OK)
+                s = natsMsgHeader_Set(nm, BRIDGE_ORIGIN_HEADER, b->self);
+        if (s == NATS_OK)
+                s = natsConnection_PublishMsg(b->nc, nm);
+        natsMsg_Destroy(nm);
+        if (s == NATS_OK) {
+                b->exported++;
+                return;
+        }
+        uint64_t n = ++b->export_dropped;
+        if ((n & (n - 1)) == 0) /* 1, 2, 4, 8...: the first and then ever rarer */
+                log_warning("NATS bridge: export of %s failed (%s); %llu dropped so far.", m->m.subject,
+                            natsStatus_GetText(s), (unsigned long long)n);
+}
+
+static void import_free(import_msg *im) {
+        if (!im)
+                return;
+        free(im->subject);
+        free(im->reply);
+        free(im->origin);
+        free(im->headers);
+        free(im->strings);
+        free(im->data);
+        free(im);
+}
+
+/* Copies what the loop needs out of a libnats message (on a libnats thread). */
+static import_msg *import_copy(natsMsg *msg, const char *origin) {
+        import_msg *im = new0(import_msg, 1);
+        if (!im)
+                return NULL;
+        const char *reply = natsMsg_GetReply(msg);
+        im->subject = strdup(natsMsg_GetSubject(msg));
+        im->reply = reply && *reply ? strdup(reply) : NULL;
+        im->origin = strdup(origin);
+        im->len = (size_t)natsMsg_GetDataLength(msg);
+        im->data = malloc(im->len + 1);
+        if (!im->subject || !im->origin || !im->data || (reply && *reply && !im->reply))
+                goto fail;
+        memcpy(im->data, natsMsg_GetData(msg), im->len);
+
+        const char **keys = NULL;
+        int nkeys = 0;
+        if (natsMsgHeader_Keys(msg, &keys, &nkeys) == NATS_OK && nkeys > 0) {
+                /* two passes: count and size, then copy into one block */
+                size_t n = 0, bytes = 0;
+                for (int i = 0; i < nkeys; i++) {
+                        const char **vals = NULL;
+                        int nv = 0;
+                        if (streq(keys[i], BRIDGE_ORIGIN_HEADER) ||
+                            natsMsgHeader_Values(msg, keys[i], &vals, &nv) != NATS_OK)
+                                continue;
+                        for (int k = 0; k < nv; k++) {
+                                n++;
+                                bytes += strlen(keys[i]) + strlen(vals[k]) + 2;
+                        }
+                        free((void *)vals);
+                }
+                im->headers = new0(org_header, n ? n : 1);
+                im->strings = malloc(bytes ? bytes : 1);
+                char *p = im->strings;
+                for (int i = 0; im->headers && p && i < nkeys; i++) {
+                        const char **vals = NULL;
+                        int nv = 0;
+                        if (streq(keys[i], BRIDGE_ORIGIN_HEADER) ||
+                            natsMsgHeader_Values(msg, keys[i], &vals, &nv) != NATS_OK)
+                                continue;
+                        for (int k = 0; k < nv && im->n_headers < n; k++) {
+                                size_t kl = strlen(keys[i]) + 1, vl = strlen(vals[k]) + 1;
+                                memcpy(p, keys[i], kl);
+                                memcpy(p + kl, vals[k], vl);
+                                im->headers[im->n_headers++] = (org_header){p, p + kl};
+                                p += kl + vl;
+                        }
+                        free((void *)vals);
+                }
+                free((void *)keys);
+                if (!im->headers || !im->strings)
+                        goto fail;
+        }
+        return im;
+fail:
+        import_free(im);
+        return NULL;
+}
+
+/* libnats thread: a message from NATS. */
+static void on_nats_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
+        import_sub *is = closure;
+        bridge *b = is->bridge;
+        const char *subject = natsMsg_GetSubject(msg);
+        /* NATS delivers once per matching subscription: the first matching pattern
+         * in order takes it, the others let it go. */
+        for (size_t i = 0; i < is->index; i++)
+                if (subject_matches(b->imports[i].pattern, subject)) {
+                        b->duplicates++;
+                        natsMsg_Destroy(msg);
+                        return;
+                }
+        const char *origin = NULL;
+        if (natsMsgHeader_Get(msg, BRIDGE_ORIGIN_HEADER, &origin) != NATS_OK || !origin || !*origin)
+                origin = "nats"; /* a plain NATS client, not an agent */
+        if (streq(origin, b->self)) {
+                b->echo_dropped++;
+                natsMsg_Destroy(msg);
+                return;
+        }
+        import_msg *im = import_copy(msg, origin);
+        natsMsg_Destroy(msg);
+        if (!im) {
+                b->import_dropped++;
+                return;
+        }
+        bool wake;
+        pthread_mutex_lock(&b->lock);
+        if (b->queued >= IMPORT_QUEUE_MAX) {
+                pthread_mutex_unlock(&b->lock);
+                b->import_dropped++;
+                import_free(im);
+                return;
+        }
+        wake = b->head == NULL;
+        if (b->tail)
+                b->tail->next = im;
+        else
+                b->head = im;
+        b->tail = im;
+        b->queued++;
+        pthread_mutex_unlock(&b->lock);
+        if (wake) {
+                uint64_t one = 1;
+                ssize_t _unused_ n = write(b->efd, &one, sizeof one);
+        }
+}
+
+/* On the loop: publish what the libnats threads queued. */
+static int on_import_ready(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        bridge *b = userdata;
+        uint64_t v;
+        ssize_t _unused_ n = read(fd, &v, sizeof v);
+        pthread_mutex_lock(&b->lock);
+        import_msg *list = b->head;
+        b->head = b->tail = NULL;
+        b->queued = 0;
+        pthread_mutex_unlock(&b->lock);
+        while (list) {
+                import_msg *im = list;
+                list = im->next;
+                if (bus_publish(b->agent->bus, im->subject, im->reply, im->headers, im->n_headers, im->data, im->len,
+                                im->origin) >= 0)
+                        b->imported++;
+                else
+                        b->import_dropped++;
+                import_free(im);
+        }
+        return 0;
+}
+
+static void on_disconnected(natsConnection *nc, void *closure) {
+        bridge *b = closure;
+        b->connected = false;
+        b->disconnects++;
+        log_warning("NATS bridge: disconnected; exports are buffered until the server is back.");
+}
+
+static void on_connected(natsConnection *nc, void *closure) {
+        bridge *b = closure;
+        char url[256] = "";
+        natsConnection_GetConnectedUrl(nc, url, sizeof url);
+        b->connected = true;
+        log_info("NATS bridge: connected to %s.", url);
+}
+
+static void on_closed(natsConnection *nc, void *closure) {
+        bridge *b = closure;
+        b->connected = false;
+        if (b->stopping)
+                return;
+        const char *why = NULL;
+        natsStatus s = natsConnection_GetLastError(nc, &why);
+        log_error("NATS bridge: connection to %s closed for good: %s. The local bus goes on; the bridge stays "
+                  "down until agentd restarts.",
+                  b->url, s != NATS_OK && why && *why ? why : "reconnect attempts exhausted");
+}
+
+static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure) {
+        bridge *b = closure;
+        if (err == NATS_SLOW_CONSUMER) {
+                uint64_t n = ++b->slow_consumers;
+                if ((n & (n - 1)) == 0)
+                        log_warning("NATS bridge: slow consumer, NATS dropped messages for us (%llu times so far).",
+                                    (unsigned long long)n);
+                return;
+        }
+        b->errors++;
+        log_error("NATS bridge: %s", nats_error_text(err));
+}
+
+static void *rtt_loop(void *userdata) {
+        bridge *b = userdata;
+        pthread_mutex_lock(&b->rtt_lock);
+        while (!b->stopping) {
+                pthread_mutex_unlock(&b->rtt_lock);
+                int64_t rtt = 0;
+                if (b->connected && natsConnection_GetRTT(b->nc, &rtt) == NATS_OK)
+                        b->rtt_us = (uint64_t)(rtt / 1000);
+                pthread_mutex_lock(&b->rtt_lock);
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_sec += 5;
+                if (!b->stopping)
+                        pthread_cond_timedwait(&b->rtt_cond, &b->rtt_lock, &ts);
+        }
+        pthread_mutex_unlock(&b->rtt_lock);
+        return NULL;
+}
+
+static natsStatus set_options(bridge *b, json_t *cfg) {
+        natsStatus s = natsOptions_Create(&b->opts);
+        json_t *servers = json_object_get(cfg, "servers");
+        const char *url = json_string_value(json_object_get(cfg, "url"));
+        if (s == NATS_OK && json_array_size(servers) > 0) {
+                const char *list[64];
+                size_t n = 0, i;
+                json_t *v;
+                json_array_foreach(servers, i, v) if (n < ELEMENTSOF(list)) list[n++] = json_string_value(v);
+                s = natsOptions_SetServers(b->opts, list, (int)n);
+        } else if (s == NATS_OK)
+                s = natsOptions_SetURL(b->opts, url ? url : "nats://127.0.0.1:4222");
+        b->url = strdup(json_array_size(servers) ? json_string_value(json_array_get(servers, 0))
+                                                 : url ? url : "nats://127.0.0.1:4222");
+        const char *name = json_string_value(json_object_get(cfg, "name"));
+        if (s == NATS_OK)
+                s = natsOptions_SetName(b->opts, name ? name : b->self);
+        if (s == NATS_OK)
+                s = natsOptions_SetNoEcho(b->opts, true); /* our own exports never come back */
+        const char *token = json_string_value(json_object_get(cfg, "token"));
+        const char *user = json_string_value(json_object_get(cfg, "user"));
+        const char *creds = json_string_value(json_object_get(cfg, "creds"));
+        if (s == NATS_OK && token)
+                s = natsOptions_SetToken(b->opts, token);
+        if (s == NATS_OK && user)
+                s = natsOptions_SetUserInfo(b->opts, user, json_string_value(json_object_get(cfg, "password")));
+        if (s == NATS_OK && creds)
+                s = natsOptions_SetUserCredentialsFromFiles(b->opts, creds, NULL);
+        json_t *tls = json_object_get(cfg, "tls");
+        if (s == NATS_OK && tls) {
+                const char *ca = json_string_value(json_object_get(tls, "ca"));
+                const char *cert = json_string_value(json_object_get(tls, "cert"));
+                const char *key = json_string_value(json_object_get(tls, "key"));
+                s = natsOptions_SetSecure(b->opts, true);
+                if (s == NATS_OK && ca)
+                        s = natsOptions_LoadCATrustedCertificates(b->opts, ca);
+                if (s == NATS_OK && cert)
+                        s = natsOptions_LoadCertificatesChain(b->opts, cert, key);
+        }
+        if (s == NATS_OK)
+                s = natsOptions_SetMaxReconnect(b->opts, (int)json_integer_value(json_object_get(cfg, "reconnect_attempts")));
+        if (s == NATS_OK)
+                s = natsOptions_SetReconnectWait(b->opts, json_integer_value(json_object_get(cfg, "reconnect_wait")));
+        if (s == NATS_OK)
+                s = natsOptions_SetReconnectBufSize(b->opts, (int)json_integer_value(json_object_get(cfg, "reconnect_buffer")));
+        if (s == NATS_OK)
+                s = natsOptions_SetTimeout(b->opts, json_integer_value(json_object_get(cfg, "connect_timeout")));
+        if (s == NATS_OK)
+                s = natsOptions_SetMaxPendingMsgs(b->opts, 262144);
+        if (s == NATS_OK)
+                s = natsOptions_SetRetryOnFailedConnect(b->opts, true, on_connected, b);
+        if (s == NATS_OK)
+                s = natsOptions_SetDisconnectedCB(b->opts, on_disconnected, b);
+        if (s == NATS_OK)
+                s = natsOptions_SetReconnectedCB(b->opts, on_connected, b);
+        if (s == NATS_OK)
+                s = natsOptions_SetClosedCB(b->opts, on_closed, b);
+        if (s == NATS_OK)
+                s = natsOptions_SetErrorHandler(b->opts, on_error, b);
+        return s;
+}
+
+/* The import subscriptions, in order: configured patterns, then the reply inbox and
+ * (unless remote control is off) the control subjects of this agent. */
+static int add_import(bridge *b, const char *pattern) {
+        import_sub *is = &b->imports[b->n_imports];
+        is->bridge = b;
+        is->index = b->n_imports;
+        is->pattern = strdup(pattern);
+        if (!is->pattern)
+                return -ENOMEM;
+        b->n_imports++;
+        return 0;
+}
+
+int bridge_new(agent *a, json_t *cfg, bridge **ret) {
+        bridge *b = new0(bridge, 1);
+        if (!b)
+                return -ENOMEM;
+        b->agent = a;
+        b->efd = -1;
+        b->self = strdup(a->config->name);
+        pthread_mutex_init(&b->lock, NULL);
+        pthread_mutex_init(&b->rtt_lock, NULL);
+        pthread_cond_init(&b->rtt_cond, NULL);
+        const char *rc = json_string_value(json_object_get(cfg, "remote_control"));
+        b->remote_control = !rc || !streq(rc, "off");
+        int r = -ENOMEM;
+        if (!b->self)
+                goto fail;
+
+        json_t *imports = json_object_get(cfg, "import"), *v;
+        size_t i;
+        b->imports = new0(import_sub, json_array_size(imports) + 2);
+        if (!b->imports)
+                goto fail;
+        json_array_foreach(imports, i, v) if ((r = add_import(b, json_string_value(v))) < 0) goto fail;
+        _cleanup_free_ char *inbox = NULL, *ctl = NULL;
+        if (asprintf(&inbox, "_INBOX.%s.>", b->self) < 0 || asprintf(&ctl, "organism.ctl.%s.>", b->self) < 0) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        if ((r = add_import(b, inbox)) < 0 || (b->remote_control && (r = add_import(b, ctl)) < 0))
+                goto fail;
+
+        b->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (b->efd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        r = sd_event_add_io(a->event, &b->efd_source, b->efd, EPOLLIN, on_import_ready, b);
+        if (r < 0)
+                goto fail;
+
+        natsStatus s = set_options(b, cfg);
+        if (s != NATS_OK) {
+                r = log_error_errno(EINVAL, "NATS bridge: bad options: %s", nats_error_text(s));
+                goto fail;
+        }
+        s = natsConnection_Connect(&b->nc, b->opts);
+        if (s == NATS_OK)
+                on_connected(b->nc, b);
+        else if (s == NATS_NOT_YET_CONNECTED)
+                log_warning("NATS bridge: %s not reachable yet (%s); retrying in the background.", b->url,
+                            nats_error_text(s));
+        else {
+                r = log_error_errno(ECONNREFUSED, "NATS bridge: cannot connect: %s", nats_error_text(s));
+                goto fail;
+        }
+        for (i = 0; i < b->n_imports; i++) {
+                s = natsConnection_Subscribe(&b->imports[i].sub, b->nc, b->imports[i].pattern, on_nats_msg,
+                                             &b->imports[i]);
+                if (s == NATS_OK)
+                        s = natsSubscription_SetPendingLimits(b->imports[i].sub, 65536, 64 << 20);
+                if (s != NATS_OK) {
+                        r = log_error_errno(EIO, "NATS bridge: cannot subscribe to %s: %s", b->imports[i].pattern,
+                                            nats_error_text(s));
+                        goto fail;
+                }
+        }
+
+        b->exporter = bus_client_new(a->bus, "nats-export", 65536, export_deliver, b);
+        if (!b->exporter) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        json_t *exports = json_object_get(cfg, "export");
+        json_array_foreach(exports, i, v) if ((r = bus_subscribe(b->exporter, json_string_value(v), NULL)) < 0) goto fail;
+        /* requests to other agents and replies to them always cross */
+        if ((r = bus_subscribe(b->exporter, "_INBOX.>", NULL)) < 0 ||
+            (r = bus_subscribe(b->exporter, "organism.ctl.>", NULL)) < 0)
+                goto fail;
+
+        if (pthread_create(&b->rtt_thread, NULL, rtt_loop, b) == 0)
+                b->rtt_started = true;
+        *ret = b;
+        return 0;
+fail:
+        bridge_free(b);
+        return r;
+}
+
+void bridge_free(bridge *b) {
+        if (!b)
+                return;
+        pthread_mutex_lock(&b->rtt_lock);
+        b->stopping = true;
+        pthread_cond_broadcast(&b->rtt_cond);
+        pthread_mutex_unlock(&b->rtt_lock);
+        if (b->rtt_started)
+                pthread_join(b->rtt_thread, NULL);
+        bus_client_free(b->exporter);
+        /* drain each subscription before destroying it (a nats.c 3.4 trap) */
+        for (size_t i = 0; i < b->n_imports; i++) {
+                if (b->imports[i].sub) {
+                        natsSubscription_Unsubscribe(b->imports[i].sub);
+                        natsSubscription_Destroy(b->imports[i].sub);
+                }
+        }
+        if (b->nc) {
+                natsConnection_FlushTimeout(b->nc, 1000); /* what was exported last goes out */
+                natsConnection_Close(b->nc);
+                natsConnection_Destroy(b->nc);
+        }
+        natsOptions_Destroy(b->opts);
+        /* every libnats thread is gone after this: none can call back into b */
+        nats_CloseAndWait(2000);
+        for (size_t i = 0; i < b->n_imports; i++)
+                free(b->imports[i].pattern);
+        free(b->imports);
+        sd_event_source_disable_unref(b->efd_source);
+        if (b->efd >= 0)
+                close(b->efd);
+        while (b->head) {
+                import_msg *im = b->head;
+                b->head = im->next;
+                import_free(im);
+        }
+        pthread_mutex_destroy(&b->lock);
+        pthread_mutex_destroy(&b->rtt_lock);
+        pthread_cond_destroy(&b->rtt_cond);
+        free(b->self);
+        free(b->url);
+        free(b);
+}
+
+json_t *bridge_status(bridge *b) {
+        if (!b)
+                return json_pack("{s:b}", "enabled", 0);
+        uint64_t in_msgs = 0, in_bytes = 0, out_msgs = 0, out_bytes = 0, reconnects = 0;
+        natsStatistics *st = NULL;
+        if (natsStatistics_Create(&st) == NATS_OK && natsConnection_GetStats(b->nc, st) == NATS_OK)
+                natsStatistics_GetCounts(st, &in_msgs, &in_bytes, &out_msgs, &out_bytes, &reconnects);
+        natsStatistics_Destroy(st);
+        char url[256] = "";
+        natsConnection_GetConnectedUrl(b->nc, url, sizeof url);
+        bool connected = natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED;
+        json_t *o = json_pack("{s:b, s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                              "enabled", 1, "connected", connected, "server", url, "rtt_us", (json_int_t)b->rtt_us,
+                              "in_msgs", (json_int_t)in_msgs, "in_bytes", (json_int_t)in_bytes, "out_msgs",
+                              (json_int_t)out_msgs, "out_bytes", (json_int_t)out_bytes, "reconnects",
+                              (json_int_t)reconnects, "disconnects", (json_int_t)b->disconnects, "buffered",
+                              (json_int_t)MAX(natsConnection_Buffered(b->nc), 0), "exported", (json_int_t)b->exported,
+                              "export_dropped", (json_int_t)b->export_dropped, "imported", (json_int_t)b->imported,
+                              "import_dropped", (json_int_t)b->import_dropped, "echo_dropped",
+                              (json_int_t)b->echo_dropped, "slow_consumers", (json_int_t)b->slow_consumers, "errors",
+                              (json_int_t)b->errors, "duplicates_dropped", (json_int_t)b->duplicates);
+        return o;
+}

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""End-to-end: the NATS bridge with a real nats-server — export/import between agents,
+no echo with overlapping lists, headers and request/reply across agents, agentctl
+--agent, buffering and drops across a server restart, auth failure, config checks."""
+import json
+import os
+import subprocess
+import threading
+
+from harness import AGENTD, Agent, Control, NatsServer, run_tests, wait_for
+
+
+def nats_yaml(url, export=(), imports=(), extra="", reconnect_wait="100ms"):
+    return ("bus:\n  nats:\n    url: %s\n    export: %s\n    import: %s\n    reconnect_wait: %s\n" % (
+        url, json.dumps(list(export)), json.dumps(list(imports)), reconnect_wait)) + extra
+
+
+def agent(tmp, agents, name, url, export=(), imports=(), plugins="  ex: {plugin: example, interval: 1h}\n",
+          extra="", reconnect_wait="100ms"):
+    d = os.path.join(tmp, name)
+    os.makedirs(d)
+    a = Agent(d, plugins, name=name)
+    # the bus section goes after plugins: append it to the written file
+    with open(a.config, "a") as f:
+        f.write(nats_yaml(url, export, imports, extra, reconnect_wait))
+    agents.append(a)
+    return a
+
+
+class Sub:
+    """A bus.sub stream on an agent, collected by a thread."""
+
+    def __init__(self, a, pattern, count, timeout_ms=20000):
+        self.c = Control(a.sock)
+        self.c.send("bus.sub", {"pattern": pattern, "count": count, "timeout_ms": timeout_ms})
+        assert self.c.read()["event"]["subscribed"] is True
+        self.msgs, self.end = [], None
+        self.t = threading.Thread(target=self.run)
+        self.t.start()
+
+    def run(self):
+        self.c.s.settimeout(60)
+        while True:
+            r = self.c.read()
+            if r.get("end"):
+                self.end = r
+                return
+            self.msgs.append(r["event"])
+
+    def wait(self, timeout=60):
+        self.t.join(timeout)
+        assert not self.t.is_alive(), "stream did not end"
+        self.c.close()
+        return self.msgs
+
+
+def connected(a):
+    return a.ok("status")["nats"]["connected"]
+
+
+def test_export_import_between_two_agents(tmp, agents):
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    a = agent(tmp, agents, "alpha", srv.url, export=["demo.>"])
+    b = agent(tmp, agents, "beta", srv.url, imports=["demo.>"])
+    a.start()
+    b.start()
+    wait_for(lambda: connected(a) and connected(b), what="both bridges connected")
+    s = Sub(b, "demo.>", 3)
+    for i in range(3):
+        a.ok("bus", "pub", "demo.x", json.dumps({"i": i}), "-H", "trace=t%d" % i)
+    msgs = s.wait()
+    assert [m["payload"]["i"] for m in msgs] == [0, 1, 2], msgs
+    assert all(m["origin"] == "alpha" for m in msgs), msgs
+    assert msgs[1]["headers"] == {"trace": "t1"}, msgs  # headers survive, the origin header is consumed
+    st = a.ok("status")["nats"]
+    assert st["exported"] >= 3 and st["export_dropped"] == 0, st
+
+
+def test_three_agents_overlapping_exactly_once(tmp, agents):
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    names = ["a1", "a2", "a3"]
+    ags = [agent(tmp, agents, n, srv.url, export=["mesh.>", "mesh.hot.*"], imports=["mesh.>", "mesh.*.x"])
+           for n in names]
+    for a in ags:
+        a.start()
+    wait_for(lambda: all(connected(a) for a in ags), what="three bridges connected")
+    per_agent = 20
+    subs = [Sub(a, "mesh.>", per_agent * 3) for a in ags]
+    for a in ags:
+        for i in range(per_agent):
+            a.ok("bus", "pub", "mesh.hot.x", json.dumps({"from": a.name, "i": i}))
+    for name, s in zip(names, subs):
+        msgs = s.wait()
+        seen = [(m["payload"]["from"], m["payload"]["i"]) for m in msgs]
+        assert len(seen) == len(set(seen)) == per_agent * 3, (name, len(seen), len(set(seen)))
+        for m in msgs:
+            assert m["origin"] == m["payload"]["from"], m
+        assert s.end["count"] == per_agent * 3, s.end
+    # nothing more arrives: no echo loop keeps messages going round
+    for a in ags:
+        st = a.ok("status")["nats"]
+        assert st["exported"] == per_agent, (a.name, st)
+
+
+def test_request_reply_and_agentctl_agent(tmp, agents):
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    a = agent(tmp, agents, "alpha", srv.url)
+    b = agent(tmp, agents, "beta", srv.url)
+    a.start()
+    b.start()
+    wait_for(lambda: connected(a) and connected(b), what="both bridges connected")
+    # a plugin verb of beta, called through alpha
+    assert a.ok("--agent", "beta", "call", "ex", "echo", '{"x": 1}') == {"echo": {"x": 1}}
+    assert a.ok("--agent", "beta", "ex", "count")["count"] == 0
+    # agent verbs of beta through alpha
+    st = a.ok("--agent", "beta", "status")
+    assert st["agent"] == "beta", st
+    names = [i["name"] for i in a.ok("--agent", "beta", "plugin", "list")]
+    assert names == ["ex"], names
+    # remote control is read-only by default: mutating verbs are refused by beta
+    rc, _, err = a.ctl("--agent", "beta", "plugin", "reload", "ex")
+    assert rc == 4 and "read-only" in err, (rc, err)
+    rc, _, err = a.ctl("--agent", "beta", "call", "ex", "reset")
+    assert rc == 1 and "permission denied" in err, (rc, err)
+    rc, _, err = a.ctl("--agent", "beta", "bus", "sub", "x.>", "--count", "1")
+    assert rc == 1 and "streams do not cross" in err, (rc, err)
+    rc, _, err = a.ctl("--agent", "nobody", "status", timeout=30)
+    assert rc == 1 and "no responder" in err, (rc, err)
+    # a raw request from alpha's bus to beta's instance subject
+    r = a.ok("bus", "request", "organism.ctl.beta.ex.echo", '{"y": 2}')
+    assert r["payload"] == {"echo": {"y": 2}} and r["origin"] == "beta", r
+
+
+def test_server_restart_buffers_and_counts_drops(tmp, agents):
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    # alpha retries slower than beta, so beta has subscribed again when alpha flushes
+    a = agent(tmp, agents, "alpha", srv.url, export=["buf.>"], extra="    reconnect_buffer: 64KiB\n",
+              reconnect_wait="1500ms")
+    b = agent(tmp, agents, "beta", srv.url, imports=["buf.>"])
+    a.start()
+    b.start()
+    wait_for(lambda: connected(a) and connected(b), what="both bridges connected")
+    srv.stop()
+    wait_for(lambda: not connected(a) and not connected(b), what="both bridges see the server gone")
+    # 200 messages of ~1 KiB while down: about 64 fit in the reconnect buffer
+    payload = "x" * 1000
+    for i in range(200):
+        a.ok("bus", "pub", "buf.m", json.dumps({"i": i, "pad": payload}))
+    st = a.ok("status")["nats"]
+    dropped = st["export_dropped"]
+    assert 0 < dropped < 200, st
+    assert a.ok("status")["instances"]["running"] == 1  # the local bus went on working
+    srv2 = NatsServer(tmp, port=srv.port).start()
+    agents.append(srv2)
+    s = None
+    wait_for(lambda: connected(a) and connected(b), timeout=30, what="both bridges reconnected")
+    # every message that fitted in the buffer reaches beta, none of the dropped ones
+    wait_for(lambda: b.ok("status")["nats"]["imported"] >= 200 - dropped, timeout=20,
+             what="the buffered messages delivered")
+    assert b.ok("status")["nats"]["imported"] == 200 - dropped
+    # and new messages flow again
+    s = Sub(b, "buf.>", 1)
+    a.ok("bus", "pub", "buf.after", '{"after": true}')
+    assert s.wait()[0]["payload"] == {"after": True}
+
+
+def test_server_down_at_start_and_wrong_token(tmp, agents):
+    srv = NatsServer(tmp, extra=["--auth", "s3cret"])
+    a = agent(tmp, agents, "alpha", srv.url, export=["x.>"], extra="    token: wrong\n")
+    a.start()  # no server yet: agentd starts all the same
+    assert a.ok("status")["nats"]["connected"] is False
+    assert a.ok("ex", "count")["count"] == 0  # the local bus works
+    srv.start()
+    agents.append(srv)
+    wait_for(lambda: "Authorization Violation" in a.logtext(), timeout=30,
+             what="a clear log line about the refused token")
+    assert a.ok("status")["nats"]["connected"] is False
+
+
+def test_bad_nats_config_rejected(tmp, agents):
+    a = agent(tmp, agents, "alpha", "nats://127.0.0.1:1", export=["a.>.b"], extra="    colour: blue\n")
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p
+    assert "bus.nats.export[0]" in p.stderr and "bus.nats.colour: unknown key" in p.stderr, p.stderr
+
+
+if __name__ == "__main__":
+    run_tests(globals())
