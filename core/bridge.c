@@ -2,22 +2,26 @@
  * origin tagging (no echo), de-duplication of overlapping import patterns, buffering
  * while disconnected (libnats' reconnect buffer), counters for `agentctl status`, and
  * the thread hand-off: libnats threads queue, the loop publishes. */
-#include <pthread.h>
-#include <stdatomic.h>
 #include <sys/eventfd.h>
 
 #include <nats/nats.h>
 
 #include "bridge.h"
+#include "bridge_internal.h"
 #include "bus.h"
 #include "log.h"
 #include "subject.h"
 #include "util.h"
 
-#define IMPORT_QUEUE_MAX 65536 /* imported messages waiting for the loop; beyond: dropped */
+const char *bridge_nats_error(natsStatus s) {
+        const char *t = nats_GetLastError(NULL);
+        return t && *t ? t : natsStatus_GetText(s);
+}
+
+#define nats_error_text bridge_nats_error
 
 typedef struct import_msg {
-        struct import_msg *next;
+        post_item base;
         char *subject, *reply, *origin;
         org_header *headers;   /* keys and values point into `strings` */
         size_t n_headers;
@@ -25,48 +29,6 @@ typedef struct import_msg {
         void *data;
         size_t len;
 } import_msg;
-
-typedef struct import_sub {
-        bridge *bridge;
-        size_t index;          /* order among the import subscriptions */
-        char *pattern;
-        natsSubscription *sub;
-} import_sub;
-
-struct bridge {
-        agent *agent;
-        char *self;            /* this agent's name */
-        char *url;             /* the first server, for messages */
-        natsOptions *opts;
-        natsConnection *nc;
-        bus_client *exporter;
-        import_sub *imports;
-        size_t n_imports;
-        bool remote_control;
-
-        /* libnats threads → loop */
-        pthread_mutex_t lock;
-        import_msg *head, *tail;
-        size_t queued;
-        int efd;
-        sd_event_source *efd_source;
-
-        /* round-trip time, measured off the loop (natsConnection_GetRTT blocks) */
-        pthread_t rtt_thread;
-        bool rtt_started;
-        pthread_mutex_t rtt_lock;
-        pthread_cond_t rtt_cond;
-        bool stopping;
-
-        _Atomic uint64_t rtt_us, exported, export_dropped, imported, import_dropped, echo_dropped, duplicates,
-                disconnects, slow_consumers, errors;
-        _Atomic bool connected;
-};
-
-static const char *nats_error_text(natsStatus s) {
-        const char *t = nats_GetLastError(NULL);
-        return t && *t ? t : natsStatus_GetText(s);
-}
 
 bool bridge_addressed_to(const char *subject, const char *agent_name) {
         const char *rest;
@@ -113,6 +75,7 @@ static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
 static void import_free(import_msg *im) {
         if (!im)
                 return;
+
         free(im->subject);
         free(im->reply);
         free(im->origin);
@@ -122,11 +85,26 @@ static void import_free(import_msg *im) {
         free(im);
 }
 
+/* On the loop: one imported message onto the local bus. */
+static void import_run(bridge *b, post_item *it) {
+        import_msg *im = (import_msg *)it;
+        if (bus_publish(b->agent->bus, im->subject, im->reply, im->headers, im->n_headers, im->data, im->len,
+                        im->origin) >= 0)
+                b->imported++;
+        else
+                b->import_dropped++;
+        import_free(im);
+}
+
+static void import_drop(post_item *it) { import_free((import_msg *)it); }
+
 /* Copies what the loop needs out of a libnats message (on a libnats thread). */
 static import_msg *import_copy(natsMsg *msg, const char *origin) {
         import_msg *im = new0(import_msg, 1);
         if (!im)
                 return NULL;
+        im->base.run = import_run;
+        im->base.drop = import_drop;
         const char *reply = natsMsg_GetReply(msg);
         im->subject = strdup(natsMsg_GetSubject(msg));
         im->reply = reply && *reply ? strdup(reply) : NULL;
@@ -205,51 +183,48 @@ static void on_nats_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
         }
         import_msg *im = import_copy(msg, origin);
         natsMsg_Destroy(msg);
-        if (!im) {
-                b->import_dropped++;
-                return;
-        }
-        bool wake;
-        pthread_mutex_lock(&b->lock);
-        if (b->queued >= IMPORT_QUEUE_MAX) {
-                pthread_mutex_unlock(&b->lock);
+        if (!im || !bridge_post(b, &im->base, true)) {
                 b->import_dropped++;
                 import_free(im);
-                return;
         }
-        wake = b->head == NULL;
+}
+
+bool bridge_post(bridge *b, post_item *it, bool bounded) {
+        pthread_mutex_lock(&b->lock);
+        if (bounded && b->queued >= POST_QUEUE_MAX) {
+                pthread_mutex_unlock(&b->lock);
+                return false;
+        }
+        bool wake = b->head == NULL;
+        it->next = NULL;
         if (b->tail)
-                b->tail->next = im;
+                b->tail->next = it;
         else
-                b->head = im;
-        b->tail = im;
+                b->head = it;
+        b->tail = it;
         b->queued++;
         pthread_mutex_unlock(&b->lock);
         if (wake) {
                 uint64_t one = 1;
                 ssize_t _unused_ n = write(b->efd, &one, sizeof one);
         }
+        return true;
 }
 
-/* On the loop: publish what the libnats threads queued. */
-static int on_import_ready(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+/* On the loop: run what the other threads posted, in order. */
+static int on_post_ready(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         bridge *b = userdata;
         uint64_t v;
         ssize_t _unused_ n = read(fd, &v, sizeof v);
         pthread_mutex_lock(&b->lock);
-        import_msg *list = b->head;
+        post_item *list = b->head;
         b->head = b->tail = NULL;
         b->queued = 0;
         pthread_mutex_unlock(&b->lock);
         while (list) {
-                import_msg *im = list;
-                list = im->next;
-                if (bus_publish(b->agent->bus, im->subject, im->reply, im->headers, im->n_headers, im->data, im->len,
-                                im->origin) >= 0)
-                        b->imported++;
-                else
-                        b->import_dropped++;
-                import_free(im);
+                post_item *it = list;
+                list = it->next;
+                it->run(b, it);
         }
         return 0;
 }
@@ -267,6 +242,7 @@ static void on_connected(natsConnection *nc, void *closure) {
         natsConnection_GetConnectedUrl(nc, url, sizeof url);
         b->connected = true;
         log_info("NATS bridge: connected to %s.", url);
+        js_on_connected(b);
 }
 
 static void on_closed(natsConnection *nc, void *closure) {
@@ -423,7 +399,7 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
                 r = -errno;
                 goto fail;
         }
-        r = sd_event_add_io(a->event, &b->efd_source, b->efd, EPOLLIN, on_import_ready, b);
+        r = sd_event_add_io(a->event, &b->efd_source, b->efd, EPOLLIN, on_post_ready, b);
         if (r < 0)
                 goto fail;
 
@@ -466,6 +442,9 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
             (r = bus_subscribe(b->exporter, "organism.ctl.>", NULL)) < 0)
                 goto fail;
 
+        r = js_start(b, json_object_get(cfg, "jetstream"));
+        if (r < 0)
+                goto fail;
         if (pthread_create(&b->rtt_thread, NULL, rtt_loop, b) == 0)
                 b->rtt_started = true;
         *ret = b;
@@ -484,6 +463,7 @@ void bridge_free(bridge *b) {
         pthread_mutex_unlock(&b->rtt_lock);
         if (b->rtt_started)
                 pthread_join(b->rtt_thread, NULL);
+        js_stop(b);
         bus_client_free(b->exporter);
         /* drain each subscription before destroying it (a nats.c 3.4 trap) */
         for (size_t i = 0; i < b->n_imports; i++) {
@@ -507,10 +487,11 @@ void bridge_free(bridge *b) {
         if (b->efd >= 0)
                 close(b->efd);
         while (b->head) {
-                import_msg *im = b->head;
-                b->head = im->next;
-                import_free(im);
+                post_item *it = b->head;
+                b->head = it->next;
+                it->drop(it);
         }
+        js_free(b);
         pthread_mutex_destroy(&b->lock);
         pthread_mutex_destroy(&b->rtt_lock);
         pthread_cond_destroy(&b->rtt_cond);
@@ -540,5 +521,6 @@ json_t *bridge_status(bridge *b) {
                               "import_dropped", (json_int_t)b->import_dropped, "echo_dropped",
                               (json_int_t)b->echo_dropped, "slow_consumers", (json_int_t)b->slow_consumers, "errors",
                               (json_int_t)b->errors, "duplicates_dropped", (json_int_t)b->duplicates);
+        json_object_set_new(o, "jetstream", js_status(b));
         return o;
 }

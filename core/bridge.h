@@ -17,6 +17,8 @@
 
 #include <jansson.h>
 
+#include <organism/host.h>
+
 #include "agent.h"
 
 #define BRIDGE_ORIGIN_HEADER "Organism-Origin"
@@ -31,6 +33,21 @@ void bridge_free(bridge *b); /* accepts NULL */
 
 /* {"enabled","connected","server","rtt_us","in_msgs",...}, new reference. */
 json_t *bridge_status(bridge *b);
+
+/* Durable publish (JetStream): 0 once queued; cb runs on the loop, always, with 0
+ * when the server stored it (or knew it already by msg_id), or a negative errno. */
+typedef void (*bridge_pub_done_fn)(int error, void *userdata);
+int bridge_publish_durable(bridge *b, const char *subject, const char *msg_id, const void *data, size_t len,
+                           bridge_pub_done_fn cb, void *userdata);
+
+/* Durable consumer: fn runs on the loop for each message (msg->ack_token set). */
+typedef struct bridge_consumer bridge_consumer;
+typedef void (*bridge_deliver_fn)(const org_msg *msg, void *userdata);
+int bridge_consume(bridge *b, const org_consume_opts *opts, bridge_deliver_fn fn, void *userdata,
+                   bridge_consumer **ret);
+/* Stops it; messages it holds unacked go back to the server at once. */
+void bridge_consume_cancel(bridge_consumer *c);
+int bridge_ack(bridge *b, uint64_t ack_token, org_ack_kind kind, uint64_t delay_ms);
 
 /* Is `subject` (organism.ctl.<agent>.… or _INBOX.<agent>.…) addressed to agent? */
 bool bridge_addressed_to(const char *subject, const char *agent_name);

@@ -51,6 +51,15 @@ typedef struct ctx_io {
         org_ctx *ctx;
 } ctx_io;
 
+typedef struct ctx_durable {
+        struct ctx_durable *next;
+        uint64_t id;
+        struct bridge_consumer *consumer; /* consume: the consumer; NULL for a publish */
+        org_reply_fn cb;
+        void *userdata;
+        org_ctx *ctx;            /* NULL: a publish whose generation retired before it completed */
+} ctx_durable;
+
 typedef struct ctx_request {
         struct ctx_request *next;
         uint64_t bus_id;
@@ -69,6 +78,7 @@ struct org_ctx {
         ctx_exec *execs;
         ctx_request *requests;
         ctx_io *ios;
+        ctx_durable *durables;      /* pending durable publishes and live consumers */
         /* rate limiting of repeated log lines */
         uint64_t log_window_start_us;
         unsigned log_in_window;

@@ -9,6 +9,7 @@
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 
+#include "bridge.h"
 #include "config_schema.h"
 #include "context.h"
 #include "log.h"
@@ -368,6 +369,95 @@ static int h_io_remove(org_ctx *ctx, uint64_t id) {
         return -ENOENT;
 }
 
+static void durable_unlink(org_ctx *ctx, ctx_durable *d) {
+        for (ctx_durable **p = &ctx->durables; *p; p = &(*p)->next)
+                if (*p == d) {
+                        *p = d->next;
+                        return;
+                }
+}
+
+static void on_durable_published(int error, void *userdata) {
+        ctx_durable *d = userdata;
+        org_ctx *ctx = d->ctx;
+        if (!ctx) { /* orphaned by ctx_free: nobody to tell */
+                free(d);
+                return;
+        }
+        durable_unlink(ctx, d);
+        org_reply_fn cb = d->cb;
+        void *ud = d->userdata;
+        free(d);
+        if (cb)
+                cb(ctx, error, NULL, ud);
+}
+
+static int h_publish_durable(org_ctx *ctx, const char *subject, const char *msg_id, const void *data, size_t len,
+                             org_reply_fn cb, void *userdata) {
+        ctx_durable *d = new0(ctx_durable, 1);
+        if (!d)
+                return -ENOMEM;
+        d->cb = cb;
+        d->userdata = userdata;
+        d->ctx = ctx;
+        d->id = ++ctx->next_id;
+        int r = bridge_publish_durable(ctx_agent(ctx)->bridge, subject, msg_id, data, len, on_durable_published, d);
+        if (r < 0) {
+                free(d);
+                return r;
+        }
+        d->next = ctx->durables;
+        ctx->durables = d;
+        return 0;
+}
+
+/* A durable message for this generation's handle hook. */
+static void on_durable_message(const org_msg *msg, void *userdata) {
+        ctx_durable *d = userdata;
+        instance *in = d->ctx->inst;
+        int (*handle)(void *, const org_msg *) = in->so ? PLUGIN_HOOK(in->so, handle) : NULL;
+        if (in->ctx != d->ctx || in->run_state != INSTANCE_RUNNING || !handle) {
+                bridge_ack(ctx_agent(d->ctx)->bridge, msg->ack_token, ORG_NAK, 0);
+                return;
+        }
+        in->handled++;
+        if (handle(in->state, msg) < 0)
+                in->hook_errors++;
+}
+
+static int h_consume_durable(org_ctx *ctx, const org_consume_opts *opts, uint64_t *ret_id) {
+        ctx_durable *d = new0(ctx_durable, 1);
+        if (!d)
+                return -ENOMEM;
+        d->ctx = ctx;
+        d->id = ++ctx->next_id;
+        int r = bridge_consume(ctx_agent(ctx)->bridge, opts, on_durable_message, d, &d->consumer);
+        if (r < 0) {
+                free(d);
+                return r;
+        }
+        d->next = ctx->durables;
+        ctx->durables = d;
+        if (ret_id)
+                *ret_id = d->id;
+        return 0;
+}
+
+static int h_consume_cancel(org_ctx *ctx, uint64_t id) {
+        for (ctx_durable *d = ctx->durables; d; d = d->next)
+                if (d->id == id && d->consumer) {
+                        durable_unlink(ctx, d);
+                        bridge_consume_cancel(d->consumer);
+                        free(d);
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+static int h_ack(org_ctx *ctx, uint64_t token, org_ack_kind kind, uint64_t delay_ms) {
+        return bridge_ack(ctx_agent(ctx)->bridge, token, kind, delay_ms);
+}
+
 static uint64_t h_now_realtime_us(org_ctx *ctx) { return now_realtime_us(); }
 static uint64_t h_now_monotonic_us(org_ctx *ctx) { return now_monotonic_us(); }
 
@@ -589,6 +679,10 @@ const org_host host_table = {
         .io_remove = h_io_remove,
         .timer_add_realtime = h_timer_add_realtime,
         .time_change_add = h_time_change_add,
+        .publish_durable = h_publish_durable,
+        .consume_durable = h_consume_durable,
+        .consume_cancel = h_consume_cancel,
+        .ack = h_ack,
 };
 
 org_ctx *ctx_new(instance *in) {
@@ -626,6 +720,15 @@ void ctx_free(org_ctx *ctx) {
                 ctx->ios = w->next;
                 sd_event_source_disable_unref(w->source);
                 free(w);
+        }
+        while (ctx->durables) {
+                ctx_durable *d = ctx->durables;
+                ctx->durables = d->next;
+                if (d->consumer) {
+                        bridge_consume_cancel(d->consumer);
+                        free(d);
+                } else
+                        d->ctx = NULL; /* freed by on_durable_published, which always comes */
         }
         while (ctx->requests) {
                 ctx_request *q = ctx->requests;

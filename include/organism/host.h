@@ -95,6 +95,25 @@ typedef enum org_metric_type {
         ORG_METRIC_GAUGE = 2,
 } org_metric_type;
 
+/* A durable consumer (JetStream pull consumer through the NATS bridge). Every agent
+ * that consumes with the same stream and durable name shares the work: each message
+ * goes to one of them, and comes back if it is not acked in time. */
+typedef struct org_consume_opts {
+        const char *stream;        /* stream name (declared in bus.nats.jetstream.streams) */
+        const char *durable;       /* consumer name, shared by the agents taking this work */
+        const char *filter;        /* subject filter; NULL = every subject of the stream */
+        unsigned max_deliver;      /* deliveries before the server gives up on a message (0 = 5) */
+        uint64_t ack_wait_ms;      /* redelivered when not acked within this (0 = 30 s) */
+        unsigned max_pending;      /* delivered but not acked at once, at most (0 = 64) */
+} org_consume_opts;
+
+typedef enum org_ack_kind {
+        ORG_ACK = 1,               /* done: never delivered again */
+        ORG_NAK,                   /* failed: deliver again after delay_ms (0 = now) */
+        ORG_IN_PROGRESS,           /* still working: restart the ack_wait clock */
+        ORG_TERM,                  /* never deliver again, not done either (poison message) */
+} org_ack_kind;
+
 typedef struct org_host {
         uint32_t abi_version;
         uint32_t struct_size;
@@ -176,6 +195,20 @@ typedef struct org_host {
         /* cb runs after the wall clock was set (a jump, NTP step, manual date); the
          * plugin then recomputes its wall-clock timers. Cancel with timer_cancel. */
         int (*time_change_add)(org_ctx *ctx, org_timer_fn cb, void *userdata, uint64_t *ret_id);
+
+        /* Durable messaging through JetStream (needs bus.nats; -EOPNOTSUPP otherwise).
+         * publish_durable stores data on subject in the stream that holds it; msg_id
+         * (may be NULL) de-duplicates re-sends within the stream's duplicate window.
+         * cb (may be NULL) runs on the loop with 0 once stored (or known duplicate),
+         * or a negative errno; it never blocks the loop. */
+        int (*publish_durable)(org_ctx *ctx, const char *subject, const char *msg_id, const void *data, size_t len,
+                               org_reply_fn cb, void *userdata);
+        /* Messages of the consumer arrive in `handle` with msg->ack_token set; each
+         * must be answered with ack (now or later) or it comes back after ack_wait,
+         * up to max_deliver times. Cancel with consume_cancel. */
+        int (*consume_durable)(org_ctx *ctx, const org_consume_opts *opts, uint64_t *ret_id);
+        int (*consume_cancel)(org_ctx *ctx, uint64_t id);
+        int (*ack)(org_ctx *ctx, uint64_t ack_token, org_ack_kind kind, uint64_t delay_ms);
 } org_host;
 
 /* True when the host table has member M (a host older than the plugin may not). */

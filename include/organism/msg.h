@@ -8,6 +8,7 @@
 #define ORGANISM_MSG_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -27,6 +28,10 @@ typedef struct org_msg {
         const void *data;         /* payload, always followed by a NUL byte (not counted) */
         size_t len;
         const char *origin;       /* name of the agent that published it first */
+        /* Durable messages (host->consume_durable) only, 0 otherwise: the token to
+         * pass to host->ack, and how many times this message was delivered. */
+        uint64_t ack_token;
+        uint64_t delivery_count;
 } org_msg;
 
 /* Returns the value of the first header named KEY, or NULL. */

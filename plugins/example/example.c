@@ -26,6 +26,11 @@ typedef struct example {
         uint64_t count;     /* messages seen on the subscription, across reloads */
         uint64_t beats;
         char *last_subject;
+        /* durable demo: messages of the JetStream consumer, by payload "id" */
+        bool durable_ack;
+        uint64_t durable_handled;
+        char **durable_ids;
+        size_t n_durable_ids;
 } example;
 
 static const org_config_entry config_map[] = {
@@ -35,6 +40,17 @@ static const org_config_entry config_map[] = {
          .help = "messages matching this pattern are counted"},
         {.key = "greeting", .type = ORG_CFG_STRING, .default_value = "hello",
          .help = "text carried by each heartbeat"},
+        {.key = "durable_stream", .type = ORG_CFG_STRING,
+         .help = "consume this JetStream stream (needs bus.nats); absent: no durable consumer"},
+        {.key = "durable_consumer", .type = ORG_CFG_STRING, .default_value = "example",
+         .help = "durable consumer name, shared by every instance that takes the same work"},
+        {.key = "durable_filter", .type = ORG_CFG_PATTERN, .help = "subject filter within the stream"},
+        {.key = "durable_ack", .type = ORG_CFG_BOOL, .default_value = "true",
+         .help = "ack what was handled (false: never ack, to watch redelivery)"},
+        {.key = "durable_max_deliver", .type = ORG_CFG_INT, .default_value = "5",
+         .help = "deliveries of one message at most"},
+        {.key = "durable_ack_wait", .type = ORG_CFG_DURATION, .default_value = "30s",
+         .help = "redelivery when not acked within this"},
         ORG_CONFIG_END,
 };
 
@@ -42,6 +58,9 @@ static const org_verb verbs[] = {
         {.name = "count", .mutating = false, .help = "messages counted so far and the last subject"},
         {.name = "echo", .mutating = false, .args = "any JSON", .help = "answers its arguments"},
         {.name = "reset", .mutating = true, .help = "sets the count back to 0"},
+        {.name = "enqueue", .mutating = true, .args = "{\"subject\": s, \"id\": s, \"data\": any}",
+         .help = "publishes durably (JetStream) and answers once stored"},
+        {.name = "durable", .mutating = false, .help = "durable messages handled, and how many distinct ids"},
         ORG_VERBS_END,
 };
 
@@ -73,6 +92,24 @@ static int example_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                 free(ex);
                 return r;
         }
+        const char *stream = NULL;
+        if (host->config_string(ctx, "durable_stream", &stream) >= 0) {
+                org_consume_opts o = {.stream = stream};
+                int64_t max_deliver = 5, ack_wait = 30000;
+                host->config_string(ctx, "durable_consumer", &o.durable);
+                host->config_string(ctx, "durable_filter", &o.filter);
+                host->config_bool(ctx, "durable_ack", &ex->durable_ack);
+                host->config_int(ctx, "durable_max_deliver", &max_deliver);
+                host->config_int(ctx, "durable_ack_wait", &ack_wait);
+                o.max_deliver = (unsigned)max_deliver;
+                o.ack_wait_ms = (uint64_t)ack_wait;
+                r = host->consume_durable(ctx, &o, NULL);
+                if (r < 0) {
+                        host->log(ctx, ORG_LOG_ERR, "cannot consume stream %s: %s", stream, strerror(-r));
+                        free(ex);
+                        return r;
+                }
+        }
         host->log(ctx, ORG_LOG_DEBUG, "counting %s, heartbeat on %s", ex->pattern, ex->heartbeat_subject);
         *ret_state = ex;
         return 0;
@@ -103,8 +140,32 @@ static int example_tick(void *state) {
         return r;
 }
 
+/* A durable message: remember its id, then ack it (or, for the demo of redelivery, not). */
+static int example_handle_durable(example *ex, const org_msg *msg) {
+        ex->durable_handled++;
+        json_error_t e;
+        json_t *o = json_loadb(msg->data, msg->len, 0, &e);
+        const char *id = json_string_value(json_object_get(o, "id"));
+        bool seen = false;
+        for (size_t i = 0; id && i < ex->n_durable_ids; i++)
+                seen = seen || strcmp(ex->durable_ids[i], id) == 0;
+        if (id && !seen) {
+                char **n = realloc(ex->durable_ids, (ex->n_durable_ids + 1) * sizeof(char *));
+                if (n) {
+                        ex->durable_ids = n;
+                        ex->durable_ids[ex->n_durable_ids] = strdup(id);
+                        if (ex->durable_ids[ex->n_durable_ids])
+                                ex->n_durable_ids++;
+                }
+        }
+        json_decref(o);
+        return ex->durable_ack ? ex->host->ack(ex->ctx, msg->ack_token, ORG_ACK, 0) : 0;
+}
+
 static int example_handle(void *state, const org_msg *msg) {
         example *ex = state;
+        if (msg->ack_token)
+                return example_handle_durable(ex, msg);
         ex->count++;
         char *s = strdup(msg->subject);
         if (s) {
@@ -112,6 +173,53 @@ static int example_handle(void *state, const org_msg *msg) {
                 ex->last_subject = s;
         }
         return 0;
+}
+
+typedef struct enqueue_reply {
+        example *ex;
+        char *reply;
+} enqueue_reply;
+
+/* The server stored it (or refused): answer the caller who asked for it. */
+static void enqueue_done(org_ctx *ctx, int error, const org_msg *m, void *userdata) {
+        enqueue_reply *er = userdata;
+        json_t *o = error < 0 ? json_pack("{s:s}", "error", strerror(-error)) : json_pack("{s:b}", "stored", 1);
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (text)
+                er->ex->host->respond(ctx, er->reply, text, strlen(text));
+        free(text);
+        free(er->reply);
+        free(er);
+}
+
+static int example_enqueue(example *ex, const org_msg *req) {
+        json_error_t e;
+        json_t *a = json_loadb(req->data, req->len, 0, &e);
+        const char *subject = json_string_value(json_object_get(a, "subject"));
+        const char *id = json_string_value(json_object_get(a, "id"));
+        if (!subject) {
+                json_decref(a);
+                return reply_json(ex, req, json_pack("{s:s}", "error", "enqueue needs a \"subject\""));
+        }
+        json_t *payload = json_pack("{s:s?, s:O?}", "id", id, "data", json_object_get(a, "data"));
+        char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+        json_decref(payload);
+        enqueue_reply *er = calloc(1, sizeof *er);
+        int r = -ENOMEM;
+        if (text && er && (er->reply = strdup(req->reply ? req->reply : ""))) {
+                er->ex = ex;
+                r = ex->host->publish_durable(ex->ctx, subject, id, text, strlen(text), enqueue_done, er);
+        }
+        free(text);
+        json_decref(a);
+        if (r < 0) {
+                if (er)
+                        free(er->reply);
+                free(er);
+                return r;
+        }
+        return 0; /* answered by enqueue_done */
 }
 
 static int example_call(void *state, const char *verb, const org_msg *req) {
@@ -124,6 +232,12 @@ static int example_call(void *state, const char *verb, const org_msg *req) {
                 ex->count = 0;
                 return reply_json(ex, req, json_pack("{s:I}", "count", (json_int_t)0));
         }
+        if (strcmp(verb, "durable") == 0)
+                return reply_json(ex, req,
+                                  json_pack("{s:I, s:I}", "handled", (json_int_t)ex->durable_handled, "unique",
+                                            (json_int_t)ex->n_durable_ids));
+        if (strcmp(verb, "enqueue") == 0)
+                return example_enqueue(ex, req);
         if (strcmp(verb, "echo") == 0) {
                 json_error_t e;
                 json_t *args = json_loadb(req->data, req->len, JSON_DECODE_ANY, &e);
@@ -166,6 +280,9 @@ static void example_fini(void *state) {
         if (!ex)
                 return;
         free(ex->last_subject);
+        for (size_t i = 0; i < ex->n_durable_ids; i++)
+                free(ex->durable_ids[i]);
+        free(ex->durable_ids);
         free(ex);
 }
 

@@ -76,7 +76,7 @@ static void test_descriptor(void) {
         size_t n = 0;
         for (const org_config_entry *e = organism_plugin.config_map; e->key; e++)
                 n++;
-        CHECK_INT(n, 3);
+        CHECK_INT(n, 9);
         bool reset_mutating = false;
         for (const org_verb *v = organism_plugin.verbs; v->name; v++)
                 if (strcmp(v->name, "reset") == 0)

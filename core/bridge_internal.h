@@ -1,0 +1,75 @@
+/* bridge_internal.h — what bridge.c (core NATS) and bridge_js.c (JetStream) share:
+ * the bridge state and the one way from any thread back to the loop, a queue of
+ * items that the loop runs after an eventfd wake-up. Private to those two files. */
+#ifndef CORE_BRIDGE_INTERNAL_H
+#define CORE_BRIDGE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include <nats/nats.h>
+
+#include "bridge.h"
+#include "bus.h"
+
+#define POST_QUEUE_MAX 65536 /* items waiting for the loop; beyond, bounded posts are refused */
+
+typedef struct post_item post_item;
+struct post_item {
+        post_item *next;
+        void (*run)(bridge *b, post_item *it);  /* on the loop; frees it */
+        void (*drop)(post_item *it);             /* never ran (shutdown); frees it */
+};
+
+typedef struct import_sub {
+        bridge *bridge;
+        size_t index;          /* order among the import subscriptions */
+        char *pattern;
+        natsSubscription *sub;
+} import_sub;
+
+typedef struct js_state js_state;
+
+struct bridge {
+        agent *agent;
+        char *self;            /* this agent's name */
+        char *url;             /* the first server, for messages */
+        natsOptions *opts;
+        natsConnection *nc;
+        bus_client *exporter;
+        import_sub *imports;
+        size_t n_imports;
+        bool remote_control;
+        js_state *js;          /* JetStream: streams, durable publish and consumers */
+
+        /* any thread → loop */
+        pthread_mutex_t lock;
+        post_item *head, *tail;
+        size_t queued;
+        int efd;
+        sd_event_source *efd_source;
+
+        /* round-trip time, measured off the loop (natsConnection_GetRTT blocks) */
+        pthread_t rtt_thread;
+        bool rtt_started;
+        pthread_mutex_t rtt_lock;
+        pthread_cond_t rtt_cond;
+        _Atomic bool stopping;
+
+        _Atomic uint64_t rtt_us, exported, export_dropped, imported, import_dropped, echo_dropped, duplicates,
+                disconnects, slow_consumers, errors;
+        _Atomic bool connected;
+};
+
+/* From any thread. bounded: refuse (false) when the queue is full. */
+bool bridge_post(bridge *b, post_item *it, bool bounded);
+const char *bridge_nats_error(natsStatus s);
+
+/* bridge_js.c */
+int js_start(bridge *b, json_t *jetstream_config);
+void js_on_connected(bridge *b);   /* any thread: (re)create streams, wake waiters */
+void js_stop(bridge *b);           /* stops threads; before the connection closes */
+void js_free(bridge *b);           /* after every libnats thread is gone */
+json_t *js_status(bridge *b);
+
+#endif

@@ -1,0 +1,619 @@
+/* bridge_js.c — JetStream through the bridge: the streams of bus.nats.jetstream are
+ * created (or updated) whenever the connection comes up; durable publishes go through
+ * one worker thread that waits for the server's acknowledgement (and for the server
+ * itself while it is away: nothing is lost across a NATS restart); each durable
+ * consumer is a pull subscription fetched by its own thread, whose messages are handed
+ * to the loop and acked (or nak'ed, kept in progress, terminated) from there.
+ * The loop never waits on the server. */
+#include <time.h>
+
+#include "bridge_internal.h"
+#include "log.h"
+#include "util.h"
+
+#define PUB_QUEUE_MAX 65536
+
+typedef struct pub_job {
+        post_item base;         /* reused to post the result back */
+        struct pub_job *next_job;
+        char *subject, *msg_id;
+        void *data;
+        size_t len;
+        int result;
+        bridge_pub_done_fn cb;
+        void *userdata;
+} pub_job;
+
+typedef struct pending_ack {
+        uint64_t token;
+        natsMsg *msg;
+        bridge_consumer *consumer;
+} pending_ack;
+
+struct bridge_consumer {
+        bridge *bridge;
+        _Atomic int refs;                /* the loop's and the fetch thread's */
+        _Atomic bool cancelled;
+        char *stream, *durable, *filter;
+        unsigned max_deliver, max_pending;
+        uint64_t ack_wait_ms;
+        bridge_deliver_fn fn;
+        void *userdata;
+        _Atomic unsigned outstanding;    /* delivered, not yet acked */
+        pthread_t thread;
+        uint64_t delivered, acked;
+};
+
+typedef struct durable_item {
+        post_item base;
+        bridge_consumer *consumer;
+        uint64_t token;
+        uint64_t delivery_count;
+        char *subject;
+        void *data;
+        size_t len;
+} durable_item;
+
+struct js_state {
+        json_t *config;                  /* bus.nats.jetstream, or NULL */
+        jsCtx *js;
+        pthread_t worker;
+        bool worker_started;
+        pthread_mutex_t lock;            /* everything below */
+        pthread_cond_t cond;
+        pub_job *jobs_head, *jobs_tail;
+        size_t n_jobs;
+        bool streams_wanted;             /* (re)create streams at the next chance */
+        pending_ack *acks;               /* messages delivered and not acked */
+        size_t n_acks, cap_acks;
+        uint64_t next_token;
+        _Atomic uint64_t published, publish_errors, stream_errors, acks_sent, naks_sent;
+};
+
+static bool js_connected(bridge *b) { return b->connected; }
+
+/* Creates or updates one stream; blocking: the worker thread only. */
+static int ensure_stream(bridge *b, json_t *s) {
+        jsStreamConfig cfg;
+        jsStreamConfig_Init(&cfg);
+        cfg.Name = json_string_value(json_object_get(s, "name"));
+        json_t *subjects = json_object_get(s, "subjects");
+        const char *subj[64];
+        size_t n = 0, i;
+        json_t *v;
+        json_array_foreach(subjects, i, v) if (n < ELEMENTSOF(subj)) subj[n++] = json_string_value(v);
+        cfg.Subjects = subj;
+        cfg.SubjectsLen = (int)n;
+        const char *ret = json_string_value(json_object_get(s, "retention"));
+        cfg.Retention = ret && streq(ret, "workqueue") ? js_WorkQueuePolicy
+                        : ret && streq(ret, "interest") ? js_InterestPolicy
+                                                        : js_LimitsPolicy;
+        const char *st = json_string_value(json_object_get(s, "storage"));
+        cfg.Storage = st && streq(st, "memory") ? js_MemoryStorage : js_FileStorage;
+        if (json_object_get(s, "max_bytes"))
+                cfg.MaxBytes = json_integer_value(json_object_get(s, "max_bytes"));
+        if (json_object_get(s, "max_msgs"))
+                cfg.MaxMsgs = json_integer_value(json_object_get(s, "max_msgs"));
+        if (json_object_get(s, "max_age"))
+                cfg.MaxAge = json_integer_value(json_object_get(s, "max_age")) * 1000000; /* ms → ns */
+        cfg.Duplicates = json_integer_value(json_object_get(s, "duplicate_window")) * 1000000;
+        cfg.Replicas = json_integer_value(json_object_get(s, "replicas"));
+
+        jsErrCode jerr = 0;
+        jsStreamInfo *si = NULL;
+        natsStatus r = js_AddStream(&si, b->js->js, &cfg, NULL, &jerr);
+        if (r != NATS_OK && jerr == JSStreamNameExistErr)
+                r = js_UpdateStream(&si, b->js->js, &cfg, NULL, &jerr);
+        jsStreamInfo_Destroy(si);
+        if (r != NATS_OK) {
+                b->js->stream_errors++;
+                log_error("NATS bridge: stream %s: %s (JetStream error %d).", cfg.Name, bridge_nats_error(r), (int)jerr);
+                return -EIO;
+        }
+        log_info("NATS bridge: stream %s ready (%zu subjects).", cfg.Name, n);
+        return 0;
+}
+
+static void pub_run(bridge *b, post_item *it) {
+        pub_job *j = (pub_job *)it;
+        if (j->cb)
+                j->cb(j->result, j->userdata);
+        free(j->subject);
+        free(j->msg_id);
+        free(j->data);
+        free(j);
+}
+
+static void pub_drop(post_item *it) {
+        pub_job *j = (pub_job *)it;
+        free(j->subject);
+        free(j->msg_id);
+        free(j->data);
+        free(j);
+}
+
+/* A job that will never be tried (shutdown): its owner still hears of it. */
+static void pub_cancel(post_item *it) {
+        pub_job *j = (pub_job *)it;
+        if (j->cb)
+                j->cb(-ECANCELED, j->userdata);
+        pub_drop(it);
+}
+
+/* Worker: publishes one job, waiting for the server's ack; keeps it while the server
+ * is away. Returns false when stopping. */
+static bool publish_one(bridge *b, pub_job *j) {
+        for (unsigned attempt = 0; !b->stopping; attempt++) {
+                if (!js_connected(b)) {
+                        pthread_mutex_lock(&b->js->lock);
+                        struct timespec ts;
+                        clock_gettime(CLOCK_REALTIME, &ts);
+                        ts.tv_sec += 1;
+                        if (!b->stopping)
+                                pthread_cond_timedwait(&b->js->cond, &b->js->lock, &ts);
+                        pthread_mutex_unlock(&b->js->lock);
+                        continue;
+                }
+                natsMsg *m = NULL;
+                natsStatus s = natsMsg_Create(&m, j->subject, NULL, j->data, (int)j->len);
+                if (s == NATS_OK)
+                        s = natsMsgHeader_Set(m, BRIDGE_ORIGIN_HEADER, b->self);
+                jsPubOptions po;
+                jsPubOptions_Init(&po);
+                po.MsgId = j->msg_id;
+                po.MaxWait = 5000;
+                jsPubAck *pa = NULL;
+                jsErrCode jerr = 0;
+                if (s == NATS_OK)
+                        s = js_PublishMsg(&pa, b->js->js, m, &po, &jerr);
+                natsMsg_Destroy(m);
+                jsPubAck_Destroy(pa);
+                if (s == NATS_OK) {
+                        j->result = 0;
+                        b->js->published++;
+                        return true;
+                }
+                /* no stream for the subject is final; a server away or busy is not */
+                if (s == NATS_NO_RESPONDERS || jerr == JSStreamNotFoundErr || s == NATS_ERR) {
+                        if (attempt >= 3) {
+                                j->result = -ENOENT;
+                                b->js->publish_errors++;
+                                log_error("NATS bridge: durable publish to %s failed: %s (is a stream declared for it?).",
+                                          j->subject, bridge_nats_error(s));
+                                return true;
+                        }
+                }
+                struct timespec delay = {0, 200 * 1000 * 1000};
+                nanosleep(&delay, NULL);
+        }
+        return false;
+}
+
+static void *worker_loop(void *userdata) {
+        bridge *b = userdata;
+        js_state *js = b->js;
+        for (;;) {
+                pthread_mutex_lock(&js->lock);
+                while (!b->stopping && !js->jobs_head && !(js->streams_wanted && js_connected(b)))
+                        pthread_cond_wait(&js->cond, &js->lock);
+                if (b->stopping) {
+                        pthread_mutex_unlock(&js->lock);
+                        return NULL;
+                }
+                bool streams = js->streams_wanted && js_connected(b);
+                if (streams)
+                        js->streams_wanted = false;
+                pub_job *j = streams ? NULL : js->jobs_head;
+                if (j) {
+                        js->jobs_head = j->next_job;
+                        if (!js->jobs_head)
+                                js->jobs_tail = NULL;
+                        js->n_jobs--;
+                }
+                pthread_mutex_unlock(&js->lock);
+                if (streams) {
+                        size_t i;
+                        json_t *s;
+                        json_array_foreach(json_object_get(js->config, "streams"), i, s) ensure_stream(b, s);
+                        continue;
+                }
+                if (!publish_one(b, j)) {
+                        bridge_post(b, &j->base, false); /* dropped at shutdown: pub_cancel */
+                        return NULL;
+                }
+                bridge_post(b, &j->base, false);
+        }
+}
+
+int js_start(bridge *b, json_t *config) {
+        js_state *js = new0(js_state, 1);
+        if (!js)
+                return -ENOMEM;
+        js->config = json_incref(config);
+        pthread_mutex_init(&js->lock, NULL);
+        pthread_cond_init(&js->cond, NULL);
+        b->js = js;
+        jsOptions o;
+        jsOptions_Init(&o);
+        o.Domain = json_string_value(json_object_get(config, "domain"));
+        o.Wait = 5000;
+        natsStatus s = natsConnection_JetStream(&js->js, b->nc, &o);
+        if (s != NATS_OK)
+                return log_error_errno(EIO, "NATS bridge: no JetStream context: %s", bridge_nats_error(s));
+        js->streams_wanted = json_array_size(json_object_get(config, "streams")) > 0;
+        if (pthread_create(&js->worker, NULL, worker_loop, b) != 0)
+                return -errno;
+        js->worker_started = true;
+        return 0;
+}
+
+void js_on_connected(bridge *b) {
+        js_state *js = b->js;
+        if (!js)
+                return;
+        pthread_mutex_lock(&js->lock);
+        js->streams_wanted = json_array_size(json_object_get(js->config, "streams")) > 0;
+        pthread_cond_broadcast(&js->cond);
+        pthread_mutex_unlock(&js->lock);
+}
+
+int bridge_publish_durable(bridge *b, const char *subject, const char *msg_id, const void *data, size_t len,
+                           bridge_pub_done_fn cb, void *userdata) {
+        js_state *js = b ? b->js : NULL;
+        if (!js)
+                return -EOPNOTSUPP;
+        pub_job *j = new0(pub_job, 1);
+        if (!j)
+                return -ENOMEM;
+        j->base.run = pub_run;
+        j->base.drop = pub_cancel;
+        j->subject = strdup(subject);
+        j->msg_id = msg_id ? strdup(msg_id) : NULL;
+        j->data = malloc(len + 1);
+        j->len = len;
+        j->cb = cb;
+        j->userdata = userdata;
+        if (!j->subject || !j->data || (msg_id && !j->msg_id)) {
+                pub_drop(&j->base);
+                return -ENOMEM;
+        }
+        memcpy(j->data, data, len);
+        pthread_mutex_lock(&js->lock);
+        if (js->n_jobs >= PUB_QUEUE_MAX) {
+                pthread_mutex_unlock(&js->lock);
+                pub_drop(&j->base);
+                return -ENOBUFS;
+        }
+        if (js->jobs_tail)
+                js->jobs_tail->next_job = j;
+        else
+                js->jobs_head = j;
+        js->jobs_tail = j;
+        js->n_jobs++;
+        pthread_cond_broadcast(&js->cond);
+        pthread_mutex_unlock(&js->lock);
+        return 0;
+}
+
+static void consumer_unref(bridge_consumer *c) {
+        if (--c->refs > 0)
+                return;
+        free(c->stream);
+        free(c->durable);
+        free(c->filter);
+        free(c);
+}
+
+/* Registers a delivered message; returns its token (0 when out of memory). */
+static uint64_t acks_add(js_state *js, natsMsg *m, bridge_consumer *c) {
+        pthread_mutex_lock(&js->lock);
+        uint64_t token = 0;
+        if (js->n_acks == js->cap_acks) {
+                size_t ncap = js->cap_acks ? js->cap_acks * 2 : 64;
+                pending_ack *n = realloc(js->acks, ncap * sizeof *n);
+                if (!n)
+                        goto out;
+                js->acks = n;
+                js->cap_acks = ncap;
+        }
+        token = ++js->next_token;
+        js->acks[js->n_acks++] = (pending_ack){token, m, c};
+out:
+        pthread_mutex_unlock(&js->lock);
+        return token;
+}
+
+/* Takes a registered message out (keep: leave it registered, as for in-progress). */
+static natsMsg *acks_take(js_state *js, uint64_t token, bool keep, bridge_consumer **ret_consumer) {
+        natsMsg *m = NULL;
+        pthread_mutex_lock(&js->lock);
+        for (size_t i = 0; i < js->n_acks; i++)
+                if (js->acks[i].token == token) {
+                        m = js->acks[i].msg;
+                        *ret_consumer = js->acks[i].consumer;
+                        if (!keep)
+                                js->acks[i] = js->acks[--js->n_acks];
+                        break;
+                }
+        pthread_mutex_unlock(&js->lock);
+        return m;
+}
+
+int bridge_ack(bridge *b, uint64_t token, org_ack_kind kind, uint64_t delay_ms) {
+        js_state *js = b ? b->js : NULL;
+        if (!js)
+                return -EOPNOTSUPP;
+        bridge_consumer *c = NULL;
+        natsMsg *m = acks_take(js, token, kind == ORG_IN_PROGRESS, &c);
+        if (!m)
+                return -ENOENT;
+        natsStatus s;
+        switch (kind) {
+        case ORG_ACK:
+                s = natsMsg_Ack(m, NULL);
+                js->acks_sent++;
+                break;
+        case ORG_NAK:
+                s = delay_ms ? natsMsg_NakWithDelay(m, (int64_t)delay_ms, NULL) : natsMsg_Nak(m, NULL);
+                js->naks_sent++;
+                break;
+        case ORG_IN_PROGRESS:
+                return natsMsg_InProgress(m, NULL) == NATS_OK ? 0 : -EIO;
+        case ORG_TERM:
+                s = natsMsg_Term(m, NULL);
+                break;
+        default:
+                s = NATS_INVALID_ARG;
+        }
+        natsMsg_Destroy(m);
+        c->acked++;
+        c->outstanding--;
+        pthread_mutex_lock(&js->lock);
+        pthread_cond_broadcast(&js->cond); /* the fetch thread may take more */
+        pthread_mutex_unlock(&js->lock);
+        consumer_unref(c);
+        return s == NATS_OK ? 0 : -EIO;
+}
+
+static void durable_free(durable_item *d) {
+        free(d->subject);
+        free(d->data);
+        free(d);
+}
+
+static void durable_run(bridge *b, post_item *it) {
+        durable_item *d = (durable_item *)it;
+        bridge_consumer *c = d->consumer;
+        if (c->cancelled || !c->fn)
+                bridge_ack(b, d->token, ORG_NAK, 0); /* the instance went away: let someone else have it */
+        else {
+                org_msg m = {
+                        .subject = d->subject,
+                        .data = d->data,
+                        .len = d->len,
+                        .origin = b->self,
+                        .ack_token = d->token,
+                        .delivery_count = d->delivery_count,
+                };
+                c->delivered++;
+                c->fn(&m, c->userdata);
+        }
+        consumer_unref(c);
+        durable_free(d);
+}
+
+static void durable_drop(post_item *it) {
+        durable_item *d = (durable_item *)it;
+        consumer_unref(d->consumer);
+        durable_free(d);
+}
+
+/* Fetch thread of one consumer: subscribes (again and again while the server is
+ * away), then fetches as long as fewer than max_pending messages wait for an ack. */
+static void *consumer_loop(void *userdata) {
+        bridge_consumer *c = userdata;
+        bridge *b = c->bridge;
+        js_state *js = b->js;
+        natsSubscription *sub = NULL;
+        while (!c->cancelled && !b->stopping) {
+                if (!sub) {
+                        jsSubOptions so;
+                        jsSubOptions_Init(&so);
+                        so.Stream = c->stream;
+                        so.Config.AckPolicy = js_AckExplicit;
+                        so.Config.AckWait = (int64_t)c->ack_wait_ms * 1000000;
+                        so.Config.MaxDeliver = c->max_deliver;
+                        so.Config.MaxAckPending = c->max_pending;
+                        so.Config.FilterSubject = c->filter;
+                        jsErrCode jerr = 0;
+                        natsStatus s = js_connected(b) ? js_PullSubscribe(&sub, js->js, c->filter, c->durable, NULL, &so, &jerr)
+                                                       : NATS_NOT_YET_CONNECTED;
+                        if (s != NATS_OK) {
+                                sub = NULL;
+                                if (js_connected(b))
+                                        log_warning("NATS bridge: consumer %s on %s: %s; retrying.", c->durable, c->stream,
+                                                    bridge_nats_error(s));
+                                struct timespec delay = {1, 0};
+                                nanosleep(&delay, NULL);
+                                continue;
+                        }
+                }
+                unsigned room = c->max_pending > c->outstanding ? c->max_pending - c->outstanding : 0;
+                if (room == 0) {
+                        pthread_mutex_lock(&js->lock);
+                        struct timespec ts;
+                        clock_gettime(CLOCK_REALTIME, &ts);
+                        ts.tv_sec += 1;
+                        if (!c->cancelled && !b->stopping && c->outstanding >= c->max_pending)
+                                pthread_cond_timedwait(&js->cond, &js->lock, &ts);
+                        pthread_mutex_unlock(&js->lock);
+                        continue;
+                }
+                natsMsgList list = {0};
+                jsErrCode jerr = 0;
+                natsStatus s = natsSubscription_Fetch(&list, sub, (int)MIN(room, 256u), 1000, &jerr);
+                if (s == NATS_TIMEOUT)
+                        continue; /* it can come early: it only means "nothing yet" */
+                if (s != NATS_OK) {
+                        if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION) {
+                                natsSubscription_Destroy(sub);
+                                sub = NULL;
+                        }
+                        struct timespec delay = {0, 200 * 1000 * 1000};
+                        nanosleep(&delay, NULL);
+                        continue;
+                }
+                for (int i = 0; i < list.Count; i++) {
+                        natsMsg *m = list.Msgs[i];
+                        list.Msgs[i] = NULL;
+                        durable_item *d = new0(durable_item, 1);
+                        jsMsgMetaData *meta = NULL;
+                        if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+                                if (d)
+                                        d->delivery_count = meta->NumDelivered;
+                                jsMsgMetaData_Destroy(meta);
+                        }
+                        size_t len = (size_t)natsMsg_GetDataLength(m);
+                        if (d) {
+                                d->subject = strdup(natsMsg_GetSubject(m));
+                                d->data = malloc(len + 1);
+                        }
+                        if (!d || !d->subject || !d->data) {
+                                natsMsg_Nak(m, NULL);
+                                natsMsg_Destroy(m);
+                                if (d)
+                                        durable_free(d);
+                                continue;
+                        }
+                        memcpy(d->data, natsMsg_GetData(m), len);
+                        ((char *)d->data)[len] = '\0';
+                        d->len = len;
+                        d->base.run = durable_run;
+                        d->base.drop = durable_drop;
+                        c->refs += 2; /* one for the pending ack, one for the item */
+                        c->outstanding++;
+                        d->consumer = c;
+                        d->token = acks_add(js, m, c);
+                        if (!d->token) {
+                                natsMsg_Nak(m, NULL);
+                                natsMsg_Destroy(m);
+                                c->refs -= 2;
+                                c->outstanding--;
+                                durable_free(d);
+                                continue;
+                        }
+                        bridge_post(b, &d->base, false);
+                }
+                natsMsgList_Destroy(&list);
+        }
+        if (sub) {
+                natsSubscription_Unsubscribe(sub);
+                natsSubscription_Destroy(sub);
+        }
+        consumer_unref(c);
+        return NULL;
+}
+
+int bridge_consume(bridge *b, const org_consume_opts *o, bridge_deliver_fn fn, void *userdata,
+                   bridge_consumer **ret) {
+        if (!b || !b->js)
+                return -EOPNOTSUPP;
+        if (!o || isempty(o->stream) || isempty(o->durable) || !name_is_valid(o->durable))
+                return -EINVAL;
+        bridge_consumer *c = new0(bridge_consumer, 1);
+        if (!c)
+                return -ENOMEM;
+        c->bridge = b;
+        c->refs = 2; /* the caller's and the thread's */
+        c->stream = strdup(o->stream);
+        c->durable = strdup(o->durable);
+        c->filter = o->filter ? strdup(o->filter) : NULL;
+        c->max_deliver = o->max_deliver ? o->max_deliver : 5;
+        c->max_pending = o->max_pending ? o->max_pending : 64;
+        c->ack_wait_ms = o->ack_wait_ms ? o->ack_wait_ms : 30000;
+        c->fn = fn;
+        c->userdata = userdata;
+        if (!c->stream || !c->durable || (o->filter && !c->filter)) {
+                c->refs = 1;
+                consumer_unref(c);
+                return -ENOMEM;
+        }
+        if (pthread_create(&c->thread, NULL, consumer_loop, c) != 0) {
+                c->refs = 1;
+                consumer_unref(c);
+                return -EAGAIN;
+        }
+        pthread_detach(c->thread); /* it leaves by itself within a fetch time-out */
+        *ret = c;
+        return 0;
+}
+
+void bridge_consume_cancel(bridge_consumer *c) {
+        if (!c)
+                return;
+        bridge *b = c->bridge;
+        c->cancelled = true;
+        c->fn = NULL;
+        /* what it holds unacked goes back to the server now, not after ack_wait */
+        for (;;) {
+                uint64_t token = 0;
+                pthread_mutex_lock(&b->js->lock);
+                for (size_t i = 0; i < b->js->n_acks; i++)
+                        if (b->js->acks[i].consumer == c) {
+                                token = b->js->acks[i].token;
+                                break;
+                        }
+                pthread_cond_broadcast(&b->js->cond);
+                pthread_mutex_unlock(&b->js->lock);
+                if (!token)
+                        break;
+                bridge_ack(b, token, ORG_NAK, 0);
+        }
+        consumer_unref(c);
+}
+
+void js_stop(bridge *b) {
+        js_state *js = b->js;
+        if (!js)
+                return;
+        pthread_mutex_lock(&js->lock);
+        pthread_cond_broadcast(&js->cond);
+        pthread_mutex_unlock(&js->lock);
+        if (js->worker_started)
+                pthread_join(js->worker, NULL);
+        /* consumer threads notice b->stopping within one fetch time-out; messages they
+         * hold unacked are redelivered by the server later */
+}
+
+void js_free(bridge *b) {
+        js_state *js = b->js;
+        if (!js)
+                return;
+        while (js->jobs_head) {
+                pub_job *j = js->jobs_head;
+                js->jobs_head = j->next_job;
+                pub_cancel(&j->base);
+        }
+        for (size_t i = 0; i < js->n_acks; i++)
+                natsMsg_Destroy(js->acks[i].msg);
+        free(js->acks);
+        jsCtx_Destroy(js->js);
+        json_decref(js->config);
+        pthread_mutex_destroy(&js->lock);
+        pthread_cond_destroy(&js->cond);
+        free(js);
+        b->js = NULL;
+}
+
+json_t *js_status(bridge *b) {
+        js_state *js = b->js;
+        if (!js)
+                return json_null();
+        pthread_mutex_lock(&js->lock);
+        size_t queued = js->n_jobs, unacked = js->n_acks;
+        pthread_mutex_unlock(&js->lock);
+        return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "published", (json_int_t)js->published,
+                         "publish_queued", (json_int_t)queued, "publish_errors", (json_int_t)js->publish_errors,
+                         "stream_errors", (json_int_t)js->stream_errors, "unacked", (json_int_t)unacked, "acks",
+                         (json_int_t)js->acks_sent, "naks", (json_int_t)js->naks_sent);
+}
