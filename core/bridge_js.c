@@ -415,6 +415,7 @@ static void *consumer_loop(void *userdata) {
         bridge *b = c->bridge;
         js_state *js = b->js;
         natsSubscription *sub = NULL;
+        unsigned failures = 0;
         while (!c->cancelled && !b->stopping) {
                 if (!sub) {
                         jsSubOptions so;
@@ -449,15 +450,20 @@ static void *consumer_loop(void *userdata) {
                         pthread_mutex_unlock(&js->lock);
                         continue;
                 }
+                failures = 0;
                 natsMsgList list = {0};
                 jsErrCode jerr = 0;
                 natsStatus s = natsSubscription_Fetch(&list, sub, (int)MIN(room, 256u), 1000, &jerr);
-                if (s == NATS_TIMEOUT)
+                if (s == NATS_TIMEOUT) {
+                        failures = 0;
                         continue; /* it can come early: it only means "nothing yet" */
+                }
                 if (s != NATS_OK) {
-                        if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION) {
+                        /* a server that came back without our consumer: subscribe again */
+                        if (++failures >= 5 || s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION) {
                                 natsSubscription_Destroy(sub);
                                 sub = NULL;
+                                failures = 0;
                         }
                         struct timespec delay = {0, 200 * 1000 * 1000};
                         nanosleep(&delay, NULL);

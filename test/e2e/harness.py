@@ -195,6 +195,7 @@ class NatsServer:
         self.proc = None
         self.url = "nats://127.0.0.1:%d" % self.port
         self.name = "nats-server:%d" % self.port
+        self.monitor = free_port()
 
     def logtext(self):
         try:
@@ -206,8 +207,8 @@ class NatsServer:
     def start(self, timeout=15):
         store = os.path.join(self.tmp, "js-%d" % self.port)
         self.log = open(os.path.join(self.tmp, "nats-%d.log" % self.port), "ab")
-        self.proc = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", store]
-                                     + self.extra, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", store,
+                                      "-m", str(self.monitor)] + self.extra, stdout=self.log, stderr=self.log)
         # ready when it greets a client with INFO
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -221,6 +222,18 @@ class NatsServer:
             except OSError:
                 time.sleep(0.02)
         raise AssertionError("nats-server not ready on port %d" % self.port)
+
+    def consumers(self):
+        """{(stream, consumer): info} from the monitoring endpoint (/jsz)."""
+        import urllib.request
+        with urllib.request.urlopen("http://127.0.0.1:%d/jsz?consumers=true" % self.monitor, timeout=5) as r:
+            jsz = json.loads(r.read())
+        out = {}
+        for acct in jsz.get("account_details", []):
+            for st in acct.get("stream_detail", []):
+                for c in st.get("consumer_detail", []) or []:
+                    out[(st["name"], c["name"])] = c
+        return out
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

@@ -188,5 +188,86 @@ def test_bad_nats_config_rejected(tmp, agents):
     assert "bus.nats.export[0]" in p.stderr and "bus.nats.colour: unknown key" in p.stderr, p.stderr
 
 
+WORK_STREAM = """    jetstream:
+      streams:
+        - {name: WORK, subjects: ["work.>"], retention: workqueue, duplicate_window: 1m}
+"""
+
+
+def durable_agent(tmp, agents, srv, ack=True, max_deliver=5, ack_wait="1s"):
+    plugins = ("  ex:\n    plugin: example\n    interval: 1h\n    config:\n"
+               "      durable_stream: WORK\n      durable_filter: work.>\n"
+               "      durable_ack: %s\n      durable_max_deliver: %d\n      durable_ack_wait: %s\n" % (
+                   "true" if ack else "false", max_deliver, ack_wait))
+    return agent(tmp, agents, "worker", srv.url, plugins=plugins, extra=WORK_STREAM)
+
+
+def enqueue(a, i, check=True):
+    return a.ctl("ex", "enqueue", json.dumps({"subject": "work.job", "id": "m%d" % i, "data": i}), timeout=60,
+                 check=0 if check else None)
+
+
+def test_durable_exactly_once_across_server_restart(tmp, agents):
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    a = durable_agent(tmp, agents, srv)
+    a.start()
+    wait_for(lambda: connected(a), what="bridge connected")
+    for i in range(25):
+        assert enqueue(a, i)[1] == {"stored": True}
+    wait_for(lambda: a.ok("ex", "durable")["handled"] == 25, timeout=30, what="first half handled")
+    # a re-send with a known id is de-duplicated by the stream (within this server's
+    # lifetime: a restarted server only remembers the ids of messages it still stores)
+    assert enqueue(a, 7)[1] == {"stored": True}
+    # the acks are on their way: kill the server only once it has them all, since an
+    # ack the server never saw means a redelivery (at-least-once), not a loss
+    wait_for(lambda: srv.consumers().get(("WORK", "example"), {}).get("num_ack_pending", 1) == 0, timeout=30,
+             what="the server has every ack")
+    srv.stop()
+    wait_for(lambda: not connected(a), what="bridge sees the server gone")
+    # enqueue while the server is away: each call completes once the server is back
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append(enqueue(a, i, check=False))) for i in range(25, 50)]
+    for t in threads:
+        t.start()
+    srv2 = NatsServer(tmp, port=srv.port).start()  # same store: the stream survives
+    agents.append(srv2)
+    for t in threads:
+        t.join(90)
+    assert all(r[0] == 0 and r[1] == {"stored": True} for r in results), results
+    wait_for(lambda: a.ok("ex", "durable")["unique"] == 50, timeout=60, what="every message handled")
+    # acked: none comes back, even after the ack wait has passed twice
+    deadline = __import__("time").monotonic() + 2.5
+    while __import__("time").monotonic() < deadline:
+        d = a.ok("ex", "durable")
+        assert d["handled"] == 50 and d["unique"] == 50, d
+    js = a.ok("status")["nats"]["jetstream"]
+    assert js["published"] == 51 and js["unacked"] == 0, js
+
+
+def test_durable_unacked_redelivered_up_to_limit(tmp, agents):
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    a = durable_agent(tmp, agents, srv, ack=False, max_deliver=3, ack_wait="300ms")
+    a.start()
+    wait_for(lambda: connected(a), what="bridge connected")
+    enqueue(a, 1)
+    enqueue(a, 2)
+    wait_for(lambda: a.ok("ex", "durable")["handled"] == 6, timeout=30, what="three deliveries of each")
+    deadline = __import__("time").monotonic() + 1.5
+    while __import__("time").monotonic() < deadline:
+        d = a.ok("ex", "durable")
+        assert d["handled"] == 6 and d["unique"] == 2, d
+
+
+def test_durable_without_bridge_is_refused(tmp, agents):
+    a = Agent(tmp, "  ex:\n    plugin: example\n    config: {durable_stream: WORK}\n")
+    agents.append(a)
+    a.start()
+    ex = a.instance("ex")
+    assert ex["state"] == "failed" and "not supported" in ex["error"], ex
+    assert "cannot consume stream WORK" in a.logtext()
+
+
 if __name__ == "__main__":
     run_tests(globals())
