@@ -147,6 +147,7 @@ static bus_msg *msg_new(const char *subject, const char *reply, const org_header
 
         m->refs = 1;
         m->seq = 0;
+        m->m = (org_msg){0}; /* fields appended to org_msg later must read as absent */
         m->m.data = p;
         if (len)
                 memcpy(p, data, len);

@@ -345,7 +345,7 @@ static void test_instances(void) {
                    "t.yaml:3:3: duplicate key \"memory\" (first at line 2)");
         expect_one("plugins:\n"
                    "  bad.name: {}\n",
-                   "t.yaml:2:3: plugins.bad.name: invalid instance name (letters, digits, '_' and '-', at most 64)");
+                   "t.yaml:2:3: plugins.bad.name: invalid instance name (letters, digits, '_' and '-', at most 64, not starting with '_')");
         expect_one("plugins:\n"
                    "  \"with space\":\n",
                    "t.yaml:2:3: plugins.with space: invalid instance name (letters, digits, '_' and '-', at most "
