@@ -349,7 +349,11 @@ static void test_instances(void) {
         expect_one("plugins:\n"
                    "  \"with space\":\n",
                    "t.yaml:2:3: plugins.with space: invalid instance name (letters, digits, '_' and '-', at most "
-                   "64)");
+                   "64, not starting with '_')");
+        expect_one("plugins:\n"
+                   "  _agent: {plugin: example}\n",
+                   "t.yaml:2:3: plugins._agent: invalid instance name (letters, digits, '_' and '-', at most "
+                   "64, not starting with '_')");
 }
 
 static void test_many_faults(void) {
