@@ -46,7 +46,9 @@ static void help(void) {
                "  plugin reload NAME              replace an instance with the .so now on disk; if it\n"
                "                                  fails, the running version stays\n"
                "  plugin enable NAME | disable NAME\n"
-               "  call INSTANCE VERB [JSON]       run a plugin verb (also: agentctl INSTANCE VERB [JSON])\n"
+               "  call INSTANCE VERB [JSON | WORD... --KEY VALUE...]\n"
+               "                                  run a plugin verb (also: agentctl INSTANCE VERB ...);\n"
+               "                                  words become {\"args\": [WORD...], \"KEY\": VALUE}\n"
                "\n"
                "Bus:\n"
                "  bus pub SUBJECT [JSON] [-H KEY=VALUE]...\n"
@@ -432,11 +434,42 @@ static int parse_json_arg(const char *text, json_t **ret) {
         return EXIT_OK;
 }
 
+/* A value from the command line: JSON when it parses as JSON, a string otherwise. */
+static json_t *word_value(const char *w) {
+        json_error_t e;
+        json_t *v = json_loads(w, JSON_DECODE_ANY, &e);
+        return v ? v : json_string(w);
+}
+
+/* The arguments of a verb: one JSON text as is, or words: `WORD... --key VALUE...`
+ * become {"args": [WORD...], "key": VALUE, ...}. */
+static int call_args(int argc, char **argv, json_t **ret) {
+        if (argc == 1 && (argv[0][0] == '{' || argv[0][0] == '['))
+                return parse_json_arg(argv[0], ret);
+        json_t *o = json_object(), *words = json_array();
+        for (int i = 0; i < argc; i++) {
+                if (startswith(argv[i], "--") && argv[i][2]) {
+                        if (i + 1 >= argc) {
+                                json_decref(o);
+                                json_decref(words);
+                                return usage_error("%s needs a value", argv[i]);
+                        }
+                        json_object_set_new(o, argv[i] + 2, word_value(argv[i + 1]));
+                        i++;
+                } else
+                        json_array_append_new(words, word_value(argv[i]));
+        }
+        if (json_array_size(words))
+                json_object_set_new(o, "args", words);
+        else
+                json_decref(words);
+        *ret = o;
+        return EXIT_OK;
+}
+
 static int cmd_call(const char *inst, const char *verb, int argc, char **argv) {
         json_t *a = NULL;
-        if (argc > 1)
-                return usage_error("call takes one JSON argument");
-        if (argc == 1 && parse_json_arg(argv[0], &a) != EXIT_OK)
+        if (argc > 0 && call_args(argc, argv, &a) != EXIT_OK)
                 return EXIT_USAGE;
         json_t *args = json_pack("{s:s, s:s}", "instance", inst, "verb", verb);
         if (a)

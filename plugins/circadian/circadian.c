@@ -462,7 +462,8 @@ static json_t *circadian_status_json(circadian *c) {
         return o;
 }
 
-/* set: {"phase": P, "for": "2h"}, or just "P" (a JSON string). */
+/* set: {"phase": P, "for": "2h"}, or just "P" (a JSON string); `agentctl circadian set
+ * night --for 2h` sends {"args": ["night"], "for": "2h"}. */
 static int circadian_verb_set(circadian *c, const org_msg *req) {
         json_error_t e;
         json_t *args = json_loadb(req->data, req->len, JSON_DECODE_ANY, &e);
@@ -472,6 +473,8 @@ static int circadian_verb_set(circadian *c, const org_msg *req) {
                 phase = json_string_value(args);
         else if (json_is_object(args)) {
                 phase = json_string_value(json_object_get(args, "phase"));
+                if (!phase)
+                        phase = json_string_value(json_array_get(json_object_get(args, "args"), 0));
                 jfor = json_object_get(args, "for");
                 if (jfor && !json_is_null(jfor) && !(dur = json_string_value(jfor))) {
                         json_decref(args);
