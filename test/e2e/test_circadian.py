@@ -113,7 +113,7 @@ def test_set_for_expiry_clear_and_restart(tmp, agents):
     sub = subscribe(a, "circadian.phase")
 
     # an override with a short expiry: the phase, the governors, then back by itself
-    st = a.ok("circadian", "set", '{"phase": "%s", "for": "2s"}' % forced)
+    st = a.ok("circadian", "set", forced, "--for", "2s")  # agentctl words: {"args": [P], "for": "2s"}
     assert st["phase"] == forced and st["override"]["phase"] == forced and st["override"]["until"], st
     ev = next_event(sub)
     assert ev["payload"]["phase"] == forced and ev["payload"]["override"] is True, ev

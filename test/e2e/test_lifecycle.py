@@ -5,7 +5,7 @@ import os
 import signal
 import subprocess
 
-from harness import AGENTD, Agent, Skip, install_plugin, plugin_file, run_tests
+from harness import AGENTD, PLUGINS, Agent, Skip, install_plugin, plugin_file, run_tests
 
 TWO = """\
   ex1:
@@ -122,6 +122,20 @@ def test_world_writable_plugin_refused(tmp, agents):
     os.chmod(a.config, 0o666)
     p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "writable by everyone" in p.stderr, p
+
+
+def test_shipped_config_is_valid(tmp, agents):
+    """etc/agentd.yaml, as installed, passes --check with the plugins of this build."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "etc", "agentd.yaml")
+    with open(src) as f:
+        text = f.read()
+    text = text.replace("agent:\n", "agent:\n  plugin_dirs: [%s]\n" % PLUGINS, 1)
+    path = os.path.join(tmp, "agentd.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    p = subprocess.run([AGENTD, "--check", "-c", path], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert "valid (3 plugin instances)" in p.stdout, p.stdout
 
 
 def test_sigint_and_hup(tmp, agents):
