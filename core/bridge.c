@@ -59,8 +59,10 @@ static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
                 s = natsMsgHeader_Add(nm, m->m.headers[i].key, m->m.headers[i].value);
         if (s == NATS_OK)
                 s = natsMsgHeader_Set(nm, BRIDGE_ORIGIN_HEADER, b->self);
+        /* requests and replies take the connection that writes at once: libnats'
+         * flusher batches for about a millisecond, fine for a stream, not for a hop */
         if (s == NATS_OK)
-                s = natsConnection_PublishMsg(b->nc, nm);
+                s = natsConnection_PublishMsg(m->m.reply || is_routed(m->m.subject) ? b->fast : b->nc, nm);
         natsMsg_Destroy(nm);
         if (s == NATS_OK) {
                 b->exported++;
@@ -257,6 +259,17 @@ static void on_closed(natsConnection *nc, void *closure) {
                   b->url, s != NATS_OK && why && *why ? why : "reconnect attempts exhausted");
 }
 
+static void on_fast_up(natsConnection *nc, void *closure) {
+        bridge *b = closure;
+        b->fast_connected = true;
+        js_on_connected(b);
+}
+
+static void on_fast_down(natsConnection *nc, void *closure) {
+        bridge *b = closure;
+        b->fast_connected = false;
+}
+
 static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure) {
         bridge *b = closure;
         if (err == NATS_SLOW_CONSUMER) {
@@ -409,6 +422,27 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
                 goto fail;
         }
         s = natsConnection_Connect(&b->nc, b->opts);
+        if (s == NATS_OK || s == NATS_NOT_YET_CONNECTED) {
+                /* the second connection: same server and auth, unbatched writes, quiet
+                 * callbacks (the bulk one speaks for both) */
+                natsStatus f = natsOptions_SetSendAsap(b->opts, true);
+                if (f == NATS_OK)
+                        f = natsOptions_SetRetryOnFailedConnect(b->opts, true, on_fast_up, b);
+                if (f == NATS_OK)
+                        f = natsOptions_SetReconnectedCB(b->opts, on_fast_up, b);
+                if (f == NATS_OK)
+                        f = natsOptions_SetDisconnectedCB(b->opts, on_fast_down, b);
+                if (f == NATS_OK)
+                        f = natsOptions_SetClosedCB(b->opts, on_fast_down, b);
+                if (f == NATS_OK)
+                        f = natsConnection_Connect(&b->fast, b->opts);
+                if (f == NATS_OK)
+                        b->fast_connected = true;
+                else if (f != NATS_NOT_YET_CONNECTED) {
+                        r = log_error_errno(ECONNREFUSED, "NATS bridge: cannot connect: %s", nats_error_text(f));
+                        goto fail;
+                }
+        }
         if (s == NATS_OK)
                 on_connected(b->nc, b);
         else if (s == NATS_NOT_YET_CONNECTED)
@@ -472,11 +506,13 @@ void bridge_free(bridge *b) {
                         natsSubscription_Destroy(b->imports[i].sub);
                 }
         }
-        if (b->nc) {
-                natsConnection_FlushTimeout(b->nc, 1000); /* what was exported last goes out */
-                natsConnection_Close(b->nc);
-                natsConnection_Destroy(b->nc);
-        }
+        natsConnection *conns[] = {b->nc, b->fast};
+        for (size_t i = 0; i < ELEMENTSOF(conns); i++)
+                if (conns[i]) {
+                        natsConnection_FlushTimeout(conns[i], 1000); /* what was exported last goes out */
+                        natsConnection_Close(conns[i]);
+                        natsConnection_Destroy(conns[i]);
+                }
         natsOptions_Destroy(b->opts);
         /* every libnats thread is gone after this: none can call back into b */
         nats_CloseAndWait(2000);
@@ -504,10 +540,17 @@ json_t *bridge_status(bridge *b) {
         if (!b)
                 return json_pack("{s:b}", "enabled", 0);
         uint64_t in_msgs = 0, in_bytes = 0, out_msgs = 0, out_bytes = 0, reconnects = 0;
-        natsStatistics *st = NULL;
-        if (natsStatistics_Create(&st) == NATS_OK && natsConnection_GetStats(b->nc, st) == NATS_OK)
-                natsStatistics_GetCounts(st, &in_msgs, &in_bytes, &out_msgs, &out_bytes, &reconnects);
-        natsStatistics_Destroy(st);
+        natsConnection *conns[] = {b->nc, b->fast};
+        for (size_t i = 0; i < ELEMENTSOF(conns); i++) {
+                uint64_t c[5] = {0};
+                natsStatistics *st = NULL;
+                if (conns[i] && natsStatistics_Create(&st) == NATS_OK && natsConnection_GetStats(conns[i], st) == NATS_OK)
+                        natsStatistics_GetCounts(st, &c[0], &c[1], &c[2], &c[3], &c[4]);
+                natsStatistics_Destroy(st);
+                in_msgs += c[0], in_bytes += c[1], out_msgs += c[2], out_bytes += c[3];
+                if (i == 0)
+                        reconnects = c[4];
+        }
         char url[256] = "";
         natsConnection_GetConnectedUrl(b->nc, url, sizeof url);
         bool connected = natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED;
@@ -516,11 +559,14 @@ json_t *bridge_status(bridge *b) {
                               "in_msgs", (json_int_t)in_msgs, "in_bytes", (json_int_t)in_bytes, "out_msgs",
                               (json_int_t)out_msgs, "out_bytes", (json_int_t)out_bytes, "reconnects",
                               (json_int_t)reconnects, "disconnects", (json_int_t)b->disconnects, "buffered",
-                              (json_int_t)MAX(natsConnection_Buffered(b->nc), 0), "exported", (json_int_t)b->exported,
+                              (json_int_t)(MAX(natsConnection_Buffered(b->nc), 0) + MAX(natsConnection_Buffered(b->fast), 0)), "exported", (json_int_t)b->exported,
                               "export_dropped", (json_int_t)b->export_dropped, "imported", (json_int_t)b->imported,
                               "import_dropped", (json_int_t)b->import_dropped, "echo_dropped",
                               (json_int_t)b->echo_dropped, "slow_consumers", (json_int_t)b->slow_consumers, "errors",
                               (json_int_t)b->errors, "duplicates_dropped", (json_int_t)b->duplicates);
+        bus_client_stats es;
+        bus_client_get_stats(b->exporter, &es);
+        json_object_set_new(o, "export_queue_dropped", json_integer((json_int_t)es.dropped));
         json_object_set_new(o, "jetstream", js_status(b));
         return o;
 }

@@ -35,7 +35,8 @@ struct bridge {
         char *self;            /* this agent's name */
         char *url;             /* the first server, for messages */
         natsOptions *opts;
-        natsConnection *nc;
+        natsConnection *nc;    /* bulk: batched writes (libnats' flusher), imports */
+        natsConnection *fast;  /* request/reply and JetStream: every write goes out at once */
         bus_client *exporter;
         import_sub *imports;
         size_t n_imports;
@@ -58,7 +59,7 @@ struct bridge {
 
         _Atomic uint64_t rtt_us, exported, export_dropped, imported, import_dropped, echo_dropped, duplicates,
                 disconnects, slow_consumers, errors;
-        _Atomic bool connected;
+        _Atomic bool connected, fast_connected;
 };
 
 /* From any thread. bounded: refuse (false) when the queue is full. */

@@ -70,7 +70,7 @@ struct js_state {
         _Atomic uint64_t published, publish_errors, stream_errors, acks_sent, naks_sent;
 };
 
-static bool js_connected(bridge *b) { return b->connected; }
+static bool js_connected(bridge *b) { return b->fast_connected; }
 
 /* Creates or updates one stream; blocking: the worker thread only. */
 static int ensure_stream(bridge *b, json_t *s) {
@@ -237,7 +237,7 @@ int js_start(bridge *b, json_t *config) {
         jsOptions_Init(&o);
         o.Domain = json_string_value(json_object_get(config, "domain"));
         o.Wait = 5000;
-        natsStatus s = natsConnection_JetStream(&js->js, b->nc, &o);
+        natsStatus s = natsConnection_JetStream(&js->js, b->fast, &o);
         if (s != NATS_OK)
                 return log_error_errno(EIO, "NATS bridge: no JetStream context: %s", bridge_nats_error(s));
         js->streams_wanted = json_array_size(json_object_get(config, "streams")) > 0;
@@ -418,22 +418,34 @@ static void *consumer_loop(void *userdata) {
         unsigned failures = 0;
         while (!c->cancelled && !b->stopping) {
                 if (!sub) {
+                        /* the consumer is created (or found, the same) explicitly, then bound:
+                         * that also serves a consumer without a subject filter */
+                        jsConsumerConfig cc;
+                        jsConsumerConfig_Init(&cc);
+                        cc.Durable = c->durable;
+                        cc.AckPolicy = js_AckExplicit;
+                        cc.AckWait = (int64_t)c->ack_wait_ms * 1000000;
+                        cc.MaxDeliver = c->max_deliver;
+                        cc.MaxAckPending = c->max_pending;
+                        cc.FilterSubject = c->filter;
                         jsSubOptions so;
                         jsSubOptions_Init(&so);
                         so.Stream = c->stream;
-                        so.Config.AckPolicy = js_AckExplicit;
-                        so.Config.AckWait = (int64_t)c->ack_wait_ms * 1000000;
-                        so.Config.MaxDeliver = c->max_deliver;
-                        so.Config.MaxAckPending = c->max_pending;
-                        so.Config.FilterSubject = c->filter;
+                        so.Consumer = c->durable;
                         jsErrCode jerr = 0;
-                        natsStatus s = js_connected(b) ? js_PullSubscribe(&sub, js->js, c->filter, c->durable, NULL, &so, &jerr)
+                        jsConsumerInfo *ci = NULL;
+                        natsStatus s = js_connected(b) ? js_AddConsumer(&ci, js->js, c->stream, &cc, NULL, &jerr)
                                                        : NATS_NOT_YET_CONNECTED;
+                        jsConsumerInfo_Destroy(ci);
+                        if (s != NATS_OK && jerr == JSConsumerNameExistErr)
+                                s = js_UpdateConsumer(&ci, js->js, c->stream, &cc, NULL, &jerr), jsConsumerInfo_Destroy(ci);
+                        if (s == NATS_OK)
+                                s = js_PullSubscribe(&sub, js->js, c->filter, c->durable, NULL, &so, &jerr);
                         if (s != NATS_OK) {
                                 sub = NULL;
                                 if (js_connected(b))
-                                        log_warning("NATS bridge: consumer %s on %s: %s; retrying.", c->durable, c->stream,
-                                                    bridge_nats_error(s));
+                                        log_warning("NATS bridge: consumer %s on %s: %s (JetStream error %d); retrying.",
+                                                    c->durable, c->stream, bridge_nats_error(s), (int)jerr);
                                 struct timespec delay = {1, 0};
                                 nanosleep(&delay, NULL);
                                 continue;
