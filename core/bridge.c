@@ -167,6 +167,14 @@ static void on_nats_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
         import_sub *is = closure;
         bridge *b = is->bridge;
         const char *subject = natsMsg_GetSubject(msg);
+        /* Replies and control requests for this agent come through its own
+         * subscriptions on the fast connection (the last ones): a configured pattern
+         * that also matches them lets them go. */
+        if (is->index < b->n_user_imports && is_routed(subject) && bridge_addressed_to(subject, b->self)) {
+                b->duplicates++;
+                natsMsg_Destroy(msg);
+                return;
+        }
         /* NATS delivers once per matching subscription: the first matching pattern
          * in order takes it, the others let it go. */
         for (size_t i = 0; i < is->index; i++)
@@ -399,6 +407,7 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
         if (!b->imports)
                 goto fail;
         json_array_foreach(imports, i, v) if ((r = add_import(b, json_string_value(v))) < 0) goto fail;
+        b->n_user_imports = b->n_imports;
         _cleanup_free_ char *inbox = NULL, *ctl = NULL;
         if (asprintf(&inbox, "_INBOX.%s.>", b->self) < 0 || asprintf(&ctl, "organism.ctl.%s.>", b->self) < 0) {
                 r = -ENOMEM;
@@ -453,7 +462,11 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
                 goto fail;
         }
         for (i = 0; i < b->n_imports; i++) {
-                s = natsConnection_Subscribe(&b->imports[i].sub, b->nc, b->imports[i].pattern, on_nats_msg,
+                /* our inbox and control subjects live on the fast connection: requests
+                 * go out there, and NATS answers "no responders" on the requester's
+                 * own connection */
+                s = natsConnection_Subscribe(&b->imports[i].sub, i < b->n_user_imports ? b->nc : b->fast,
+                                             b->imports[i].pattern, on_nats_msg,
                                              &b->imports[i]);
                 if (s == NATS_OK)
                         s = natsSubscription_SetPendingLimits(b->imports[i].sub, 65536, 64 << 20);

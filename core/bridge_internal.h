@@ -38,8 +38,8 @@ struct bridge {
         natsConnection *nc;    /* bulk: batched writes (libnats' flusher), imports */
         natsConnection *fast;  /* request/reply and JetStream: every write goes out at once */
         bus_client *exporter;
-        import_sub *imports;
-        size_t n_imports;
+        import_sub *imports;   /* the configured patterns (bulk), then inbox and control (fast) */
+        size_t n_imports, n_user_imports;
         bool remote_control;
         js_state *js;          /* JetStream: streams, durable publish and consumers */
 
