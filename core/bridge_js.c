@@ -68,6 +68,7 @@ struct js_state {
         size_t n_acks, cap_acks;
         uint64_t next_token;
         _Atomic uint64_t published, publish_errors, stream_errors, acks_sent, naks_sent;
+        _Atomic int live_consumers;      /* fetch threads still running */
 };
 
 static bool js_connected(bridge *b) { return b->fast_connected; }
@@ -529,6 +530,10 @@ static void *consumer_loop(void *userdata) {
                 natsSubscription_Destroy(sub);
         }
         consumer_unref(c);
+        pthread_mutex_lock(&js->lock);
+        js->live_consumers--;
+        pthread_cond_broadcast(&js->cond);
+        pthread_mutex_unlock(&js->lock);
         return NULL;
 }
 
@@ -556,7 +561,9 @@ int bridge_consume(bridge *b, const org_consume_opts *o, bridge_deliver_fn fn, v
                 consumer_unref(c);
                 return -ENOMEM;
         }
+        b->js->live_consumers++;
         if (pthread_create(&c->thread, NULL, consumer_loop, c) != 0) {
+                b->js->live_consumers--;
                 c->refs = 1;
                 consumer_unref(c);
                 return -EAGAIN;
@@ -600,7 +607,23 @@ void js_stop(bridge *b) {
         if (js->worker_started)
                 pthread_join(js->worker, NULL);
         /* consumer threads notice b->stopping within one fetch time-out; messages they
-         * hold unacked are redelivered by the server later */
+         * hold unacked are redelivered by the server later. The JetStream context
+         * holds the connection: it goes before the connection is closed. */
+        pthread_mutex_lock(&js->lock);
+        for (int i = 0; js->live_consumers > 0 && i < 30; i++) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 100 * 1000 * 1000;
+                if (ts.tv_nsec >= 1000000000L)
+                        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                pthread_cond_timedwait(&js->cond, &js->lock, &ts);
+        }
+        bool gone = js->live_consumers == 0;
+        pthread_mutex_unlock(&js->lock);
+        if (gone) {
+                jsCtx_Destroy(js->js);
+                js->js = NULL;
+        }
 }
 
 void js_free(bridge *b) {
