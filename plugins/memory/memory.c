@@ -344,7 +344,8 @@ static json_t *status_json(memory *m) {
                          (json_int_t)m->actions, "evaluations", (json_int_t)m->evaluations, "journal", m->journal_ok);
 }
 
-/* history's argument: nothing, {}, N or {"n": N}, N > 0 (capped at HISTORY_MAX). */
+/* history's argument: nothing, {}, N, {"n": N} or agentctl's words {"args": [N]},
+ * N > 0 (capped at HISTORY_MAX). */
 static int history_n(const org_msg *req, int64_t *ret) {
         *ret = HISTORY_DEFAULT;
         if (!req->data || req->len == 0)
@@ -352,6 +353,8 @@ static int history_n(const org_msg *req, int64_t *ret) {
         json_error_t e;
         json_t *a = json_loadb(req->data, req->len, JSON_DECODE_ANY, &e);
         json_t *n = json_is_object(a) ? json_object_get(a, "n") : a;
+        if (json_is_object(a) && !n)
+                n = json_array_get(json_object_get(a, "args"), 0);
         int r = 0;
         if (a && (!n || json_is_null(n)))
                 ; /* the default */

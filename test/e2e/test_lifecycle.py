@@ -136,6 +136,14 @@ def test_shipped_config_is_valid(tmp, agents):
     p = subprocess.run([AGENTD, "--check", "-c", path], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     assert "valid (3 plugin instances)" in p.stdout, p.stdout
+    # and so are the examples of the README
+    for name in ("single-host.yaml", "multi-host.yaml"):
+        with open(os.path.join(os.path.dirname(src), "examples", name)) as f:
+            text = f.read().replace("agent:\n", "agent:\n  plugin_dirs: [%s]\n" % PLUGINS, 1)
+        with open(path, "w") as f:
+            f.write(text)
+        p = subprocess.run([AGENTD, "--check", "-c", path], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, (name, p.stderr)
 
 
 def test_sigint_and_hup(tmp, agents):
