@@ -358,69 +358,66 @@ static void human_config_reload(json_t *r) {
                        json_string_value(json_object_get(f, "error")));
 }
 
-static int cmd_config_check(int argc, char **argv) {
-        json_t *args = json_object();
-        if (argc > 0)
-                json_object_set_new(args, "path", json_string(argv[0]));
+/* A request whose result says "ok": false is a failure of the check it ran (exit 1),
+ * though the request itself went well. */
+static int run_checked(const char *verb, json_t *args, void (*human)(json_t *)) {
         json_t *res = NULL;
-        int ex = request("config.check", args, &res);
+        int ex = request(verb, args, &res);
         if (ex != EXIT_OK)
                 return ex;
         bool ok = json_is_true(json_object_get(res, "ok"));
         if (arg_json)
                 print_json(res);
-        else {
-                size_t i;
-                json_t *e;
-                json_array_foreach(json_object_get(res, "errors"), i, e) printf("%s\n", json_string_value(e));
-                if (ok)
-                        printf("%s: valid (%" JSON_INTEGER_FORMAT " plugin instances).\n",
-                               json_string_value(json_object_get(res, "path")),
-                               json_integer_value(json_object_get(res, "instances")));
-        }
+        else
+                human(res);
         json_decref(res);
         return ok ? EXIT_OK : EXIT_FAILED;
 }
 
-static int cmd_audit(void) {
-        json_t *res = NULL;
-        int ex = request("audit", NULL, &res);
-        if (ex != EXIT_OK)
-                return ex;
-        bool ok = json_is_true(json_object_get(res, "ok"));
-        if (arg_json)
-                print_json(res);
-        else {
-                static const char *const h[] = {"INSTANCE", "PLUGIN", "STATE", "RESULT", "WHAT", "WANT", "HAVE"};
-                table *t = table_new(ELEMENTSOF(h), h);
-                size_t i;
-                json_t *o;
-                json_array_foreach(json_object_get(res, "instances"), i, o) {
-                        const char *result = !json_is_true(json_object_get(o, "verified")) ? "no verify"
-                                             : json_is_true(json_object_get(o, "ok"))      ? "ok"
-                                                                                           : "DRIFT";
-                        const char *row[] = {json_string_value(json_object_get(o, "instance")),
-                                             json_string_value(json_object_get(o, "plugin")),
-                                             json_string_value(json_object_get(o, "state")), result,
-                                             json_string_value(json_object_get(o, "error")), NULL, NULL};
-                        table_add_row(t, row);
-                        size_t k;
-                        json_t *c;
-                        json_array_foreach(json_object_get(o, "checks"), k, c) {
-                                char b[3][64];
-                                const char *crow[] = {"", "", "",
-                                                      json_is_true(json_object_get(c, "ok")) ? "  ok" : "  DRIFT",
-                                                      cell(json_object_get(c, "what"), b[0]),
-                                                      cell(json_object_get(c, "want"), b[1]),
-                                                      cell(json_object_get(c, "have"), b[2])};
-                                table_add_row(t, crow);
-                        }
+static void human_config_check(json_t *res) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(res, "errors"), i, e) printf("%s\n", json_string_value(e));
+        if (json_is_true(json_object_get(res, "ok")))
+                printf("%s: valid (%" JSON_INTEGER_FORMAT " plugin instances).\n",
+                       json_string_value(json_object_get(res, "path")), json_integer_value(json_object_get(res, "instances")));
+}
+
+static int cmd_config_check(int argc, char **argv) {
+        json_t *args = json_object();
+        if (argc > 0)
+                json_object_set_new(args, "path", json_string(argv[0]));
+        return run_checked("config.check", args, human_config_check);
+}
+
+static void human_audit(json_t *res) {
+        static const char *const h[] = {"INSTANCE", "PLUGIN", "STATE", "RESULT", "WHAT", "WANT", "HAVE"};
+        table *t = table_new(ELEMENTSOF(h), h);
+        size_t i;
+        json_t *o;
+        json_array_foreach(json_object_get(res, "instances"), i, o) {
+                const char *result = !json_is_true(json_object_get(o, "verified")) ? "no verify"
+                                     : json_is_true(json_object_get(o, "ok"))      ? "ok"
+                                                                                   : "DRIFT";
+                const char *row[] = {json_string_value(json_object_get(o, "instance")),
+                                     json_string_value(json_object_get(o, "plugin")),
+                                     json_string_value(json_object_get(o, "state")), result,
+                                     json_string_value(json_object_get(o, "error")), NULL, NULL};
+                table_add_row(t, row);
+                size_t k;
+                json_t *c;
+                json_array_foreach(json_object_get(o, "checks"), k, c) {
+                        char b[3][64];
+                        const char *crow[] = {"", "", "",
+                                              json_is_true(json_object_get(c, "ok")) ? "  ok" : "  DRIFT",
+                                              cell(json_object_get(c, "what"), b[0]),
+                                              cell(json_object_get(c, "want"), b[1]),
+                                              cell(json_object_get(c, "have"), b[2])};
+                        table_add_row(t, crow);
                 }
-                table_print(t, stdout);
-                table_free(t);
         }
-        json_decref(res);
-        return ok ? EXIT_OK : EXIT_FAILED;
+        table_print(t, stdout);
+        table_free(t);
 }
 
 static int parse_json_arg(const char *text, json_t **ret) {
@@ -722,7 +719,7 @@ int main(int argc, char **argv) {
                 return run_simple("metrics", NULL, human_metrics);
         }
         if (streq(cmd, "audit"))
-                return cmd_audit();
+                return run_checked("audit", NULL, human_audit);
         if (streq(cmd, "plugin"))
                 return cmd_plugin(argc - 1, argv + 1);
         if (streq(cmd, "bus"))

@@ -104,11 +104,7 @@ static int conn_send(ctl_conn *c, json_t *o, bool force) {
 static void request_unlink(ctl_request *q) {
         if (!q->conn)
                 return;
-        for (ctl_request **p = &q->conn->requests; *p; p = &(*p)->next)
-                if (*p == q) {
-                        *p = q->next;
-                        break;
-                }
+        LIST_UNLINK(q->conn->requests, q);
         q->conn = NULL;
 }
 
@@ -349,11 +345,7 @@ static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userda
 
 static void conn_free(ctl_conn *c) {
         control *ctl = c->control;
-        for (ctl_conn **p = &ctl->conns; *p; p = &(*p)->next)
-                if (*p == c) {
-                        *p = c->next;
-                        break;
-                }
+        LIST_UNLINK(ctl->conns, c);
         while (c->requests) {
                 ctl_request *q = c->requests;
                 c->requests = q->next;

@@ -74,49 +74,22 @@ static int config_lookup(org_ctx *ctx, const char *path, json_t **ret) {
         return 0;
 }
 
-static int h_config_string(org_ctx *ctx, const char *path, const char **ret) {
-        json_t *v;
-        int r = config_lookup(ctx, path, &v);
-        if (r < 0)
-                return r;
-        if (!json_is_string(v))
-                return -EINVAL;
-        *ret = json_string_value(v);
-        return 0;
-}
-
-static int h_config_int(org_ctx *ctx, const char *path, int64_t *ret) {
-        json_t *v;
-        int r = config_lookup(ctx, path, &v);
-        if (r < 0)
-                return r;
-        if (!json_is_integer(v))
-                return -EINVAL;
-        *ret = json_integer_value(v);
-        return 0;
-}
-
-static int h_config_bool(org_ctx *ctx, const char *path, bool *ret) {
-        json_t *v;
-        int r = config_lookup(ctx, path, &v);
-        if (r < 0)
-                return r;
-        if (!json_is_boolean(v))
-                return -EINVAL;
-        *ret = json_is_true(v);
-        return 0;
-}
-
-static int h_config_double(org_ctx *ctx, const char *path, double *ret) {
-        json_t *v;
-        int r = config_lookup(ctx, path, &v);
-        if (r < 0)
-                return r;
-        if (!json_is_number(v))
-                return -EINVAL;
-        *ret = json_number_value(v);
-        return 0;
-}
+/* The typed getters: absent -ENOENT, another type -EINVAL. */
+#define CONFIG_GETTER(fn, ctype, is_type, value)                                         \
+        static int fn(org_ctx *ctx, const char *path, ctype *ret) {                      \
+                json_t *v;                                                               \
+                int r = config_lookup(ctx, path, &v);                                    \
+                if (r < 0)                                                               \
+                        return r;                                                        \
+                if (!is_type(v))                                                         \
+                        return -EINVAL;                                                  \
+                *ret = value(v);                                                         \
+                return 0;                                                                \
+        }
+CONFIG_GETTER(h_config_string, const char *, json_is_string, json_string_value)
+CONFIG_GETTER(h_config_int, int64_t, json_is_integer, json_integer_value)
+CONFIG_GETTER(h_config_bool, bool, json_is_boolean, json_is_true)
+CONFIG_GETTER(h_config_double, double, json_is_number, json_number_value)
 
 static int h_publish(org_ctx *ctx, const char *subject, const org_header *headers, size_t n_headers,
                      const void *data, size_t len) {
@@ -130,18 +103,10 @@ static int h_subscribe(org_ctx *ctx, const char *pattern, uint64_t *ret_sid) {
 
 static int h_unsubscribe(org_ctx *ctx, uint64_t sid) { return bus_unsubscribe(ctx->inst->client, sid); }
 
-static void request_unlink(org_ctx *ctx, ctx_request *q) {
-        for (ctx_request **p = &ctx->requests; *p; p = &(*p)->next)
-                if (*p == q) {
-                        *p = q->next;
-                        return;
-                }
-}
-
 static void on_reply(int error, const bus_msg *reply, void *userdata) {
         ctx_request *q = userdata;
         org_ctx *ctx = q->ctx;
-        request_unlink(ctx, q);
+        LIST_UNLINK(ctx->requests, q);
         org_reply_fn cb = q->cb;
         void *ud = q->userdata;
         free(q);
@@ -178,14 +143,6 @@ static int h_respond(org_ctx *ctx, const char *reply_subject, const void *data, 
         return r < 0 ? r : 0;
 }
 
-static void timer_unlink(org_ctx *ctx, ctx_timer *t) {
-        for (ctx_timer **p = &ctx->timers; *p; p = &(*p)->next)
-                if (*p == t) {
-                        *p = t->next;
-                        return;
-                }
-}
-
 static void timer_free(ctx_timer *t) {
         sd_event_source_disable_unref(t->source);
         if (t->fd >= 0)
@@ -203,7 +160,7 @@ static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
                 sd_event_source_set_time(s, usec + t->period_us);
                 sd_event_source_set_enabled(s, SD_EVENT_ON);
         } else {
-                timer_unlink(ctx, t);
+                LIST_UNLINK(ctx->timers, t);
                 timer_free(t);
         }
         cb(ctx, id, ud); /* last: it may cancel this very timer */
@@ -245,7 +202,7 @@ static int h_timer_add(org_ctx *ctx, uint64_t first_ms, uint64_t period_ms, org_
 static int h_timer_cancel(org_ctx *ctx, uint64_t id) {
         for (ctx_timer *t = ctx->timers; t; t = t->next)
                 if (t->id == id) {
-                        timer_unlink(ctx, t);
+                        LIST_UNLINK(ctx->timers, t);
                         timer_free(t);
                         return 0;
                 }
@@ -358,23 +315,14 @@ static int h_io_add(org_ctx *ctx, int fd, uint32_t events, org_io_fn cb, void *u
 }
 
 static int h_io_remove(org_ctx *ctx, uint64_t id) {
-        for (ctx_io **p = &ctx->ios; *p; p = &(*p)->next)
-                if ((*p)->id == id) {
-                        ctx_io *w = *p;
-                        *p = w->next;
+        for (ctx_io *w = ctx->ios; w; w = w->next)
+                if (w->id == id) {
+                        LIST_UNLINK(ctx->ios, w);
                         sd_event_source_disable_unref(w->source);
                         free(w);
                         return 0;
                 }
         return -ENOENT;
-}
-
-static void durable_unlink(org_ctx *ctx, ctx_durable *d) {
-        for (ctx_durable **p = &ctx->durables; *p; p = &(*p)->next)
-                if (*p == d) {
-                        *p = d->next;
-                        return;
-                }
 }
 
 static void on_durable_published(int error, void *userdata) {
@@ -384,7 +332,7 @@ static void on_durable_published(int error, void *userdata) {
                 free(d);
                 return;
         }
-        durable_unlink(ctx, d);
+        LIST_UNLINK(ctx->durables, d);
         org_reply_fn cb = d->cb;
         void *ud = d->userdata;
         free(d);
@@ -446,7 +394,7 @@ static int h_consume_durable(org_ctx *ctx, const org_consume_opts *opts, uint64_
 static int h_consume_cancel(org_ctx *ctx, uint64_t id) {
         for (ctx_durable *d = ctx->durables; d; d = d->next)
                 if (d->id == id && d->consumer) {
-                        durable_unlink(ctx, d);
+                        LIST_UNLINK(ctx->durables, d);
                         bridge_consume_cancel(d->consumer);
                         free(d);
                         return 0;
@@ -484,18 +432,10 @@ static int h_sysroot_path(org_ctx *ctx, const char *path, char **ret_path) {
         return sysroot_path(ctx_agent(ctx)->config->sysroot, path, ret_path);
 }
 
-static void exec_unlink(org_ctx *ctx, ctx_exec *x) {
-        for (ctx_exec **p = &ctx->execs; *p; p = &(*p)->next)
-                if (*p == x) {
-                        *p = x->next;
-                        return;
-                }
-}
-
 static void on_exec_done(const org_exec_result *res, void *userdata) {
         ctx_exec *x = userdata;
         org_ctx *ctx = x->ctx;
-        exec_unlink(ctx, x);
+        LIST_UNLINK(ctx->execs, x);
         org_exec_fn cb = x->cb;
         void *ud = x->userdata;
         free(x->argv0);
@@ -590,7 +530,7 @@ fail:
 static int h_exec_cancel(org_ctx *ctx, uint64_t id) {
         for (ctx_exec *x = ctx->execs; x; x = x->next)
                 if (x->id == id) {
-                        exec_unlink(ctx, x);
+                        LIST_UNLINK(ctx->execs, x);
                         if (x->job)
                                 exec_cancel(x->job);
                         sd_event_source_disable_unref(x->defer);

@@ -61,6 +61,16 @@ static inline void closep(int *fd) {
 
 #define new0(t, n) ((t *)calloc((n), sizeof(t)))
 
+/* Removes item from a singly linked list threaded through `next` (no-op if absent). */
+#define LIST_UNLINK(head, item)                                                          \
+        do {                                                                             \
+                for (__typeof__(item) *_p = &(head); *_p; _p = &(*_p)->next)             \
+                        if (*_p == (item)) {                                             \
+                                *_p = (item)->next;                                      \
+                                break;                                                   \
+                        }                                                                \
+        } while (0)
+
 /* Frees a NULL-terminated string vector and the vector. */
 static inline void strv_free(char **v) {
         if (!v)
