@@ -386,6 +386,7 @@ static int add_import(bridge *b, const char *pattern) {
 }
 
 int bridge_new(agent *a, json_t *cfg, bridge **ret) {
+        _cleanup_free_ char *inbox = NULL, *ctl = NULL;
         bridge *b = new0(bridge, 1);
         if (!b)
                 return -ENOMEM;
@@ -408,7 +409,6 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
                 goto fail;
         json_array_foreach(imports, i, v) if ((r = add_import(b, json_string_value(v))) < 0) goto fail;
         b->n_user_imports = b->n_imports;
-        _cleanup_free_ char *inbox = NULL, *ctl = NULL;
         if (asprintf(&inbox, "_INBOX.%s.>", b->self) < 0 || asprintf(&ctl, "organism.ctl.%s.>", b->self) < 0) {
                 r = -ENOMEM;
                 goto fail;
