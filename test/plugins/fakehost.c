@@ -15,6 +15,7 @@ static const char *f_instance_name(org_ctx *ctx) { return ctx->instance; }
 static const char *f_agent_name(org_ctx *ctx) { return ctx->agent; }
 static bool f_dry_run(org_ctx *ctx) { return ctx->dry_run; }
 
+static void f_logv(org_ctx *ctx, int level, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 static void f_logv(org_ctx *ctx, int level, const char *fmt, va_list ap) {
         ctx->logs++;
         fprintf(stderr, "[fake:%s] <%d> ", ctx->instance, level);
@@ -22,6 +23,7 @@ static void f_logv(org_ctx *ctx, int level, const char *fmt, va_list ap) {
         fputc('\n', stderr);
 }
 
+static void f_log(org_ctx *ctx, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void f_log(org_ctx *ctx, int level, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
