@@ -24,6 +24,7 @@
 #include "schedule.h"
 
 #define CIRCADIAN_SUBJECT "circadian.phase"
+#define CIRCADIAN_GET_SUBJECT "circadian.phase.get" /* request: the phase in force now */
 #define CIRCADIAN_US 1000000ULL
 
 typedef struct circadian {
@@ -394,6 +395,10 @@ static int circadian_init(const org_host *host, org_ctx *ctx, void **ret_state) 
                 host->log(ctx, ORG_LOG_ERR, "cannot watch wall-clock changes: %s", strerror(-r));
                 goto fail;
         }
+        /* whoever starts after our first event asks for the phase in force */
+        r = host->subscribe(ctx, CIRCADIAN_GET_SUBJECT, NULL);
+        if (r < 0)
+                goto fail;
         r = circadian_update(c);
         if (r < 0)
                 goto fail;
@@ -402,6 +407,20 @@ static int circadian_init(const org_host *host, org_ctx *ctx, void **ret_state) 
 fail:
         circadian_free(c);
         return r;
+}
+
+static int circadian_reply(circadian *c, const org_msg *req, json_t *o);
+
+/* circadian.phase.get: the payload of the last circadian.phase, as of now. */
+static int circadian_handle(void *state, const org_msg *msg) {
+        circadian *c = state;
+        if (!msg->reply || strcmp(msg->subject, CIRCADIAN_GET_SUBJECT) != 0 || !c->entered)
+                return 0;
+        uint64_t now = c->host->now_realtime_us(c->ctx);
+        circadian_view v;
+        if (circadian_view_at(c, now, &v) < 0)
+                return -EINVAL;
+        return circadian_reply(c, msg, circadian_view_json(c, &v, now));
 }
 
 static void circadian_fini(void *state) { circadian_free(state); }
@@ -565,4 +584,4 @@ ORG_PLUGIN_DEFINE(.name = "circadian", .version = "1.0.0",
                   .summary = "day/night phases at exact local-time boundaries, per-phase CPU governor and cache sync, "
                              "manual override",
                   .config_map = circadian_config_map, .verbs = circadian_verbs, .init = circadian_init,
-                  .call = circadian_call, .fini = circadian_fini, .verify = circadian_verify);
+                  .handle = circadian_handle, .call = circadian_call, .fini = circadian_fini, .verify = circadian_verify);

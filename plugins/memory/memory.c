@@ -165,7 +165,23 @@ void memory_evaluate(memory *m, const char *why) {
 static void on_first(org_ctx *ctx, uint64_t id, void *userdata) {
         memory *m = userdata;
         m->first_timer = 0;
-        memory_evaluate(m, "start");
+        if (m->phase_asked)
+                m->start_waiting = true; /* the answer to circadian.phase.get starts us */
+        else
+                memory_evaluate(m, "start");
+}
+
+/* The phase in force when we started, from circadian (which may have published it
+ * before we subscribed). No answer (no circadian here): the default phase. */
+static void on_phase_answer(org_ctx *ctx, int error, const org_msg *reply, void *userdata) {
+        memory *m = userdata;
+        m->phase_asked = false;
+        if (error >= 0 && reply)
+                memory_rules_phase(m, reply->data, reply->len);
+        if (m->start_waiting) {
+                m->start_waiting = false;
+                memory_evaluate(m, "start");
+        }
 }
 
 static void memory_free(memory *m) {
@@ -273,6 +289,9 @@ static int memory_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                 host->log(ctx, ORG_LOG_ERR, "cannot subscribe to circadian.phase: %s", strerror(-r));
                 goto fail;
         }
+        m->phase_asked = true;
+        if (host->request(ctx, "circadian.phase.get", "{}", 2, 1000, on_phase_answer, m) < 0)
+                m->phase_asked = false;
         if (ORG_HOST_HAS(host, io_add))
                 memory_psi_start(m);
         else

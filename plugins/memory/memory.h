@@ -141,6 +141,8 @@ typedef struct memory {
         uint64_t actions;
         uint64_t evaluations;
         uint64_t first_timer;
+        bool phase_asked;       /* circadian.phase.get sent at start, no answer yet */
+        bool start_waiting;     /* the first evaluation waits for that answer */
 } memory;
 
 /* One change made (or, under dry_run, one that would have been). */

@@ -232,6 +232,29 @@ def test_phase_from_bus_switches_profile(tmp, agents):
     wait_for(lambda: read(a, ARC_MAX) == str(8 * GIB), timeout=5, what="the day ARC ceiling again")
 
 
+def test_phase_from_circadian_at_start(tmp, agents):
+    """circadian publishes its phase while the instances start; memory, started after
+    it, asks for the phase in force and starts in it: no action in the wrong profile."""
+    import time as _t
+    lt = _t.localtime()
+    now_min = lt.tm_hour * 60 + lt.tm_min
+    # a "night" that began two minutes ago and lasts an hour, whatever the hour now
+    night = (now_min - 2) % 1440
+    day = (now_min + 60) % 1440
+    phases = '{day: "%02d:%02d", night: "%02d:%02d"}' % (day // 60, day % 60, night // 60, night % 60)
+    a = setup(tmp, agents, start=False)
+    with open(a.config) as f:
+        text = f.read()
+    text = text.replace("plugins:\n", "plugins:\n  circadian:\n    config: {phases: %s}\n" % phases, 1)
+    with open(a.config, "w") as f:
+        f.write(text)
+    a.start()
+    wait_for(lambda: read(a, ARC_MAX) == str(4 * GIB), timeout=5, what="the night ARC ceiling from the start")
+    st = status(a)
+    assert st["phase"] == "night" and st["phase_source"] == "bus", st
+    assert all(h["phase"] == "night" for h in a.ok("memory", "history")["actions"]), a.ok("memory", "history")
+
+
 def test_missing_arc_file_disables_only_that_lever(tmp, agents):
     a = setup(tmp, agents, start=False)
     os.unlink(a.root + ARC_MAX)
