@@ -150,6 +150,32 @@ static void timer_free(ctx_timer *t) {
         free(t);
 }
 
+static ctx_timer *timer_new(org_ctx *ctx, ctx_timer_kind kind, org_timer_fn cb, void *userdata) {
+        ctx_timer *t = new0(ctx_timer, 1);
+        if (!t)
+                return NULL;
+        t->id = ++ctx->next_id;
+        t->kind = kind;
+        t->fd = -1;
+        t->cb = cb;
+        t->userdata = userdata;
+        t->ctx = ctx;
+        return t;
+}
+
+/* Keeps a timer whose event source was just set up (r >= 0), or frees it. */
+static int timer_link(org_ctx *ctx, ctx_timer *t, int r, uint64_t *ret_id) {
+        if (r < 0) {
+                timer_free(t);
+                return r;
+        }
+        t->next = ctx->timers;
+        ctx->timers = t;
+        if (ret_id)
+                *ret_id = t->id;
+        return 0;
+}
+
 static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         ctx_timer *t = userdata;
         org_ctx *ctx = t->ctx;
@@ -172,31 +198,14 @@ static uint64_t timer_accuracy_us(uint64_t us) { return MAX(1000ULL, MIN(us / 10
 
 static int h_timer_add(org_ctx *ctx, uint64_t first_ms, uint64_t period_ms, org_timer_fn cb, void *userdata,
                        uint64_t *ret_id) {
-        if (!cb)
-                return -EINVAL;
-        ctx_timer *t = new0(ctx_timer, 1);
+        ctx_timer *t = cb ? timer_new(ctx, CTX_TIMER_MONOTONIC, cb, userdata) : NULL;
         if (!t)
-                return -ENOMEM;
-        t->id = ++ctx->next_id;
-        t->kind = CTX_TIMER_MONOTONIC;
-        t->fd = -1;
+                return cb ? -ENOMEM : -EINVAL;
         t->period_us = period_ms * USEC_PER_MSEC;
-        t->cb = cb;
-        t->userdata = userdata;
-        t->ctx = ctx;
-        int r = sd_event_add_time_relative(ctx_agent(ctx)->event, &t->source, CLOCK_MONOTONIC,
-                                           first_ms * USEC_PER_MSEC,
-                                           timer_accuracy_us(period_ms ? t->period_us : first_ms * USEC_PER_MSEC),
-                                           on_timer, t);
-        if (r < 0) {
-                free(t);
-                return r;
-        }
-        t->next = ctx->timers;
-        ctx->timers = t;
-        if (ret_id)
-                *ret_id = t->id;
-        return 0;
+        uint64_t first_us = first_ms * USEC_PER_MSEC;
+        int r = sd_event_add_time_relative(ctx_agent(ctx)->event, &t->source, CLOCK_MONOTONIC, first_us,
+                                           timer_accuracy_us(period_ms ? t->period_us : first_us), on_timer, t);
+        return timer_link(ctx, t, r, ret_id);
 }
 
 static int h_timer_cancel(org_ctx *ctx, uint64_t id) {
@@ -211,28 +220,12 @@ static int h_timer_cancel(org_ctx *ctx, uint64_t id) {
 
 static int h_timer_add_realtime(org_ctx *ctx, uint64_t at_realtime_us, org_timer_fn cb, void *userdata,
                                 uint64_t *ret_id) {
-        if (!cb)
-                return -EINVAL;
-        ctx_timer *t = new0(ctx_timer, 1);
+        ctx_timer *t = cb ? timer_new(ctx, CTX_TIMER_REALTIME, cb, userdata) : NULL;
         if (!t)
-                return -ENOMEM;
-        t->id = ++ctx->next_id;
-        t->kind = CTX_TIMER_REALTIME;
-        t->fd = -1;
-        t->cb = cb;
-        t->userdata = userdata;
-        t->ctx = ctx;
+                return cb ? -ENOMEM : -EINVAL;
         /* wall-clock schedules want the instant itself, not a coalesced neighbour */
         int r = sd_event_add_time(ctx_agent(ctx)->event, &t->source, CLOCK_REALTIME, at_realtime_us, 1000, on_timer, t);
-        if (r < 0) {
-                free(t);
-                return r;
-        }
-        t->next = ctx->timers;
-        ctx->timers = t;
-        if (ret_id)
-                *ret_id = t->id;
-        return 0;
+        return timer_link(ctx, t, r, ret_id);
 }
 
 /* A CLOCK_REALTIME timerfd armed far in the future with TFD_TIMER_CANCEL_ON_SET: the
@@ -252,29 +245,14 @@ static int on_time_change(sd_event_source *s, int fd, uint32_t revents, void *us
 }
 
 static int h_time_change_add(org_ctx *ctx, org_timer_fn cb, void *userdata, uint64_t *ret_id) {
-        if (!cb)
-                return -EINVAL;
-        ctx_timer *t = new0(ctx_timer, 1);
+        ctx_timer *t = cb ? timer_new(ctx, CTX_TIMER_TIME_CHANGE, cb, userdata) : NULL;
         if (!t)
-                return -ENOMEM;
-        t->id = ++ctx->next_id;
-        t->kind = CTX_TIMER_TIME_CHANGE;
-        t->cb = cb;
-        t->userdata = userdata;
-        t->ctx = ctx;
+                return cb ? -ENOMEM : -EINVAL;
         t->fd = timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK | TFD_CLOEXEC);
         int r = t->fd < 0 ? -errno : arm_time_change_fd(t->fd);
         if (r >= 0)
                 r = sd_event_add_io(ctx_agent(ctx)->event, &t->source, t->fd, EPOLLIN, on_time_change, t);
-        if (r < 0) {
-                timer_free(t);
-                return r;
-        }
-        t->next = ctx->timers;
-        ctx->timers = t;
-        if (ret_id)
-                *ret_id = t->id;
-        return 0;
+        return timer_link(ctx, t, r, ret_id);
 }
 
 static uint32_t io_to_epoll(uint32_t ev) {
