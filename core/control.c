@@ -39,6 +39,7 @@ struct ctl_conn {
         pid_t pid;
         char *in;
         size_t in_len, in_cap;
+        size_t in_scanned;      /* bytes of `in` already searched for a newline */
         char *out;
         size_t out_len, out_cap, out_off;
         bool closing;           /* close once the output is flushed */
@@ -47,8 +48,12 @@ struct ctl_conn {
 
 static void conn_free(ctl_conn *c);
 
+/* A peer that sends requests without reading the answers is not read from until it
+ * has: unsent output stays bounded. */
+static bool conn_output_full(const ctl_conn *c) { return c->out_len - c->out_off >= CTL_MAX_OUTPUT; }
+
 static int conn_update_events(ctl_conn *c) {
-        uint32_t ev = EPOLLIN;
+        uint32_t ev = conn_output_full(c) ? 0 : EPOLLIN;
         if (c->out_len > c->out_off)
                 ev |= EPOLLOUT;
         return sd_event_source_set_io_events(c->source, ev);
@@ -287,12 +292,41 @@ out:
         json_decref(req);
 }
 
+/* Handles the complete lines received so far, unless the peer stopped reading our
+ * answers (they wait in the buffer until it does). */
+static void conn_process(ctl_conn *c) {
+        size_t start = 0, i = c->in_scanned;
+        for (; i < c->in_len && !c->closing && !conn_output_full(c); i++) {
+                if (c->in[i] != '\n')
+                        continue;
+                if (i > start)
+                        handle_line(c, c->in + start, i - start);
+                start = i + 1;
+        }
+        memmove(c->in, c->in + start, c->in_len - start);
+        c->in_len -= start;
+        c->in_scanned = i - start;
+        if (c->in_len > CTL_MAX_LINE && !c->closing) {
+                send_error(c, NULL, E2BIG, "request too large (the limit is 1048576 bytes a line)");
+                c->closing = true;
+                c->in_len = c->in_scanned = 0;
+        }
+}
+
 static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         ctl_conn *c = userdata;
-        if (revents & EPOLLOUT)
-                conn_flush(c);
-        if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-                for (;;) {
+        if (revents & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
+                conn_flush(c); /* a peer that hung up fails the send: closing, then freed below */
+                if (!c->closing && !conn_output_full(c))
+                        conn_process(c); /* lines that waited for the peer to read */
+        }
+        if (c->closing) {
+                /* refused or oversized: nothing more it sends is handled */
+                char drain[4096];
+                while (recv(fd, drain, sizeof drain, MSG_DONTWAIT) > 0)
+                        ;
+        } else if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                while (!c->closing && !conn_output_full(c)) {
                         if (c->in_cap - c->in_len < 4096) {
                                 size_t ncap = c->in_cap ? c->in_cap * 2 : 8192;
                                 char *n = realloc(c->in, ncap);
@@ -317,29 +351,14 @@ static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userda
                                 return 0;
                         }
                         c->in_len += (size_t)n;
-                        /* handle every complete line */
-                        size_t start = 0;
-                        for (size_t i = c->in_len - (size_t)n; i < c->in_len; i++) {
-                                if (c->in[i] != '\n')
-                                        continue;
-                                if (i > start)
-                                        handle_line(c, c->in + start, i - start);
-                                start = i + 1;
-                        }
-                        memmove(c->in, c->in + start, c->in_len - start);
-                        c->in_len -= start;
-                        if (c->in_len > CTL_MAX_LINE) {
-                                send_error(c, NULL, E2BIG, "request too large (the limit is 1048576 bytes a line)");
-                                c->closing = true;
-                                c->in_len = 0;
-                                break;
-                        }
+                        conn_process(c);
                 }
         }
         if (c->closing && c->out_len == c->out_off) {
                 conn_free(c);
                 return 0;
         }
+        conn_update_events(c);
         return 0;
 }
 

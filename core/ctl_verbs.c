@@ -100,8 +100,8 @@ static json_t *descriptor_to_json(const plugin_so *so) {
 /* Info on an instance, or on a plugin file by name (documentation without running it). */
 static void v_plugin_info(ctl_request *q) {
         const char *name = arg_str(q, "name");
-        if (!name)
-                return ctl_reply_error(q, EINVAL, "missing argument \"name\"");
+        if (!name || !name_is_valid(name))
+                return ctl_reply_error(q, EINVAL, "plugin info needs an instance or plugin name");
         instance *in = agent_find_instance(q->agent, name);
         const char *plugin = in ? in->cfg.plugin : name;
         _cleanup_free_ char *path = NULL, *err = NULL;
@@ -148,6 +148,8 @@ static void v_plugin_reload(ctl_request *q) {
         instance *in = arg_instance(q);
         if (!in)
                 return;
+        if (in->run_state == INSTANCE_DISABLED)
+                return ctl_reply_error(q, EINVAL, "%s is disabled: agentctl plugin enable %s", in->name, in->name);
         _cleanup_free_ char *path = NULL, *err = NULL;
         /* the file now on disk where the instance's plugin is found */
         if (in->cfg.path)
@@ -517,6 +519,11 @@ void ctl_forward(ctl_request *q, const char *target) {
                 return ctl_reply_error(q, EINVAL, "invalid agent name \"%s\"", target);
         if (streq(q->verb, "bus.sub"))
                 return ctl_reply_error(q, EOPNOTSUPP, "streams do not cross agents: run agentctl on %s itself", target);
+        /* the other agent trusts this one, not our peer: a read-only peer may not borrow
+         * that trust for a plugin verb (whose flag only the other side knows) or a path */
+        if (!q->admin && (streq(q->verb, "call") || json_object_get(q->args, "path")))
+                return ctl_reply_error(q, EPERM, "permission denied: read-only peers reach other agents with read-only "
+                                                 "agent verbs only");
         _cleanup_free_ char *subject = NULL, *data = NULL;
         if (streq(q->verb, "call")) {
                 /* straight to the instance on the other agent, which checks its own verbs */

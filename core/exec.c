@@ -480,14 +480,24 @@ fail:
         return r;
 }
 
+/* Reaps a cancelled child later, on the loop: one stuck in uninterruptible sleep (a
+ * hung zfs or NFS call) must not freeze the loop in waitpid. */
+static int on_reaped(sd_event_source *s, const siginfo_t *si, void *userdata) {
+        sd_event_source_disable_unref(s); /* sd-event reaps the child after this returns */
+        return 0;
+}
+
 void exec_cancel(exec_job *j) {
         if (!j || j->finishing)
                 return;
         /* Also kills what the child left behind in its group, even if it has exited. */
         (void)kill(-j->pid, SIGKILL);
+        sd_event *e = j->child_src ? sd_event_ref(sd_event_source_get_event(j->child_src)) : NULL;
         j->child_src = sd_event_source_disable_unref(j->child_src);
-        if (!j->exited)
+        sd_event_source *reaper = NULL; /* its own callback drops this reference */
+        if (!j->exited && (!e || sd_event_add_child(e, &reaper, j->pid, WEXITED, on_reaped, NULL) < 0))
                 reap(j->pid);
+        sd_event_unref(e);
         job_free(j);
 }
 

@@ -107,7 +107,19 @@ static int cfg_copy_into(instance *in, const instance_config *ic) {
         return 0;
 }
 
-int instance_adopt_config(instance *in, const instance_config *ic) { return cfg_copy_into(in, ic); }
+/* Same fingerprint, so the same checked config: the running plugin keeps the JSON it
+ * was given (it may hold pointers into it, from the host's config getters). */
+int instance_adopt_config(instance *in, const instance_config *ic) {
+        json_t *keep = json_incref(in->cfg.config_json);
+        int r = cfg_copy_into(in, ic);
+        if (r < 0) {
+                json_decref(keep);
+                return r;
+        }
+        json_decref(in->cfg.config_json);
+        in->cfg.config_json = keep;
+        return 0;
+}
 
 static void respond_error(instance *in, const char *reply, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void respond_error(instance *in, const char *reply, const char *fmt, ...) {
@@ -388,6 +400,7 @@ int instance_start(instance *in) {
                 loader_close(so);
                 goto fail;
         }
+        /* old_json is ours from here: released below on success, restored on failure */
         r = start_generation(in, so, NULL, 0, &err);
         if (r < 0) {
                 loader_close(so);
@@ -471,6 +484,7 @@ int instance_reload(instance *in, const instance_config *new_cfg, const char *ne
         int (*save)(void *, void **, size_t *) = PLUGIN_HOOK(in->so, save_state);
         if (save && PLUGIN_HOOK(so, restore_state) && save(in->state, &blob, &blob_len) < 0) {
                 log_internal(LOG_WARNING, 0, in->cfg.plugin, in->name, "save_state failed; the new generation starts fresh");
+                free(blob);
                 blob = NULL;
         }
 
@@ -483,10 +497,9 @@ int instance_reload(instance *in, const instance_config *new_cfg, const char *ne
         in->fingerprint = NULL;
         in->config_text = NULL;
         r = cfg_copy_into(in, ic == &in->cfg ? &old_cfg : ic);
-        if (r >= 0)
-                r = set_config_text(in, cj);
-        else
-                json_decref(cj);
+        if (r >= 0 && (r = set_config_text(in, cj)) >= 0)
+                cj = NULL; /* taken */
+        json_decref(cj);
         if (r >= 0)
                 r = start_generation(in, so, blob, blob_len, ret_error);
         free(blob);
@@ -520,7 +533,13 @@ int instance_reload(instance *in, const instance_config *new_cfg, const char *ne
                 }
         }
         in->tick_source = sd_event_source_disable_unref(in->tick_source);
-        arm_tick(in);
+        r = arm_tick(in);
+        if (r < 0) {
+                *ret_error = strdup("the new generation runs, but its tick timer could not be armed");
+                instance_stop(in, INSTANCE_FAILED);
+                set_error(in, "cannot arm the tick timer");
+                return r;
+        }
         in->reloads++;
         in->loaded_at_us = now_realtime_us();
         log_internal(LOG_INFO, 0, in->cfg.plugin, in->name, "reloaded %s (%s) in %llu us", so->path,

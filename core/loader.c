@@ -44,6 +44,8 @@ void loader_done(void) {
 }
 
 int loader_find(char *const *dirs, const char *name, char **ret_path) {
+        if (!name_is_valid(name))
+                return -EINVAL; /* a name, never a path: "../x" must not leave plugin_dirs */
         for (size_t i = 0; dirs && dirs[i]; i++) {
                 char *p = NULL;
                 if (asprintf(&p, "%s/%s.so", dirs[i], name) < 0)
