@@ -429,6 +429,23 @@ int bus_unsubscribe(bus_client *c, uint64_t sid) {
         return -ENOENT;
 }
 
+uint64_t bus_next_sid(const bus *b) { return b->next_sid + 1; }
+
+void bus_client_unsubscribe_range(bus_client *c, uint64_t lo, uint64_t hi, uint64_t keep) {
+        if (!c)
+                return;
+        size_t k = 0;
+        for (size_t i = 0; i < c->n_subs; i++) {
+                uint64_t sid = c->subs[i].sid;
+                if (sid >= lo && sid < hi && sid != keep) {
+                        (void)sublist_remove(c->bus->subs, c->subs[i].pattern, c);
+                        free(c->subs[i].pattern);
+                } else
+                        c->subs[k++] = c->subs[i];
+        }
+        c->n_subs = k;
+}
+
 void bus_client_unsubscribe_all(bus_client *c) {
         if (!c)
                 return;

@@ -48,6 +48,11 @@ const char *bus_client_name(const bus_client *c);
 int bus_subscribe(bus_client *c, const char *pattern, uint64_t *ret_sid);
 int bus_unsubscribe(bus_client *c, uint64_t sid);
 void bus_client_unsubscribe_all(bus_client *c);
+/* Subscription ids only grow: the id the next subscription will get splits a client's
+ * subscriptions into "before" and "after" (plugin generations on reload). */
+uint64_t bus_next_sid(const bus *b);
+/* Removes the client's subscriptions with lo <= sid < hi, except `keep` (0: none). */
+void bus_client_unsubscribe_range(bus_client *c, uint64_t lo, uint64_t hi, uint64_t keep);
 /* malloc'd NULL-terminated copy of the client's patterns, in subscription order. */
 char **bus_client_patterns(const bus_client *c);
 

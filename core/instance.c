@@ -207,7 +207,7 @@ static int subscribe_ctl(instance *in) {
         _cleanup_free_ char *p = instance_ctl_subject(in, "*");
         if (!p)
                 return -ENOMEM;
-        return bus_subscribe(in->client, p, NULL);
+        return bus_subscribe(in->client, p, &in->ctl_sid);
 }
 
 int instance_new(agent *a, const instance_config *ic, const char *so_path, instance **ret) {
@@ -309,18 +309,19 @@ static int load_checked(instance *in, const instance_config *ic, const char *so_
 
 /* Makes a new generation run: ctx, init, restore. On failure everything of the new
  * generation is undone and the instance's subscriptions are what they were. */
+/* Makes a new generation run: ctx, init, restore. The old generation's subscriptions
+ * stay while the new one subscribes (the inbox gets each message once either way);
+ * on success they go, on failure the new ones go, and the old generation keeps its
+ * subscription ids. */
 static int start_generation(instance *in, plugin_so *so, const void *blob, size_t blob_len, char **ret_error) {
-        _cleanup_strv_free_ char **saved = bus_client_patterns(in->client);
-        bus_client_unsubscribe_all(in->client);
-        int r = subscribe_ctl(in);
-        if (r < 0)
-                goto undo_subs;
-
+        bus *b = in->agent->bus;
+        uint64_t marker = bus_next_sid(b);
+        int r;
         in->generation++;
         org_ctx *ctx = ctx_new(in);
         if (!ctx) {
-                r = -ENOMEM;
-                goto undo_subs;
+                in->generation--;
+                return -ENOMEM;
         }
         /* The new generation must be reachable through `in` while init runs: its
          * host calls (subscribe, metrics, store) go through in->ctx. */
@@ -343,9 +344,10 @@ static int start_generation(instance *in, plugin_so *so, const void *blob, size_
         if (r < 0) {
                 ctx_free(ctx);
                 in->generation--;
-                if (asprintf(ret_error, "init of %s failed: %s", so->path, strerror(r < 0 ? -r : EINVAL)) < 0)
+                bus_client_unsubscribe_range(in->client, marker, UINT64_MAX, 0);
+                if (asprintf(ret_error, "init of %s failed: %s", so->path, strerror(-r)) < 0)
                         *ret_error = NULL;
-                goto undo_subs;
+                return r;
         }
         /* Commit: retire the old generation, if any, then switch. */
         if (old_ctx) {
@@ -354,15 +356,10 @@ static int start_generation(instance *in, plugin_so *so, const void *blob, size_
                         fini(in->state);
                 ctx_free(old_ctx);
         }
+        bus_client_unsubscribe_range(in->client, 0, marker, in->ctl_sid);
         in->ctx = ctx;
         in->state = state;
         return 0;
-
-undo_subs:
-        bus_client_unsubscribe_all(in->client);
-        for (size_t i = 0; saved && saved[i]; i++)
-                bus_subscribe(in->client, saved[i], NULL);
-        return r;
 }
 
 static int set_config_text(instance *in, json_t *cj) {

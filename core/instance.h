@@ -39,6 +39,7 @@ struct instance {
         struct org_ctx *ctx;     /* current generation, NULL when not running */
         void *state;
         bus_client *client;
+        uint64_t ctl_sid;        /* its organism.ctl.<agent>.<instance>.* subscription */
         store *store;            /* opened on first use */
         sd_event_source *tick_source;
         instance_state run_state;
