@@ -59,10 +59,11 @@ static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
                 s = natsMsgHeader_Add(nm, m->m.headers[i].key, m->m.headers[i].value);
         if (s == NATS_OK)
                 s = natsMsgHeader_Set(nm, BRIDGE_ORIGIN_HEADER, b->self);
-        /* requests and replies take the connection that writes at once: libnats'
-         * flusher batches for about a millisecond, fine for a stream, not for a hop */
+        /* control requests and replies take the connection that writes at once
+         * (libnats' flusher batches for about a millisecond: fine for a stream, not for a
+         * hop); chosen by subject only, so one subject keeps its order */
         if (s == NATS_OK)
-                s = natsConnection_PublishMsg(m->m.reply || is_routed(m->m.subject) ? b->fast : b->nc, nm);
+                s = natsConnection_PublishMsg(is_routed(m->m.subject) ? b->fast : b->nc, nm);
         natsMsg_Destroy(nm);
         if (s == NATS_OK) {
                 b->exported++;
@@ -107,6 +108,7 @@ static import_msg *import_copy(natsMsg *msg, const char *origin) {
                 return NULL;
         im->base.run = import_run;
         im->base.drop = import_drop;
+        im->base.bytes = (size_t)natsMsg_GetDataLength(msg);
         const char *reply = natsMsg_GetReply(msg);
         im->subject = strdup(natsMsg_GetSubject(msg));
         im->reply = reply && *reply ? strdup(reply) : NULL;
@@ -176,8 +178,9 @@ static void on_nats_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
                 return;
         }
         /* NATS delivers once per matching subscription: the first matching pattern
-         * in order takes it, the others let it go. */
-        for (size_t i = 0; i < is->index; i++)
+         * in order takes it, the others let it go (our own inbox and control
+         * subscriptions always take theirs: the configured ones let them go above). */
+        for (size_t i = 0; i < MIN(is->index, b->n_user_imports); i++)
                 if (subject_matches(b->imports[i].pattern, subject)) {
                         b->duplicates++;
                         natsMsg_Destroy(msg);
@@ -191,6 +194,15 @@ static void on_nats_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
                 natsMsg_Destroy(msg);
                 return;
         }
+        /* An answer to it would be published here as this agent's own message: a reply
+         * subject must be an inbox, and not ours, or it could aim our answer at one of
+         * our control subjects. */
+        const char *reply = natsMsg_GetReply(msg);
+        if (reply && *reply && (!startswith(reply, "_INBOX.") || bridge_addressed_to(reply, b->self))) {
+                b->import_dropped++;
+                natsMsg_Destroy(msg);
+                return;
+        }
         import_msg *im = import_copy(msg, origin);
         natsMsg_Destroy(msg);
         if (!im || !bridge_post(b, &im->base, true)) {
@@ -201,7 +213,7 @@ static void on_nats_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
 
 bool bridge_post(bridge *b, post_item *it, bool bounded) {
         pthread_mutex_lock(&b->lock);
-        if (bounded && b->queued >= POST_QUEUE_MAX) {
+        if (bounded && (b->queued >= POST_QUEUE_MAX || b->queued_bytes + it->bytes > POST_QUEUE_MAX_BYTES)) {
                 pthread_mutex_unlock(&b->lock);
                 return false;
         }
@@ -213,6 +225,7 @@ bool bridge_post(bridge *b, post_item *it, bool bounded) {
                 b->head = it;
         b->tail = it;
         b->queued++;
+        b->queued_bytes += it->bytes;
         pthread_mutex_unlock(&b->lock);
         if (wake) {
                 uint64_t one = 1;
@@ -226,16 +239,27 @@ static int on_post_ready(sd_event_source *s, int fd, uint32_t revents, void *use
         bridge *b = userdata;
         uint64_t v;
         ssize_t _unused_ n = read(fd, &v, sizeof v);
-        pthread_mutex_lock(&b->lock);
-        post_item *list = b->head;
-        b->head = b->tail = NULL;
-        b->queued = 0;
-        pthread_mutex_unlock(&b->lock);
-        while (list) {
-                post_item *it = list;
-                list = it->next;
+        /* a batch per wake-up, so timers and control requests are served between */
+        for (unsigned k = 0; k < POST_BATCH; k++) {
+                pthread_mutex_lock(&b->lock);
+                post_item *it = b->head;
+                if (it) {
+                        b->head = it->next;
+                        if (!b->head)
+                                b->tail = NULL;
+                        b->queued--;
+                        b->queued_bytes -= it->bytes;
+                }
+                bool more = it && b->head;
+                pthread_mutex_unlock(&b->lock);
+                if (!it)
+                        return 0;
                 it->run(b, it);
+                if (!more)
+                        return 0;
         }
+        uint64_t one = 1; /* more left: come back on the next iteration */
+        n = write(b->efd, &one, sizeof one);
         return 0;
 }
 
@@ -359,6 +383,9 @@ static natsStatus set_options(bridge *b, json_t *cfg) {
                 s = natsOptions_SetTimeout(b->opts, json_integer_value(json_object_get(cfg, "connect_timeout")));
         if (s == NATS_OK)
                 s = natsOptions_SetMaxPendingMsgs(b->opts, 262144);
+        /* a stalled server must fail a write (counted as a drop), not freeze the loop */
+        if (s == NATS_OK)
+                s = natsOptions_SetWriteDeadline(b->opts, 2000);
         if (s == NATS_OK)
                 s = natsOptions_SetRetryOnFailedConnect(b->opts, true, on_connected, b);
         if (s == NATS_OK)
@@ -425,6 +452,9 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
         if (r < 0)
                 goto fail;
 
+        r = js_init(b, json_object_get(cfg, "jetstream"));
+        if (r < 0)
+                goto fail;
         natsStatus s = set_options(b, cfg);
         if (s != NATS_OK) {
                 r = log_error_errno(EINVAL, "NATS bridge: bad options: %s", nats_error_text(s));
@@ -489,7 +519,7 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
             (r = bus_subscribe(b->exporter, "organism.ctl.>", NULL)) < 0)
                 goto fail;
 
-        r = js_start(b, json_object_get(cfg, "jetstream"));
+        r = js_start(b);
         if (r < 0)
                 goto fail;
         if (pthread_create(&b->rtt_thread, NULL, rtt_loop, b) == 0)

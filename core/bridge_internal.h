@@ -12,11 +12,14 @@
 #include "bridge.h"
 #include "bus.h"
 
-#define POST_QUEUE_MAX 65536 /* items waiting for the loop; beyond, bounded posts are refused */
+#define POST_QUEUE_MAX 65536               /* items waiting for the loop; beyond, bounded posts are refused */
+#define POST_QUEUE_MAX_BYTES (256u << 20)  /* and their payload bytes */
+#define POST_BATCH 4096                     /* items run per loop wake-up */
 
 typedef struct post_item post_item;
 struct post_item {
         post_item *next;
+        size_t bytes;                            /* payload size, for the queue's byte bound */
         void (*run)(bridge *b, post_item *it);  /* on the loop; frees it */
         void (*drop)(post_item *it);             /* never ran (shutdown); frees it */
 };
@@ -46,7 +49,7 @@ struct bridge {
         /* any thread → loop */
         pthread_mutex_t lock;
         post_item *head, *tail;
-        size_t queued;
+        size_t queued, queued_bytes;
         int efd;
         sd_event_source *efd_source;
 
@@ -67,7 +70,8 @@ bool bridge_post(bridge *b, post_item *it, bool bounded);
 const char *bridge_nats_error(natsStatus s);
 
 /* bridge_js.c */
-int js_start(bridge *b, json_t *jetstream_config);
+int js_init(bridge *b, json_t *jetstream_config);  /* before the connections exist */
+int js_start(bridge *b);                          /* once they do */
 void js_on_connected(bridge *b);   /* any thread: (re)create streams, wake waiters */
 void js_stop(bridge *b);           /* stops threads; before the connection closes */
 void js_free(bridge *b);           /* after every libnats thread is gone */

@@ -24,9 +24,12 @@ typedef struct pub_job {
         void *userdata;
 } pub_job;
 
+/* A delivered message waiting for its ack: only its reply subject is kept. Acks are
+ * published there by us, so nothing depends on the pull subscription (or the natsMsg)
+ * still existing when the plugin finally answers. */
 typedef struct pending_ack {
         uint64_t token;
-        natsMsg *msg;
+        char *reply;
         bridge_consumer *consumer;
 } pending_ack;
 
@@ -67,8 +70,11 @@ struct js_state {
         pending_ack *acks;               /* messages delivered and not acked */
         size_t n_acks, cap_acks;
         uint64_t next_token;
+        _Atomic uint64_t next_auto_id;
         _Atomic uint64_t published, publish_errors, stream_errors, acks_sent, naks_sent;
         _Atomic int live_consumers;      /* fetch threads still running */
+        pthread_t *threads;              /* every fetch thread, joined at stop */
+        size_t n_threads;
 };
 
 static bool js_connected(bridge *b) { return b->fast_connected; }
@@ -133,11 +139,12 @@ static void pub_drop(post_item *it) {
         free(j);
 }
 
-/* A job that will never be tried (shutdown): its owner still hears of it. */
+/* A job whose result never reached the loop (shutdown): its owner still hears of it,
+ * with the result if there was one. */
 static void pub_cancel(post_item *it) {
         pub_job *j = (pub_job *)it;
         if (j->cb)
-                j->cb(-ECANCELED, j->userdata);
+                j->cb(j->result, j->userdata);
         pub_drop(it);
 }
 
@@ -154,6 +161,17 @@ static bool publish_one(bridge *b, pub_job *j) {
                                 pthread_cond_timedwait(&b->js->cond, &b->js->lock, &ts);
                         pthread_mutex_unlock(&b->js->lock);
                         continue;
+                }
+                /* a server that came back (maybe without its memory streams) gets them
+                 * again before the first publish */
+                pthread_mutex_lock(&b->js->lock);
+                bool streams = b->js->streams_wanted;
+                b->js->streams_wanted = false;
+                pthread_mutex_unlock(&b->js->lock);
+                if (streams) {
+                        size_t i;
+                        json_t *st;
+                        json_array_foreach(json_object_get(b->js->config, "streams"), i, st) ensure_stream(b, st);
                 }
                 natsMsg *m = NULL;
                 natsStatus s = natsMsg_Create(&m, j->subject, NULL, j->data, (int)j->len);
@@ -226,24 +244,30 @@ static void *worker_loop(void *userdata) {
         }
 }
 
-int js_start(bridge *b, json_t *config) {
+int js_init(bridge *b, json_t *config) {
         js_state *js = new0(js_state, 1);
         if (!js)
                 return -ENOMEM;
         js->config = json_incref(config);
+        js->streams_wanted = json_array_size(json_object_get(config, "streams")) > 0;
         pthread_mutex_init(&js->lock, NULL);
         pthread_cond_init(&js->cond, NULL);
-        b->js = js;
+        b->js = js; /* before any connection exists: connect callbacks read it */
+        return 0;
+}
+
+int js_start(bridge *b) {
+        js_state *js = b->js;
         jsOptions o;
         jsOptions_Init(&o);
-        o.Domain = json_string_value(json_object_get(config, "domain"));
+        o.Domain = json_string_value(json_object_get(js->config, "domain"));
         o.Wait = 5000;
         natsStatus s = natsConnection_JetStream(&js->js, b->fast, &o);
         if (s != NATS_OK)
                 return log_error_errno(EIO, "NATS bridge: no JetStream context: %s", bridge_nats_error(s));
-        js->streams_wanted = json_array_size(json_object_get(config, "streams")) > 0;
-        if (pthread_create(&js->worker, NULL, worker_loop, b) != 0)
-                return -errno;
+        int e = pthread_create(&js->worker, NULL, worker_loop, b);
+        if (e != 0)
+                return -e;
         js->worker_started = true;
         return 0;
 }
@@ -268,13 +292,20 @@ int bridge_publish_durable(bridge *b, const char *subject, const char *msg_id, c
                 return -ENOMEM;
         j->base.run = pub_run;
         j->base.drop = pub_cancel;
+        j->result = -ECANCELED; /* until the worker says otherwise */
         j->subject = strdup(subject);
-        j->msg_id = msg_id ? strdup(msg_id) : NULL;
+        /* without an id of the caller's, one of ours: a retry after a lost PubAck is then
+         * recognised by the stream instead of stored twice */
+        if (msg_id)
+                j->msg_id = strdup(msg_id);
+        else if (asprintf(&j->msg_id, "%s-%llu-%llu", b->self, (unsigned long long)now_realtime_us(),
+                          (unsigned long long)++js->next_auto_id) < 0)
+                j->msg_id = NULL;
         j->data = malloc(len + 1);
         j->len = len;
         j->cb = cb;
         j->userdata = userdata;
-        if (!j->subject || !j->data || (msg_id && !j->msg_id)) {
+        if (!j->subject || !j->data || !j->msg_id) {
                 pub_drop(&j->base);
                 return -ENOMEM;
         }
@@ -305,8 +336,9 @@ static void consumer_unref(bridge_consumer *c) {
         free(c);
 }
 
-/* Registers a delivered message; returns its token (0 when out of memory). */
-static uint64_t acks_add(js_state *js, natsMsg *m, bridge_consumer *c) {
+/* Registers a delivered message by its reply subject (taken); returns its token, 0
+ * when out of memory. */
+static uint64_t acks_add(js_state *js, char *reply, bridge_consumer *c) {
         pthread_mutex_lock(&js->lock);
         uint64_t token = 0;
         if (js->n_acks == js->cap_acks) {
@@ -318,55 +350,66 @@ static uint64_t acks_add(js_state *js, natsMsg *m, bridge_consumer *c) {
                 js->cap_acks = ncap;
         }
         token = ++js->next_token;
-        js->acks[js->n_acks++] = (pending_ack){token, m, c};
+        js->acks[js->n_acks++] = (pending_ack){token, reply, c};
 out:
         pthread_mutex_unlock(&js->lock);
         return token;
 }
 
-/* Takes a registered message out (keep: leave it registered, as for in-progress). */
-static natsMsg *acks_take(js_state *js, uint64_t token, bool keep, bridge_consumer **ret_consumer) {
-        natsMsg *m = NULL;
+/* Takes a registered message out (keep: leave it registered, as for in-progress);
+ * returns a copy of its reply subject (malloc'd). */
+static char *acks_take(js_state *js, uint64_t token, bool keep, bridge_consumer **ret_consumer) {
+        char *reply = NULL;
         pthread_mutex_lock(&js->lock);
         for (size_t i = 0; i < js->n_acks; i++)
                 if (js->acks[i].token == token) {
-                        m = js->acks[i].msg;
                         *ret_consumer = js->acks[i].consumer;
-                        if (!keep)
+                        if (keep)
+                                reply = strdup(js->acks[i].reply);
+                        else {
+                                reply = js->acks[i].reply;
                                 js->acks[i] = js->acks[--js->n_acks];
+                        }
                         break;
                 }
         pthread_mutex_unlock(&js->lock);
-        return m;
+        return reply;
 }
 
 int bridge_ack(bridge *b, uint64_t token, org_ack_kind kind, uint64_t delay_ms) {
         js_state *js = b ? b->js : NULL;
         if (!js)
                 return -EOPNOTSUPP;
+        if (kind < ORG_ACK || kind > ORG_TERM)
+                return -EINVAL;
         bridge_consumer *c = NULL;
-        natsMsg *m = acks_take(js, token, kind == ORG_IN_PROGRESS, &c);
-        if (!m)
+        _cleanup_free_ char *reply = acks_take(js, token, kind == ORG_IN_PROGRESS, &c);
+        if (!reply)
                 return -ENOENT;
-        natsStatus s;
+        /* JetStream's ack protocol: the body published on the message's reply subject */
+        char body[64];
         switch (kind) {
         case ORG_ACK:
-                s = natsMsg_Ack(m, NULL);
+                snprintf(body, sizeof body, "+ACK");
                 js->acks_sent++;
                 break;
         case ORG_NAK:
-                s = delay_ms ? natsMsg_NakWithDelay(m, (int64_t)delay_ms, NULL) : natsMsg_Nak(m, NULL);
+                if (delay_ms)
+                        snprintf(body, sizeof body, "-NAK {\"delay\": %llu}", (unsigned long long)delay_ms * 1000000ULL);
+                else
+                        snprintf(body, sizeof body, "-NAK");
                 js->naks_sent++;
                 break;
         case ORG_IN_PROGRESS:
-                return natsMsg_InProgress(m, NULL) == NATS_OK ? 0 : -EIO;
-        case ORG_TERM:
-                s = natsMsg_Term(m, NULL);
+                snprintf(body, sizeof body, "+WPI");
                 break;
         default:
-                s = NATS_INVALID_ARG;
+                snprintf(body, sizeof body, "+TERM");
+                break;
         }
-        natsMsg_Destroy(m);
+        natsStatus s = natsConnection_PublishString(b->fast, reply, body);
+        if (kind == ORG_IN_PROGRESS)
+                return s == NATS_OK ? 0 : -EIO;
         c->acked++;
         c->outstanding--;
         pthread_mutex_lock(&js->lock);
@@ -416,7 +459,7 @@ static void *consumer_loop(void *userdata) {
         bridge *b = c->bridge;
         js_state *js = b->js;
         natsSubscription *sub = NULL;
-        unsigned failures = 0;
+        unsigned failures = 0, idle = 0;
         while (!c->cancelled && !b->stopping) {
                 if (!sub) {
                         /* the consumer is created (or found, the same) explicitly, then bound:
@@ -463,14 +506,27 @@ static void *consumer_loop(void *userdata) {
                         pthread_mutex_unlock(&js->lock);
                         continue;
                 }
-                failures = 0;
                 natsMsgList list = {0};
                 jsErrCode jerr = 0;
                 natsStatus s = natsSubscription_Fetch(&list, sub, (int)MIN(room, 256u), 1000, &jerr);
                 if (s == NATS_TIMEOUT) {
-                        failures = 0;
-                        continue; /* it can come early: it only means "nothing yet" */
+                        /* it can come early and only means "nothing yet" — but a server
+                         * that lost our consumer answers the same: look now and then */
+                        if (++idle % 30 == 0) {
+                                jsConsumerInfo *ci = NULL;
+                                if (js_GetConsumerInfo(&ci, js->js, c->stream, c->durable, NULL, &jerr) == NATS_NOT_FOUND) {
+                                        log_warning("NATS bridge: consumer %s on %s is gone from the server; creating it again.",
+                                                    c->durable, c->stream);
+                                        natsSubscription_Destroy(sub);
+                                        sub = NULL;
+                                }
+                                jsConsumerInfo_Destroy(ci);
+                        }
+                        continue;
                 }
+                idle = 0;
+                if (s == NATS_OK)
+                        failures = 0;
                 if (s != NATS_OK) {
                         /* a server that came back without our consumer: subscribe again */
                         if (++failures >= 5 || s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION) {
@@ -497,11 +553,13 @@ static void *consumer_loop(void *userdata) {
                                 d->subject = strdup(natsMsg_GetSubject(m));
                                 d->data = malloc(len + 1);
                         }
-                        if (!d || !d->subject || !d->data) {
+                        char *reply = strdup(natsMsg_GetReply(m) ? natsMsg_GetReply(m) : "");
+                        if (!d || !d->subject || !d->data || !reply) {
                                 natsMsg_Nak(m, NULL);
                                 natsMsg_Destroy(m);
                                 if (d)
                                         durable_free(d);
+                                free(reply);
                                 continue;
                         }
                         memcpy(d->data, natsMsg_GetData(m), len);
@@ -512,16 +570,16 @@ static void *consumer_loop(void *userdata) {
                         c->refs += 2; /* one for the pending ack, one for the item */
                         c->outstanding++;
                         d->consumer = c;
-                        d->token = acks_add(js, m, c);
+                        d->token = acks_add(js, reply, c);
                         if (!d->token) {
                                 natsMsg_Nak(m, NULL);
-                                natsMsg_Destroy(m);
+                                free(reply);
                                 c->refs -= 2;
                                 c->outstanding--;
                                 durable_free(d);
-                                continue;
-                        }
-                        bridge_post(b, &d->base, false);
+                        } else
+                                bridge_post(b, &d->base, false);
+                        natsMsg_Destroy(m); /* acks go to the reply subject we kept */
                 }
                 natsMsgList_Destroy(&list);
         }
@@ -561,14 +619,25 @@ int bridge_consume(bridge *b, const org_consume_opts *o, bridge_deliver_fn fn, v
                 consumer_unref(c);
                 return -ENOMEM;
         }
-        b->js->live_consumers++;
-        if (pthread_create(&c->thread, NULL, consumer_loop, c) != 0) {
-                b->js->live_consumers--;
+        js_state *js = b->js;
+        pthread_mutex_lock(&js->lock);
+        pthread_t *t = realloc(js->threads, (js->n_threads + 1) * sizeof *t);
+        int r = t ? 0 : ENOMEM;
+        if (t) {
+                js->threads = t;
+                js->live_consumers++;
+                r = pthread_create(&c->thread, NULL, consumer_loop, c);
+                if (r == 0)
+                        js->threads[js->n_threads++] = c->thread; /* joined at stop */
+                else
+                        js->live_consumers--;
+        }
+        pthread_mutex_unlock(&js->lock);
+        if (r != 0) {
                 c->refs = 1;
                 consumer_unref(c);
-                return -EAGAIN;
+                return -r;
         }
-        pthread_detach(c->thread); /* it leaves by itself within a fetch time-out */
         *ret = c;
         return 0;
 }
@@ -606,24 +675,17 @@ void js_stop(bridge *b) {
         pthread_mutex_unlock(&js->lock);
         if (js->worker_started)
                 pthread_join(js->worker, NULL);
-        /* consumer threads notice b->stopping within one fetch time-out; messages they
-         * hold unacked are redelivered by the server later. The JetStream context
-         * holds the connection: it goes before the connection is closed. */
-        pthread_mutex_lock(&js->lock);
-        for (int i = 0; js->live_consumers > 0 && i < 30; i++) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += 100 * 1000 * 1000;
-                if (ts.tv_nsec >= 1000000000L)
-                        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-                pthread_cond_timedwait(&js->cond, &js->lock, &ts);
-        }
-        bool gone = js->live_consumers == 0;
-        pthread_mutex_unlock(&js->lock);
-        if (gone) {
-                jsCtx_Destroy(js->js);
-                js->js = NULL;
-        }
+        /* Fetch threads notice b->stopping within one fetch time-out (or one JetStream
+         * API call); messages they hold unacked are redelivered by the server later.
+         * They all end before anything they touch is freed, and the JetStream context,
+         * which holds the connection, goes before the connection is closed. */
+        for (size_t i = 0; i < js->n_threads; i++)
+                pthread_join(js->threads[i], NULL);
+        free(js->threads);
+        js->threads = NULL;
+        js->n_threads = 0;
+        jsCtx_Destroy(js->js);
+        js->js = NULL;
 }
 
 void js_free(bridge *b) {
@@ -635,8 +697,10 @@ void js_free(bridge *b) {
                 js->jobs_head = j->next_job;
                 pub_cancel(&j->base);
         }
-        for (size_t i = 0; i < js->n_acks; i++)
-                natsMsg_Destroy(js->acks[i].msg);
+        for (size_t i = 0; i < js->n_acks; i++) {
+                free(js->acks[i].reply);
+                consumer_unref(js->acks[i].consumer);
+        }
         free(js->acks);
         jsCtx_Destroy(js->js);
         json_decref(js->config);
