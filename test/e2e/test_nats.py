@@ -134,6 +134,43 @@ def test_request_reply_and_agentctl_agent(tmp, agents):
     assert r["payload"] == {"echo": {"y": 2}} and r["origin"] == "beta", r
 
 
+def raw_nats_hpub(url, subject, reply, headers, payload):
+    """Publishes one message with headers through the NATS text protocol, as any
+    client on the server could."""
+    import socket as _s
+    host, port = url.replace("nats://", "").split(":")
+    c = _s.create_connection((host, int(port)), timeout=5)
+    c.recv(4096)  # INFO
+    hdr = "NATS/1.0\r\n" + "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n"
+    c.sendall(b'CONNECT {"verbose":false,"headers":true}\r\n')
+    c.sendall(("HPUB %s %s %d %d\r\n%s%s\r\nPING\r\n" % (subject, reply, len(hdr), len(hdr) + len(payload), hdr,
+                                                          payload)).encode())
+    buf = b""
+    while b"PONG" not in buf:
+        buf += c.recv(4096)
+    c.close()
+
+
+def test_reply_subject_cannot_aim_at_our_verbs(tmp, agents):
+    """A request whose reply subject is one of our control subjects would make us send
+    our answer to ourselves as our own (trusted) message: it is dropped at the import."""
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    a = agent(tmp, agents, "alpha", srv.url)
+    a.start()
+    wait_for(lambda: connected(a), what="bridge connected")
+    a.ok("bus", "pub", "example.x", "{}")
+    assert a.ok("ex", "count")["count"] == 1
+    raw_nats_hpub(srv.url, "organism.ctl.alpha.ex.echo", "organism.ctl.alpha.ex.reset", {"Organism-Origin": "beta"},
+                  "{}")
+    wait_for(lambda: a.ok("status")["nats"]["import_dropped"] >= 1, what="the hijacking request dropped")
+    assert a.ok("ex", "count")["count"] == 1
+    # a well-formed one from the same client is answered
+    raw_nats_hpub(srv.url, "organism.ctl.alpha.ex.echo", "_INBOX.someone.1", {"Organism-Origin": "beta"}, "{}")
+    # (calls so far: two counts, then this echo)
+    wait_for(lambda: a.ok("plugin", "info", "ex")["calls"] >= 3, what="the inbox request handled")
+
+
 def test_server_restart_buffers_and_counts_drops(tmp, agents):
     srv = NatsServer(tmp).start()
     agents.append(srv)
