@@ -126,6 +126,9 @@ def test_bus_pub_sub_request_call(tmp, agents):
     assert rc == 1 and "no instance" in err, err
     rc, _, err = a.ctl("ex", "echo", "{not json")
     assert rc == 2 and "invalid JSON" in err, err
+    # plugin names are names: never a path out of plugin_dirs (dlopen runs constructors)
+    rc, _, err = a.ctl("plugin", "info", "../../../tmp/evil")
+    assert rc == 1 and "name" in err, (rc, err)
 
 
 def test_slow_subscriber_drops_not_stalls(tmp, agents):
