@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <sqlite3.h>
 
 #include "fakehost.h"
 
@@ -240,46 +241,116 @@ static int f_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void 
         for (size_t i = 0; spec->argv[i] && i < 15; i++)
                 x->argv[i] = strdup(spec->argv[i]);
         x->mutating = spec->mutating;
+        if (ret_id)
+                *ret_id = ctx->n_execs;
+        if (ctx->exec_deferred && !(spec->mutating && ctx->dry_run)) {
+                if (ctx->n_pending == FAKE_MAX)
+                        return -ENOBUFS;
+                ctx->pending[ctx->n_pending].cb = cb;
+                ctx->pending[ctx->n_pending++].userdata = userdata;
+                return 0;
+        }
         org_exec_result res = {.status = ctx->exec_status,
                                .dry_run = spec->mutating && ctx->dry_run,
                                .out = ctx->exec_out ? ctx->exec_out : "",
                                .out_len = ctx->exec_out ? strlen(ctx->exec_out) : 0,
                                .err = ""};
-        if (ret_id)
-                *ret_id = ctx->n_execs;
         if (cb)
                 cb(ctx, &res, userdata);
         return 0;
 }
 
+bool fake_exec_complete(org_ctx *ctx, int status, const char *out) {
+        if (ctx->n_pending == 0)
+                return false;
+        org_exec_fn cb = ctx->pending[0].cb;
+        void *ud = ctx->pending[0].userdata;
+        memmove(ctx->pending, ctx->pending + 1, (ctx->n_pending - 1) * sizeof ctx->pending[0]);
+        ctx->n_pending--;
+        org_exec_result res = {.status = status, .out = out ? out : "", .out_len = out ? strlen(out) : 0, .err = ""};
+        if (cb)
+                cb(ctx, &res, ud);
+        return true;
+}
+
 static int f_exec_cancel(org_ctx *ctx, uint64_t id) { return 0; }
 
-static int f_store_exec(org_ctx *ctx, const char *sql, const char *const *p, size_t n) { return 0; }
-static int f_store_query(org_ctx *ctx, const char *sql, const char *const *p, size_t n, org_row_fn row, void *ud) {
+/* The store: a real sqlite database in memory, so plugins' SQL is exercised. */
+static sqlite3 *fake_db(org_ctx *ctx) {
+        if (!ctx->db) {
+                sqlite3 *db = NULL;
+                if (sqlite3_open(":memory:", &db) != SQLITE_OK ||
+                    sqlite3_exec(db, "CREATE TABLE kv(key TEXT PRIMARY KEY, value TEXT)", NULL, NULL, NULL) != SQLITE_OK) {
+                        sqlite3_close(db);
+                        return NULL;
+                }
+                ctx->db = db;
+        }
+        return ctx->db;
+}
+
+static int fake_prepare(org_ctx *ctx, const char *sql, const char *const *p, size_t n, sqlite3_stmt **ret) {
+        sqlite3 *db = fake_db(ctx);
+        if (!db || sqlite3_prepare_v2(db, sql, -1, ret, NULL) != SQLITE_OK) {
+                if (db)
+                        fprintf(stderr, "[fake store] %s: %s\n", sql, sqlite3_errmsg(db));
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < n; i++)
+                sqlite3_bind_text(*ret, (int)i + 1, p[i], -1, SQLITE_TRANSIENT);
         return 0;
+}
+
+static int f_store_query(org_ctx *ctx, const char *sql, const char *const *p, size_t n, org_row_fn row, void *ud) {
+        sqlite3_stmt *st = NULL;
+        int r = fake_prepare(ctx, sql, p, n, &st);
+        if (r < 0)
+                return r;
+        int cols = sqlite3_column_count(st), rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW && row) {
+                const char *v[64], *names[64];
+                for (int i = 0; i < cols && i < 64; i++) {
+                        v[i] = (const char *)sqlite3_column_text(st, i);
+                        names[i] = sqlite3_column_name(st, i);
+                }
+                r = row(ud, cols < 64 ? cols : 64, v, names);
+                if (r != 0)
+                        break;
+        }
+        sqlite3_finalize(st);
+        if (r < 0)
+                return r;
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+static int f_store_exec(org_ctx *ctx, const char *sql, const char *const *p, size_t n) {
+        if (n == 0) { /* may hold several statements (schemas) */
+                sqlite3 *db = fake_db(ctx);
+                return db && sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -EINVAL;
+        }
+        return f_store_query(ctx, sql, p, n, NULL, NULL);
+}
+
+static int kv_row(void *ud, int n, const char *const *v, const char *const *names) {
+        *(char **)ud = v[0] ? strdup(v[0]) : NULL;
+        return 1;
 }
 
 static int f_kv_get(org_ctx *ctx, const char *key, char **ret) {
-        for (size_t i = 0; i < ctx->n_kv; i++)
-                if (strcmp(ctx->kv_keys[i], key) == 0) {
-                        *ret = strdup(ctx->kv_values[i]);
-                        return 0;
-                }
-        return -ENOENT;
+        char *v = NULL;
+        const char *p[] = {key};
+        int r = f_store_query(ctx, "SELECT value FROM kv WHERE key = ?1", p, 1, kv_row, &v);
+        if (r < 0)
+                return r;
+        if (!v)
+                return -ENOENT;
+        *ret = v;
+        return 0;
 }
 
 static int f_kv_set(org_ctx *ctx, const char *key, const char *value) {
-        for (size_t i = 0; i < ctx->n_kv; i++)
-                if (strcmp(ctx->kv_keys[i], key) == 0) {
-                        free(ctx->kv_values[i]);
-                        ctx->kv_values[i] = strdup(value);
-                        return 0;
-                }
-        if (ctx->n_kv == FAKE_MAX)
-                return -ENOBUFS;
-        ctx->kv_keys[ctx->n_kv] = strdup(key);
-        ctx->kv_values[ctx->n_kv++] = strdup(value);
-        return 0;
+        const char *p[] = {key, value};
+        return f_store_query(ctx, "INSERT OR REPLACE INTO kv(key, value) VALUES (?1, ?2)", p, 2, NULL, NULL);
 }
 
 static int f_metric_set(org_ctx *ctx, const char *name, org_metric_type type, double value, const char *help) {
@@ -364,10 +435,7 @@ void fake_ctx_done(org_ctx *ctx) {
         for (size_t i = 0; i < ctx->n_execs; i++)
                 for (size_t k = 0; k < 16; k++)
                         free(ctx->execs[i].argv[k]);
-        for (size_t i = 0; i < ctx->n_kv; i++) {
-                free(ctx->kv_keys[i]);
-                free(ctx->kv_values[i]);
-        }
+        sqlite3_close(ctx->db);
         for (size_t i = 0; i < ctx->n_metrics; i++)
                 free(ctx->metric_names[i]);
         json_decref(ctx->config);

@@ -2,7 +2,7 @@
  * the plugin publishes, subscribes, writes and runs; config comes from a JSON text
  * (as agentd would hand it after checking); files are read from and written to a
  * fixture sysroot; timers fire when the test says so; exec answers from canned
- * results. Plugins are linked into the test directly and get this table in init, the
+ * results, at once or when the test completes it; the store is sqlite in memory. Plugins are linked into the test directly and get this table in init, the
  * way Redis modules' tests hand modules a fake RedisModuleCtx. */
 #ifndef TEST_FAKEHOST_H
 #define TEST_FAKEHOST_H
@@ -64,11 +64,17 @@ struct org_ctx {
         size_t n_ios;
         fake_exec execs[FAKE_MAX];
         size_t n_execs;
-        /* the next exec completes at once with this */
+        /* exec completes at once with this ... */
         int exec_status;
         const char *exec_out;
-        char *kv_keys[FAKE_MAX], *kv_values[FAKE_MAX];
-        size_t n_kv;
+        /* ... unless exec_deferred: then it waits, "in flight", for fake_exec_complete() */
+        bool exec_deferred;
+        struct {
+                org_exec_fn cb;
+                void *userdata;
+        } pending[FAKE_MAX];
+        size_t n_pending;
+        void *db;                 /* sqlite3 *, in memory: the store, opened on first use */
         char *metric_names[FAKE_MAX];
         double metric_values[FAKE_MAX];
         size_t n_metrics;
@@ -94,6 +100,8 @@ void fake_clock_jump(org_ctx *ctx, uint64_t now_us);
 /* Active realtime timers. */
 size_t fake_realtime_timers(org_ctx *ctx, uint64_t *ret_first_at);
 double fake_metric(org_ctx *ctx, const char *name);
+/* Completes the oldest deferred exec with status and out; false if none is pending. */
+bool fake_exec_complete(org_ctx *ctx, int status, const char *out);
 /* Builds a message and hands it to the plugin's handle / call hook. */
 int fake_deliver(const org_plugin *p, void *state, const char *subject, const char *data);
 int fake_call(const org_plugin *p, void *state, org_ctx *ctx, const char *verb, const char *args, char **ret_reply);

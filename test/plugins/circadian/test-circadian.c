@@ -338,8 +338,10 @@ static void test_override_expiry_and_restart(void) {
         uint64_t at = 0;
         CHECK_INT(fake_realtime_timers(&ctx, &at), 1);
         CHECK_INT(at, utc_us(2026, 6, 10, 9, 0, 0)); /* the expiry, sooner than 22:00 */
-        CHECK_INT(ctx.n_kv, 1);
-        CHECK_CONTAINS(ctx.kv_values[0], "\"phase\":\"night\"");
+        char *kv = NULL;
+        CHECK_INT(fake_host.kv_get(&ctx, "override", &kv), 0);
+        CHECK_CONTAINS(kv, "\"phase\":\"night\"");
+        free(kv);
         CHECK(fake_metric(&ctx, "circadian_override") == 1.0);
         CHECK(fake_metric(&ctx, "circadian_phase_index") == 1.0);
         CHECK(fake_metric(&ctx, "circadian_phase_active{phase=\"night\"}") == 1.0);
@@ -356,7 +358,10 @@ static void test_override_expiry_and_restart(void) {
         CHECK_STR(phases_seen(&ctx), "day night night day");
         check_last(&ctx, "day", "2026-06-10T05:00:00.000Z", "night", "2026-06-10T20:00:00.000Z");
         check_governors("performance");
-        CHECK_STR(ctx.kv_values[0], "null");
+        kv = NULL;
+        CHECK_INT(fake_host.kv_get(&ctx, "override", &kv), 0);
+        CHECK_STR(kv, "null");
+        free(kv);
         CHECK(fake_metric(&ctx, "circadian_override") == 0.0);
         CHECK_INT(fake_realtime_timers(&ctx, &at), 1);
         CHECK_INT(at, utc_us(2026, 6, 10, 20, 0, 0));
@@ -374,7 +379,10 @@ static void test_override_expiry_and_restart(void) {
         CHECK_CONTAINS(reply, "\"override\":null");
         free(reply);
         CHECK_STR(phases_seen(&ctx), "day night night day");
-        CHECK_STR(ctx.kv_values[0], "null");
+        kv = NULL;
+        CHECK_INT(fake_host.kv_get(&ctx, "override", &kv), 0);
+        CHECK_STR(kv, "null");
+        free(kv);
 
         /* an override that expires while stopped is dropped at start */
         CHECK_INT(fake_call(&organism_plugin, state, &ctx, "set", "{\"phase\":\"night\",\"for\":\"30m\"}", &reply), 0);
@@ -383,7 +391,10 @@ static void test_override_expiry_and_restart(void) {
         ctx.now_realtime_us = utc_us(2026, 6, 11, 13, 0, 0);
         CHECK_INT(organism_plugin.init(&fake_host, &ctx, &state), 0);
         check_last(&ctx, "day", "2026-06-11T05:00:00.000Z", "night", "2026-06-11T20:00:00.000Z");
-        CHECK_STR(ctx.kv_values[0], "null");
+        kv = NULL;
+        CHECK_INT(fake_host.kv_get(&ctx, "override", &kv), 0);
+        CHECK_STR(kv, "null");
+        free(kv);
 
         /* bad requests are errors, and change nothing */
         size_t before = ctx.n_published;
@@ -406,12 +417,13 @@ static void test_override_expiry_and_restart(void) {
 
         /* a persisted override of a phase that no longer exists is dropped */
         ctx_setup(&ctx, CFG, utc_us(2026, 6, 10, 8, 0, 0));
-        ctx.kv_keys[0] = strdup("override");
-        ctx.kv_values[0] = strdup("{\"phase\":\"siesta\",\"since_us\":1,\"until_us\":0}");
-        ctx.n_kv = 1;
+        CHECK_INT(fake_host.kv_set(&ctx, "override", "{\"phase\":\"siesta\",\"since_us\":1,\"until_us\":0}"), 0);
         CHECK_INT(organism_plugin.init(&fake_host, &ctx, &state), 0);
         check_last(&ctx, "day", "2026-06-10T05:00:00.000Z", "night", "2026-06-10T20:00:00.000Z");
-        CHECK_STR(ctx.kv_values[0], "null");
+        kv = NULL;
+        CHECK_INT(fake_host.kv_get(&ctx, "override", &kv), 0);
+        CHECK_STR(kv, "null");
+        free(kv);
         organism_plugin.fini(state);
         fake_ctx_done(&ctx);
 }

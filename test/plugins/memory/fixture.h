@@ -104,41 +104,4 @@ static inline void fx_mem_available(const char *root, unsigned long long kib) {
         fx_write(root, "/proc/meminfo", text);
 }
 
-/* An exec whose completion waits for fx_complete(): a qm call "in flight". */
-typedef struct fx_pending {
-        org_exec_fn cb;
-        void *userdata;
-        bool active;
-} fx_pending;
-
-static fx_pending fx_held;
-static org_host fx_defer_host;
-
-static inline int fx_deferred_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void *userdata, uint64_t *ret_id) {
-        if (ctx->n_execs == FAKE_MAX)
-                return -ENOBUFS;
-        fake_exec *x = &ctx->execs[ctx->n_execs++];
-        for (size_t i = 0; spec->argv[i] && i < 15; i++)
-                x->argv[i] = strdup(spec->argv[i]);
-        x->mutating = spec->mutating;
-        fx_held = (fx_pending){.cb = cb, .userdata = userdata, .active = true};
-        if (ret_id)
-                *ret_id = ctx->n_execs;
-        return 0;
-}
-
-static inline void fx_complete(org_ctx *ctx, int status, const char *out) {
-        fx_pending p = fx_held;
-        fx_held.active = false;
-        org_exec_result res = {.status = status, .out = out, .out_len = strlen(out), .err = ""};
-        if (p.active)
-                p.cb(ctx, &res, p.userdata);
-}
-
-static inline const org_host *fx_deferring_host(void) {
-        fx_defer_host = fake_host;
-        fx_defer_host.exec = fx_deferred_exec;
-        return &fx_defer_host;
-}
-
 #endif
