@@ -4,6 +4,8 @@
  * itself while it is away: nothing is lost across a NATS restart); each durable
  * consumer is a pull subscription fetched by its own thread, whose messages are handed
  * to the loop and acked (or nak'ed, kept in progress, terminated) from there.
+ * Publishes are asynchronous (up to 1024 in flight), matched to their PubAck by the
+ * message id each one carries.
  * The loop never waits on the server. */
 #include <time.h>
 
@@ -16,6 +18,7 @@
 typedef struct pub_job {
         post_item base;         /* reused to post the result back */
         struct pub_job *next_job;
+        unsigned attempts;      /* refusals for a missing stream so far */
         char *subject, *msg_id;
         void *data;
         size_t len;
@@ -66,6 +69,8 @@ struct js_state {
         pthread_cond_t cond;
         pub_job *jobs_head, *jobs_tail;
         size_t n_jobs;
+        pub_job *inflight;               /* published, waiting for the server's PubAck */
+        size_t n_inflight;
         bool streams_wanted;             /* (re)create streams at the next chance */
         pending_ack *acks;               /* messages delivered and not acked */
         size_t n_acks, cap_acks;
@@ -148,30 +153,101 @@ static void pub_cancel(post_item *it) {
         pub_drop(it);
 }
 
-/* Worker: publishes one job, waiting for the server's ack; keeps it while the server
- * is away. Returns false when stopping. */
+/* Puts a job back at the head of the queue (any thread). */
+static void requeue_front(js_state *js, pub_job *j) {
+        pthread_mutex_lock(&js->lock);
+        j->next_job = js->jobs_head;
+        js->jobs_head = j;
+        if (!js->jobs_tail)
+                js->jobs_tail = j;
+        js->n_jobs++;
+        pthread_cond_broadcast(&js->cond);
+        pthread_mutex_unlock(&js->lock);
+}
+
+static void inflight_add(js_state *js, pub_job *j) {
+        pthread_mutex_lock(&js->lock);
+        j->next_job = js->inflight;
+        js->inflight = j;
+        js->n_inflight++;
+        pthread_mutex_unlock(&js->lock);
+}
+
+static pub_job *inflight_take(js_state *js, const char *msg_id) {
+        pub_job *found = NULL;
+        pthread_mutex_lock(&js->lock);
+        for (pub_job **p = &js->inflight; *p; p = &(*p)->next_job)
+                if (streq((*p)->msg_id, msg_id)) {
+                        found = *p;
+                        *p = found->next_job;
+                        js->n_inflight--;
+                        break;
+                }
+        pthread_mutex_unlock(&js->lock);
+        return found;
+}
+
+/* libnats thread: the server's answer to an asynchronous publish. A time-out (the
+ * answer was lost, or the server is away) or a stream not there yet sends the job
+ * round again: its message id lets the stream drop a copy it already has. */
+static void on_pub_ack(jsCtx *jsc, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure) {
+        bridge *b = closure;
+        js_state *js = b->js;
+        const char *id = NULL;
+        pub_job *j = natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id ? inflight_take(js, id) : NULL;
+        natsMsg_Destroy(msg);
+        if (!j)
+                return;
+        if (pa) {
+                j->result = 0;
+                js->published++;
+                bridge_post(b, &j->base, false);
+                return;
+        }
+        natsStatus err = pae ? pae->Err : NATS_ERR;
+        bool no_stream = err == NATS_NO_RESPONDERS || (pae && pae->ErrCode == JSStreamNotFoundErr);
+        if (no_stream && ++j->attempts > 3) {
+                j->result = -ENOENT;
+                js->publish_errors++;
+                log_error("NATS bridge: durable publish to %s failed: %s (is a stream declared for it?).", j->subject,
+                          pae && pae->ErrText ? pae->ErrText : natsStatus_GetText(err));
+                bridge_post(b, &j->base, false);
+                return;
+        }
+        if (no_stream) {
+                pthread_mutex_lock(&js->lock);
+                js->streams_wanted = true;
+                pthread_mutex_unlock(&js->lock);
+        }
+        requeue_front(js, j);
+}
+
+/* Worker: waits for the server (nothing is lost while it is away), makes sure the
+ * streams exist, then publishes asynchronously: many publishes in flight, each
+ * answered through on_pub_ack. Returns false when stopping. */
 static bool publish_one(bridge *b, pub_job *j) {
-        for (unsigned attempt = 0; !b->stopping; attempt++) {
+        js_state *js = b->js;
+        while (!b->stopping) {
                 if (!js_connected(b)) {
-                        pthread_mutex_lock(&b->js->lock);
+                        pthread_mutex_lock(&js->lock);
                         struct timespec ts;
                         clock_gettime(CLOCK_REALTIME, &ts);
                         ts.tv_sec += 1;
                         if (!b->stopping)
-                                pthread_cond_timedwait(&b->js->cond, &b->js->lock, &ts);
-                        pthread_mutex_unlock(&b->js->lock);
+                                pthread_cond_timedwait(&js->cond, &js->lock, &ts);
+                        pthread_mutex_unlock(&js->lock);
                         continue;
                 }
                 /* a server that came back (maybe without its memory streams) gets them
                  * again before the first publish */
-                pthread_mutex_lock(&b->js->lock);
-                bool streams = b->js->streams_wanted;
-                b->js->streams_wanted = false;
-                pthread_mutex_unlock(&b->js->lock);
+                pthread_mutex_lock(&js->lock);
+                bool streams = js->streams_wanted;
+                js->streams_wanted = false;
+                pthread_mutex_unlock(&js->lock);
                 if (streams) {
                         size_t i;
                         json_t *st;
-                        json_array_foreach(json_object_get(b->js->config, "streams"), i, st) ensure_stream(b, st);
+                        json_array_foreach(json_object_get(js->config, "streams"), i, st) ensure_stream(b, st);
                 }
                 natsMsg *m = NULL;
                 natsStatus s = natsMsg_Create(&m, j->subject, NULL, j->data, (int)j->len);
@@ -180,29 +256,18 @@ static bool publish_one(bridge *b, pub_job *j) {
                 jsPubOptions po;
                 jsPubOptions_Init(&po);
                 po.MsgId = j->msg_id;
-                po.MaxWait = 5000;
-                jsPubAck *pa = NULL;
-                jsErrCode jerr = 0;
-                if (s == NATS_OK)
-                        s = js_PublishMsg(&pa, b->js->js, m, &po, &jerr);
-                natsMsg_Destroy(m);
-                jsPubAck_Destroy(pa);
+                po.MaxWait = 5000; /* a lost answer comes back as a time-out: sent again */
                 if (s == NATS_OK) {
-                        j->result = 0;
-                        b->js->published++;
-                        return true;
-                }
-                /* no stream for the subject is final; a server away or busy is not */
-                if (s == NATS_NO_RESPONDERS || jerr == JSStreamNotFoundErr || s == NATS_ERR) {
-                        if (attempt >= 3) {
-                                j->result = -ENOENT;
-                                b->js->publish_errors++;
-                                log_error("NATS bridge: durable publish to %s failed: %s (is a stream declared for it?).",
-                                          j->subject, bridge_nats_error(s));
+                        inflight_add(js, j);
+                        s = js_PublishMsgAsync(js->js, &m, &po); /* takes m on success */
+                        if (s == NATS_OK)
                                 return true;
-                        }
+                        if (inflight_take(js, j->msg_id) != j)
+                                return true; /* already answered (and requeued or posted) */
                 }
-                struct timespec delay = {0, 200 * 1000 * 1000};
+                natsMsg_Destroy(m);
+                /* too many in flight, or the connection just went: a moment, then again */
+                struct timespec delay = {0, 50 * 1000 * 1000};
                 nanosleep(&delay, NULL);
         }
         return false;
@@ -240,7 +305,6 @@ static void *worker_loop(void *userdata) {
                         bridge_post(b, &j->base, false); /* dropped at shutdown: pub_cancel */
                         return NULL;
                 }
-                bridge_post(b, &j->base, false);
         }
 }
 
@@ -262,6 +326,9 @@ int js_start(bridge *b) {
         jsOptions_Init(&o);
         o.Domain = json_string_value(json_object_get(js->config, "domain"));
         o.Wait = 5000;
+        o.PublishAsync.AckHandler = on_pub_ack;
+        o.PublishAsync.AckHandlerClosure = b;
+        o.PublishAsync.MaxPending = 1024;
         natsStatus s = natsConnection_JetStream(&js->js, b->fast, &o);
         if (s != NATS_OK)
                 return log_error_errno(EIO, "NATS bridge: no JetStream context: %s", bridge_nats_error(s));
@@ -697,6 +764,11 @@ void js_free(bridge *b) {
                 js->jobs_head = j->next_job;
                 pub_cancel(&j->base);
         }
+        while (js->inflight) { /* the connection closed before the server answered */
+                pub_job *j = js->inflight;
+                js->inflight = j->next_job;
+                pub_cancel(&j->base);
+        }
         for (size_t i = 0; i < js->n_acks; i++) {
                 free(js->acks[i].reply);
                 consumer_unref(js->acks[i].consumer);
@@ -715,7 +787,7 @@ json_t *js_status(bridge *b) {
         if (!js)
                 return json_null();
         pthread_mutex_lock(&js->lock);
-        size_t queued = js->n_jobs, unacked = js->n_acks;
+        size_t queued = js->n_jobs + js->n_inflight, unacked = js->n_acks;
         pthread_mutex_unlock(&js->lock);
         return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "published", (json_int_t)js->published,
                          "publish_queued", (json_int_t)queued, "publish_errors", (json_int_t)js->publish_errors,

@@ -122,7 +122,7 @@ def main():
         agents.append(d)
         d.start()
         wait_for(lambda: d.ok("status")["nats"]["connected"])
-        m = 5000
+        m = 20000
         t0 = time.monotonic()
         d.ok("b", "durable_flood", json.dumps({"subject": "dur.x", "n": m}), timeout=120)
         wait_for(lambda: d.ok("b", "count")["durable_received"] >= m, timeout=300, what="durable messages")

@@ -290,6 +290,10 @@ def test_durable_unacked_redelivered_up_to_limit(tmp, agents):
     wait_for(lambda: connected(a), what="bridge connected")
     enqueue(a, 1)
     enqueue(a, 2)
+    # a subject no stream holds: refused with a clear error, not retried forever
+    rc, _, err = a.ctl("ex", "enqueue", json.dumps({"subject": "nowhere.x", "id": "n1"}), timeout=60)
+    assert rc == 1 and "No such file" in err, (rc, err)
+    assert "is a stream declared for it?" in a.logtext()
     wait_for(lambda: a.ok("ex", "durable")["handled"] == 6, timeout=30, what="three deliveries of each")
     deadline = __import__("time").monotonic() + 1.5
     while __import__("time").monotonic() < deadline:
