@@ -199,6 +199,26 @@ static json_t *check_scalar(checker *c, org_config_type t, const ynode *v, const
         return NULL;
 }
 
+/* Stores j (stolen) in container under key, or appends it when key is NULL; j NULL
+ * means a fault already reported. False when it could not be stored. */
+static bool put(checker *c, json_t *container, const char *key, json_t *j) {
+        if (!j)
+                return false;
+        if ((key ? json_object_set_new(container, key, j) : json_array_append_new(container, j)) < 0) {
+                oom(c);
+                return false;
+        }
+        return true;
+}
+
+/* The checked container, or NULL (and freed) when any of its items was at fault. */
+static json_t *finish(json_t *container, bool ok) {
+        if (ok)
+                return container;
+        json_decref(container);
+        return NULL;
+}
+
 static json_t *check_list(checker *c, org_config_type t, org_config_type item, const ynode *v, const char *path) {
         json_t *a;
         bool ok = true;
@@ -219,21 +239,10 @@ static json_t *check_list(checker *c, org_config_type t, org_config_type item, c
                         ok = false;
                         break;
                 }
-                json_t *j = check_scalar(c, item, v->values[i], p);
-                if (!j) {
+                if (!put(c, a, NULL, check_scalar(c, item, v->values[i], p)))
                         ok = false;
-                        continue;
-                }
-                if (json_array_append_new(a, j) < 0) {
-                        oom(c);
-                        ok = false;
-                }
         }
-        if (!ok) {
-                json_decref(a);
-                return NULL;
-        }
-        return a;
+        return finish(a, ok);
 }
 
 /* A sequence of mappings, each checked against the entry's children. */
@@ -259,14 +268,10 @@ static json_t *check_object_list(checker *c, const org_config_entry *e, const yn
                         type_error(c, item, p, ORG_CFG_OBJECT, NULL);
                 else
                         j = e->children ? check_map(c, e->children, item, p, item->line, item->col) : ynode_to_json(item);
-                if (!j || json_array_append_new(a, j) < 0)
+                if (!put(c, a, NULL, j))
                         ok = false;
         }
-        if (!ok) {
-                json_decref(a);
-                return NULL;
-        }
-        return a;
+        return finish(a, ok);
 }
 
 /* name → value mappings: DICT (values checked against children) and STRING_DICT. */
@@ -302,20 +307,10 @@ static json_t *check_dict(checker *c, const org_config_entry *e, const ynode *v,
                         type_error(c, val, p, ORG_CFG_OBJECT, NULL);
                         j = NULL;
                 }
-                if (!j) {
+                if (!put(c, o, k->scalar, j))
                         ok = false;
-                        continue;
-                }
-                if (json_object_set_new(o, k->scalar, j) < 0) {
-                        oom(c);
-                        ok = false;
-                }
         }
-        if (!ok) {
-                json_decref(o);
-                return NULL;
-        }
-        return o;
+        return finish(o, ok);
 }
 
 /* v is present and not null; kline/kcol are its key's, where a missing required key
@@ -470,20 +465,10 @@ static json_t *check_map(checker *c, const org_config_entry *table, const ynode 
                         continue;
                 } else
                         continue;
-                if (!j) {
+                if (!put(c, o, e->key, j))
                         ok = false;
-                        continue;
-                }
-                if (json_object_set_new(o, e->key, j) < 0) {
-                        oom(c);
-                        ok = false;
-                }
         }
-        if (!ok) {
-                json_decref(o);
-                return NULL;
-        }
-        return o;
+        return finish(o, ok);
 }
 
 int config_schema_check(const org_config_entry *map, const ynode *node, const char *where, int parent_line,
