@@ -600,5 +600,5 @@ int metrics_write_textfile(const metrics *m, const char *path) {
         _cleanup_free_ char *text = metrics_render_text(m);
         if (!text)
                 return -ENOMEM;
-        return write_file_atomic(path, text, strlen(text), METRICS_TEXTFILE_MODE);
+        return write_file_atomic(path, text, strlen(text), METRICS_TEXTFILE_MODE, false); /* rewritten every interval */
 }

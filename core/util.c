@@ -26,7 +26,7 @@ void format_rfc3339(uint64_t realtime_us, char *buf, size_t size) {
                  tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)((realtime_us % USEC_PER_SEC) / 1000));
 }
 
-int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode) {
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, bool durable) {
         size_t plen = strlen(path);
         _cleanup_free_ char *tmp = malloc(plen + 16);
         if (!tmp)
@@ -49,7 +49,7 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
                 p += n;
                 left -= (size_t)n;
         }
-        if (fchmod(fd, mode) < 0 || fsync(fd) < 0) {
+        if (fchmod(fd, mode) < 0 || (durable && fsync(fd) < 0)) {
                 r = -errno;
                 goto fail;
         }

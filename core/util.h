@@ -95,9 +95,12 @@ uint64_t now_realtime_us(void);
 /* "2026-11-28T23:41:06.123Z" into buf (>= 32 bytes). */
 void format_rfc3339(uint64_t realtime_us, char *buf, size_t size);
 
-/* Writes data to path atomically: a temporary file in the same directory, fsync,
- * rename. mode applies to the new file. */
-int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+/* Writes data to path atomically: a temporary file in the same directory, then
+ * rename, so readers see the old or the new content, whole. durable: fsync first, so
+ * a power loss cannot leave an empty file either (it costs a disk flush: not for files
+ * rewritten every few seconds from the loop, like the metrics textfile). mode applies
+ * to the new file. */
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, bool durable);
 
 /* Reads a whole file into a malloc'd NUL-terminated buffer. */
 int read_full_file(const char *path, char **ret, size_t *ret_len);

@@ -16,7 +16,7 @@ static void copy_file(const char *from, const char *to, mode_t mode) {
         char *data = NULL;
         size_t len = 0;
         CHECK_INT(read_full_file(from, &data, &len), 0);
-        CHECK_INT(write_file_atomic(to, data, len, mode), 0);
+        CHECK_INT(write_file_atomic(to, data, len, mode, false), 0);
         free(data);
 }
 
