@@ -40,7 +40,23 @@ typedef struct org_config_entry {
         bool required;
         const char *help;                 /* one line of documentation */
         const struct org_config_entry *children; /* for OBJECT, DICT and OBJECT_LIST */
+
+        /* Appended after the first release: the loader reads them only from a plugin whose
+         * descriptor says its entries are this large (org_plugin.config_entry_size), so a
+         * table built against the older, shorter struct is still walked correctly.
+         * `agentd --check` refuses a value outside them with FILE:LINE:COL. */
+        const char *min;                  /* YAML text of the smallest value (INT, DOUBLE, SIZE, DURATION
+                                           * and the items of INT_LIST), in the key's own unit: "0", "1s",
+                                           * "64MiB"; NULL = no bound */
+        const char *max;                  /* likewise the largest value; NULL = no bound */
+        const char *const *choices;       /* NULL-terminated allowed values of a STRING (and of the items
+                                           * of STRING_LIST, the values of STRING_DICT); NULL = any */
+        const char *format;               /* a named syntax a STRING (item, value) must match: "hh:mm",
+                                           * "cpulist", "pci_address", "identifier"; NULL = any */
 } org_config_entry;
+
+/* `.choices = ORG_CHOICES("on", "off")` */
+#define ORG_CHOICES(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 #define ORG_CONFIG_END { .key = NULL }
 

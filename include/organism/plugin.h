@@ -56,6 +56,10 @@ typedef struct org_plugin {
          * new one right after its init. */
         int (*save_state)(void *state, void **ret_blob, size_t *ret_len);
         int (*restore_state)(void *state, const void *blob, size_t len);
+
+        /* sizeof(org_config_entry) as the plugin was built: the stride of config_map and
+         * of every children table. Absent (older plugin) = the first release's entry. */
+        uint32_t config_entry_size;
 } org_plugin;
 
 /* Use once per plugin: ORG_PLUGIN_DEFINE(.name = "example", .init = ..., ...). */
@@ -63,6 +67,7 @@ typedef struct org_plugin {
         __attribute__((visibility("default"))) const org_plugin organism_plugin = {           \
                 .abi_version = ORG_PLUGIN_ABI_VERSION,                                         \
                 .struct_size = sizeof(org_plugin),                                             \
+                .config_entry_size = sizeof(org_config_entry),                                 \
                 __VA_ARGS__}
 
 #ifdef __cplusplus
