@@ -213,11 +213,17 @@ static void human_plugin_list(json_t *r) {
         size_t i;
         json_t *o;
         json_array_foreach(r, i, o) {
-                char b[6][64], iv[64];
+                char b[6][64], iv[64], st[96];
                 snprintf(iv, sizeof iv, "%" JSON_INTEGER_FORMAT "ms", json_integer_value(json_object_get(o, "interval_ms")));
+                /* an isolated instance (its own child process) says so, with the child's pid */
+                snprintf(st, sizeof st, "%s", json_string_value(json_object_get(o, "state")));
+                if (json_is_true(json_object_get(o, "isolated")))
+                        snprintf(st, sizeof st, "%s (isolated, pid %" JSON_INTEGER_FORMAT ")",
+                                 json_string_value(json_object_get(o, "state")),
+                                 json_integer_value(json_object_get(o, "pid")));
                 const char *row[] = {json_string_value(json_object_get(o, "name")),
                                      json_string_value(json_object_get(o, "plugin")),
-                                     json_string_value(json_object_get(o, "state")),
+                                     st,
                                      cell(json_object_get(o, "version"), b[0]),
                                      iv,
                                      cell(json_object_get(o, "ticks"), b[1]),

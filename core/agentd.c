@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "agent.h"
+#include "isolate.h"
 #include "loader.h"
 #include "log.h"
 #include "notify.h"
@@ -81,6 +82,9 @@ int main(int argc, char **argv) {
         const char *config_path = ORG_DEFAULT_CONFIG, *level_override = NULL;
         bool check = false;
         int c;
+        /* hidden helper mode: the child process of an isolated instance (isolate_child.c) */
+        if (argc >= 2 && streq(argv[1], "--isolated-child"))
+                return isolate_child_main(argc, argv);
         while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) >= 0) {
                 switch (c) {
                 case 'c':

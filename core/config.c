@@ -94,6 +94,9 @@ static const org_config_entry instance_entries[] = {
         {"dry_run", ORG_CFG_BOOL, NULL, false, "override of agent.dry_run", NULL},
         {"log_level", ORG_CFG_STRING, NULL, false, "override of agent.log_level", NULL},
         {"queue_max", ORG_CFG_INT, NULL, false, "override of agent.queue_max", NULL},
+        {"isolate", ORG_CFG_BOOL, "false", false, "run the plugin in a child process (crashes kill only it)", NULL},
+        {"hook_timeout", ORG_CFG_DURATION, "5s", false, "isolated: a hook running longer kills the child", NULL},
+        {"max_restarts", ORG_CFG_INT, "5", false, "isolated: crashes within a minute before the instance fails", NULL},
         /* Checked later against the plugin's own config map. */
         {"config", ORG_CFG_ANY, NULL, false, "the plugin's settings", NULL},
         ORG_CONFIG_END,
@@ -246,6 +249,8 @@ static void check_instances(const ynode *plugins, diag *d, bool *bad) {
                 check_log_level(v, where, d, bad);
                 check_positive_duration(v, "interval", where, d, bad);
                 check_int_min(v, "queue_max", 0, where, d, bad);
+                check_positive_duration(v, "hook_timeout", where, d, bad);
+                check_int_min(v, "max_restarts", 0, where, d, bad);
         }
 }
 
@@ -378,6 +383,9 @@ static int fill_instances(agent_config *c, json_t *plugins) {
                 j = json_object_get(o, "log_level");
                 ic->log_level = j ? log_level_from_string(json_string_value(j)) : -1;
                 ic->queue_max = (size_t)json_integer_value(json_object_get(o, "queue_max"));
+                ic->isolate = json_is_true(json_object_get(o, "isolate"));
+                ic->hook_timeout_ms = (uint64_t)json_integer_value(json_object_get(o, "hook_timeout"));
+                ic->max_restarts = (unsigned)json_integer_value(json_object_get(o, "max_restarts"));
                 if (v->kind == YNODE_MAP) {
                         const ynode *cfg = ynode_get(v, "config", NULL);
                         ic->config = ynode_is_null(cfg) ? NULL : cfg;
@@ -469,6 +477,9 @@ char *instance_config_fingerprint(const instance_config *ic) {
                       "log_level", ic->log_level, "queue_max", (json_int_t)ic->queue_max, "config", cfg);
         if (!o)
                 return NULL;
+        if (ic->isolate) /* only then: the fingerprints of other instances stay as they were */
+                json_object_set_new(o, "isolate", json_pack("{s:I, s:I}", "hook_timeout", (json_int_t)ic->hook_timeout_ms,
+                                                            "max_restarts", (json_int_t)ic->max_restarts));
         s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
         json_decref(o);
         return s;

@@ -4,7 +4,7 @@
  *             metrics_textfile, metrics_interval, queue_max, commands: {name: path}}
  *   bus:     {nats: {...}}
  *   plugins: {<instance>: {plugin, path, enabled, interval, dry_run, log_level,
- *             queue_max, config: {...}}}
+ *             queue_max, isolate, hook_timeout, max_restarts, config: {...}}}
  *
  * config_load checks everything it can without the plugins; the plugin-specific
  * `config:` blocks are checked later against each plugin's config map
@@ -35,6 +35,9 @@ typedef struct instance_config {
         int dry_run;             /* -1 inherit the agent's, else 0/1 */
         int log_level;           /* -1 inherit, else a syslog level */
         size_t queue_max;        /* 0 inherit */
+        bool isolate;            /* run in a child process (isolate.h) */
+        uint64_t hook_timeout_ms; /* isolated: default 5000 */
+        unsigned max_restarts;   /* isolated: crashes per minute before failed, default 5 */
         const ynode *config;     /* the raw `config:` block (borrowed from the tree) or NULL */
         int line, col;           /* of the instance's key */
         json_t *config_json;     /* set once the block is checked against its plugin */

@@ -9,6 +9,7 @@
 #include "context.h"
 #include "control.h"
 #include "instance.h"
+#include "isolate.h"
 #include "loader.h"
 #include "log.h"
 #include "notify.h"
@@ -572,7 +573,7 @@ static void v_audit(ctl_request *q) {
                         continue;
                 }
                 char *text = NULL;
-                int r = verify(in->state, &text);
+                int r = in->iso ? isolate_verify(in->iso, &text) : verify(in->state, &text);
                 json_error_t e;
                 json_t *res = r >= 0 && text ? json_loads(text, 0, &e) : NULL;
                 free(text);

@@ -5,6 +5,7 @@
 
 #include "config_schema.h"
 #include "context.h"
+#include "isolate.h"
 #include "log.h"
 #include "util.h"
 
@@ -168,6 +169,10 @@ static void deliver_call(instance *in, const char *verb, const bus_msg *msg) {
                 return;
         }
         in->calls++;
+        if (in->iso) {
+                isolate_deliver(in->iso, msg, verb);
+                return;
+        }
         in->ctx->call_reply = m->reply;
         in->ctx->call_replied = false;
         int r = call(in->state, verb, m);
@@ -199,6 +204,10 @@ static void instance_deliver(bus_client *c, const bus_msg *msg, void *userdata) 
         if (!handle)
                 return;
         in->handled++;
+        if (in->iso) {
+                isolate_deliver(in->iso, msg, NULL);
+                return;
+        }
         if (handle(in->state, &msg->m) < 0)
                 in->hook_errors++;
 }
@@ -250,6 +259,11 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         int (*tick)(void *) = PLUGIN_HOOK(in->so, tick);
         if (!tick || in->run_state != INSTANCE_RUNNING)
                 return 0;
+        if (in->iso) {
+                in->ticks++;
+                isolate_tick(in->iso);
+                return 0;
+        }
         uint64_t t0 = now_monotonic_us();
         int r = tick(in->state);
         uint64_t dt = now_monotonic_us() - t0;
@@ -314,6 +328,8 @@ static int load_checked(instance *in, const instance_config *ic, const char *so_
  * on success they go, on failure the new ones go, and the old generation keeps its
  * subscription ids. */
 static int start_generation(instance *in, plugin_so *so, const void *blob, size_t blob_len, char **ret_error) {
+        if (in->cfg.isolate) /* a reload waits for the new child's init; a start does not */
+                return isolate_start(in, so->path, blob, blob_len, in->run_state == INSTANCE_RUNNING, ret_error);
         bus *b = in->agent->bus;
         uint64_t marker = bus_next_sid(b);
         int r;
@@ -376,6 +392,8 @@ static int set_config_text(instance *in, json_t *cj) {
 int instance_start(instance *in) {
         if (in->run_state == INSTANCE_RUNNING)
                 return 0;
+        if (in->iso) /* an isolated instance that failed keeps its descriptor until here */
+                instance_stop(in, in->run_state);
         _cleanup_free_ char *err = NULL;
         int r;
         if (!in->so_path) {
@@ -426,6 +444,8 @@ fail:
 }
 
 void instance_stop(instance *in, instance_state new_state) {
+        isolate_free(in->iso);
+        in->iso = NULL;
         if (in->ctx) {
                 void (*fini)(void *) = PLUGIN_HOOK(in->so, fini);
                 if (fini)
@@ -450,6 +470,9 @@ int instance_reload(instance *in, const instance_config *new_cfg, const char *ne
         uint64_t t0 = now_monotonic_us();
         *ret_error = NULL;
 
+        /* into or out of a child process: a plain restart */
+        if (in->run_state == INSTANCE_RUNNING && new_cfg && new_cfg->isolate != in->cfg.isolate)
+                instance_stop(in, INSTANCE_STOPPED);
         if (in->run_state != INSTANCE_RUNNING) {
                 /* nothing runs: a reload is a fresh start with the new file and config */
                 if (new_cfg) {
@@ -479,6 +502,14 @@ int instance_reload(instance *in, const instance_config *new_cfg, const char *ne
         void *blob = NULL;
         size_t blob_len = 0;
         int (*save)(void *, void **, size_t *) = PLUGIN_HOOK(in->so, save_state);
+        if (in->iso)
+                save = NULL; /* the child saves; a child without save_state answers -EOPNOTSUPP */
+        if (in->iso && PLUGIN_HOOK(in->so, save_state) && PLUGIN_HOOK(so, restore_state) &&
+            isolate_save(in->iso, &blob, &blob_len) < 0) {
+                log_internal(LOG_WARNING, 0, in->cfg.plugin, in->name, "save_state failed; the new generation starts fresh");
+                free(blob);
+                blob = NULL;
+        }
         if (save && PLUGIN_HOOK(so, restore_state) && save(in->state, &blob, &blob_len) < 0) {
                 log_internal(LOG_WARNING, 0, in->cfg.plugin, in->name, "save_state failed; the new generation starts fresh");
                 free(blob);
@@ -591,6 +622,8 @@ json_t *instance_to_json(const instance *in, bool detailed) {
         if (in->error)
                 json_object_set_new(o, "error", json_string(in->error));
         json_object_set_new(o, "dry_run", json_boolean(instance_dry_run(in)));
+        if (in->cfg.isolate)
+                isolate_to_json(in->iso, o);
         if (!detailed)
                 return o;
 

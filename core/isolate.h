@@ -1,0 +1,41 @@
+/* isolate.h — isolated instances (`isolate: true`): the instance's .so runs in a child
+ * agentd process (`agentd --isolated-child`), its hooks are frames over a socketpair
+ * and its host calls come back as frames (isolate_proto.h). A crash or a hook past
+ * hook_timeout kills only the child; the parent logs it with the signal and the hook,
+ * counts it, keeps the instance's messages queued and starts a new child with
+ * exponential backoff, until max_restarts crashes within a minute mark it failed. */
+#ifndef CORE_ISOLATE_H
+#define CORE_ISOLATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "bus.h"
+#include "instance.h"
+
+typedef struct isolate isolate;
+
+/* Starts a child running so_path with the instance's current config text. With sync
+ * (reload) it waits for the child's init and, on success, retires the previous child
+ * after the new one is up; on failure nothing changes and *ret_error says why. Without
+ * sync (start, restart) init completes later on the loop. blob: state for
+ * restore_state, or NULL. Creates in->iso on first use. */
+int isolate_start(instance *in, const char *so_path, const void *blob, size_t blob_len, bool sync, char **ret_error);
+/* Stops every child (fini, then SIGKILL after a grace period) and frees iso. NULL ok. */
+void isolate_free(isolate *iso);
+
+/* A message for handle (verb NULL) or a call (verb points into msg's subject). */
+void isolate_deliver(isolate *iso, const bus_msg *msg, const char *verb);
+void isolate_tick(isolate *iso);
+/* Synchronous save_state / verify in the running child (bounded by hook_timeout). */
+int isolate_save(isolate *iso, void **ret_blob, size_t *ret_len);
+int isolate_verify(isolate *iso, char **ret_json);
+/* Adds "isolated", "pid", "crashes", ... to an instance's JSON view. */
+void isolate_to_json(const isolate *iso, json_t *o);
+
+/* main() of `agentd --isolated-child SOCKFD SHMFD`. */
+int isolate_child_main(int argc, char **argv);
+
+#endif
