@@ -129,10 +129,11 @@ static int bench_call(void *state, const char *verb, const org_msg *req) {
         if (strcmp(verb, "count") == 0) {
                 snprintf(text, sizeof text,
                          "{\"received\":%llu,\"durable_received\":%llu,\"durable_stored\":%llu,"
-                         "\"durable_failed\":%llu,\"span_us\":%llu}",
+                         "\"durable_failed\":%llu,\"span_us\":%llu,\"first_us\":%llu,\"last_us\":%llu}",
                          (unsigned long long)b->received, (unsigned long long)b->durable_received,
                          (unsigned long long)b->durable_stored, (unsigned long long)b->durable_failed,
-                         (unsigned long long)(b->last_us - b->first_us));
+                         (unsigned long long)(b->last_us - b->first_us), (unsigned long long)b->first_us,
+                         (unsigned long long)b->last_us);
                 return reply(b, req, text);
         }
         return -EOPNOTSUPP;
