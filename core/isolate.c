@@ -1012,6 +1012,8 @@ int isolate_start(instance *in, const char *so_path, const void *blob, size_t bl
                         return -ENOMEM;
                 iso->in = in;
                 in->iso = iso;
+                metrics_set(in->agent->metrics, in->name, "instance_crashes_total", ORG_METRIC_COUNTER, 0,
+                            "isolated children that crashed or were killed");
         }
         if (!sync && in->run_state != INSTANCE_RUNNING && !iso->restart_timer && !iso->cur) {
                 /* a fresh start (start, enable, reload of a stopped or failed instance) */

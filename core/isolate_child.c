@@ -761,6 +761,12 @@ int isolate_child_main(int argc, char **argv) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() == 1)
                 return 1;
+        /* systemd talks to agentd alone */
+        unsetenv("NOTIFY_SOCKET");
+        unsetenv("WATCHDOG_USEC");
+        unsetenv("WATCHDOG_PID");
+        unsetenv("LISTEN_FDS");
+        unsetenv("LISTEN_PID");
         log_open();
 
         C.fd = fd;

@@ -71,7 +71,7 @@ def test_example_isolated_verbs_verify_store(tmp, agents):
     isolate: true
     interval: 100ms
     config: {subscribe: "example.>"}
-""" + crashy())
+""" + crashy(), agent_extra="  commands: {echo: /bin/echo}\n")
     agents.append(a)
     a.start()
     ex = wait_for(lambda: (lambda i: i if i.get("pid") and i.get("child_state") == "ready" else None)(a.instance("ex")),
@@ -92,6 +92,13 @@ def test_example_isolated_verbs_verify_store(tmp, agents):
     # store and kv go through the parent: the file is the parent's state_dir
     assert a.ok("call", "cr", "store", '"abc"') == {"kv": {"args": ["abc"]}}
     assert os.path.exists(os.path.join(a.state, "cr.db"))
+    # exec runs in agentd (the command table is agentd's), the completion goes back
+    assert a.ok("call", "cr", "run") == {"status": 0, "out": "hello from cr"}
+    # a request from the child, answered by another isolated instance
+    assert a.ok("call", "cr", "ask", "organism.ctl.e2e.ex.count")["reply"]["count"] == 10
+    publish(a, ["x"])
+    wait_for(lambda: 'crashy_handled_total{instance="cr"} 1' in a.ok("metrics", "--text", as_json=False),
+             what="the metric of the child")
     # the heartbeat of the isolated example reaches the bus
     r = a.ok("bus", "sub", "agent.heartbeat", "--count", "1", "--timeout", "5")
     assert r, r
@@ -235,6 +242,45 @@ def test_reload_isolated_keeps_state_and_swaps_child(tmp, agents):
     assert rc != 0, (rc, out, err)
     assert a.instance("ex")["pid"] == ex["pid"]
     assert a.ok("call", "ex", "count")["count"] == 25
+
+
+def test_reload_isolated_under_load_loses_nothing(tmp, agents):
+    import threading
+    from test_reload import publisher
+    pdir = os.path.join(tmp, "plugins")
+    install_plugin(plugin_file(), pdir)
+    a = Agent(tmp, """\
+  ex:
+    plugin: example
+    isolate: true
+    queue_max: 1000000
+    config: {subscribe: "example.>"}
+""", plugin_dirs=[pdir])
+    agents.append(a)
+    a.start()
+    wait_for(lambda: a.instance("ex").get("child_state") == "ready", what="the isolated child")
+    stop, result = threading.Event(), {}
+    t = threading.Thread(target=publisher, args=(a.sock, 20000, stop, result))
+    t.start()
+    reloads, pids = 0, set()
+    versions = [plugin_file("v2"), plugin_file()]
+    while t.is_alive():
+        install_plugin(versions[reloads % 2], pdir)
+        r = a.ok("plugin", "reload", "ex")
+        assert r["state"] == "running", r
+        pids.add(a.instance("ex")["pid"])
+        reloads += 1
+        if reloads >= 3:
+            stop.set()
+    t.join(timeout=60)
+    assert "error" not in result, result
+    sent = result["sent"]
+    res = a.ok("call", "ex", "count")  # behind every message, in the same order
+    info = a.instance("ex")
+    assert info["dropped"] == 0 and info["isolate_dropped"] == 0, info
+    assert res["count"] == sent, "lost %d of %d messages over %d reloads" % (sent - res["count"], sent, reloads)
+    assert len(pids) == reloads, pids  # a new child each time
+    print("# isolated: %d messages, %d reloads, none lost" % (sent, reloads))
 
 
 if __name__ == "__main__":

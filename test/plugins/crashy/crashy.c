@@ -41,6 +41,8 @@ static const org_verb verbs[] = {
         {.name = "count", .help = "ticks, messages handled and the pid of the process running it"},
         {.name = "boom", .help = "misbehaves when crash_in is call"},
         {.name = "store", .args = "{\"value\": s}", .help = "writes value to the store and reads it back"},
+        {.name = "run", .help = "runs the command `echo` of agent.commands and answers its output"},
+        {.name = "ask", .args = "subject", .help = "sends a request to subject and answers its reply"},
         ORG_VERBS_END,
 };
 
@@ -97,11 +99,14 @@ static int crashy_tick(void *state) {
 static int crashy_handle(void *state, const org_msg *msg) {
         crashy *c = state;
         c->handled++;
+        c->host->metric_add(c->ctx, "crashy_handled_total", 1, "messages handled");
         if (strcmp(c->crash_in, "handle") == 0 && msg->len == strlen(c->trigger) &&
             memcmp(msg->data, c->trigger, msg->len) == 0)
                 misbehave(c);
         return c->host->publish(c->ctx, c->echo_subject, msg->headers, msg->n_headers, msg->data, msg->len);
 }
+
+static int crashy_later(crashy *c, const char *verb, const org_msg *req);
 
 static int reply(crashy *c, const org_msg *req, const char *text) {
         return c->host->respond(c->ctx, req->reply, text, strlen(text));
@@ -137,7 +142,73 @@ static int crashy_call(void *state, const char *verb, const org_msg *req) {
                 free(v);
                 return reply(c, req, text);
         }
+        if (strcmp(verb, "run") == 0 || strcmp(verb, "ask") == 0)
+                return crashy_later(c, verb, req);
         return -EOPNOTSUPP;
+}
+
+/* The answer to a verb that completes later: the reply subject, copied. */
+typedef struct later {
+        crashy *c;
+        char *reply;
+} later;
+
+static void later_answer(later *l, const char *text) {
+        l->c->host->respond(l->c->ctx, l->reply, text, strlen(text));
+        free(l->reply);
+        free(l);
+}
+
+static later *later_new(crashy *c, const org_msg *req) {
+        later *l = calloc(1, sizeof *l);
+        if (!l || !(l->reply = strdup(req->reply))) {
+                free(l);
+                return NULL;
+        }
+        l->c = c;
+        return l;
+}
+
+static void on_run_done(org_ctx *ctx, const org_exec_result *res, void *userdata) {
+        char text[512];
+        size_t n = res->out_len;
+        while (n > 0 && (res->out[n - 1] == '\n' || res->out[n - 1] == '"' || res->out[n - 1] == '\\'))
+                n--;
+        snprintf(text, sizeof text, "{\"status\":%d,\"out\":\"%.*s\"}", res->status, (int)n, res->out);
+        later_answer(userdata, text);
+}
+
+static void on_ask_reply(org_ctx *ctx, int error, const org_msg *reply, void *userdata) {
+        char text[1024];
+        if (error < 0 || !reply)
+                snprintf(text, sizeof text, "{\"error\":%d}", error);
+        else
+                snprintf(text, sizeof text, "{\"reply\":%.*s}", (int)reply->len, (const char *)reply->data);
+        later_answer(userdata, text);
+}
+
+static int crashy_later(crashy *c, const char *verb, const org_msg *req) {
+        later *l = later_new(c, req);
+        if (!l)
+                return -ENOMEM;
+        int r;
+        if (strcmp(verb, "run") == 0) {
+                const char *argv[] = {"echo", "hello from", c->host->instance_name(c->ctx), NULL};
+                org_exec_spec spec = {.argv = argv, .timeout_ms = 10000};
+                r = c->host->exec(c->ctx, &spec, on_run_done, l, NULL);
+        } else {
+                /* {"args": ["subject"]} */
+                char subject[256] = "";
+                const char *p = strchr(req->data, '[');
+                if (p && (p = strchr(p, '"')))
+                        sscanf(p + 1, "%255[^\"]", subject);
+                r = c->host->request(c->ctx, subject, "{}", 2, 3000, on_ask_reply, l);
+        }
+        if (r < 0) {
+                free(l->reply);
+                free(l);
+        }
+        return r;
 }
 
 static void crashy_fini(void *state) { free(state); }
