@@ -250,7 +250,7 @@ static void check_instances(const ynode *plugins, diag *d, bool *bad) {
                 check_positive_duration(v, "interval", where, d, bad);
                 check_int_min(v, "queue_max", 0, where, d, bad);
                 check_positive_duration(v, "hook_timeout", where, d, bad);
-                check_int_min(v, "max_restarts", 0, where, d, bad);
+                check_int_min(v, "max_restarts", 1, where, d, bad);
         }
 }
 

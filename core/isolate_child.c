@@ -743,7 +743,17 @@ static int parse_fd(const char *s) {
         return (int)v;
 }
 
+static int child_run(int argc, char **argv);
+
+/* Never returns into main(): nothing of agentd's exit path (or a sanitizer's) runs
+ * for a process that only ever hosted one plugin. */
 int isolate_child_main(int argc, char **argv) {
+        int r = child_run(argc, argv);
+        fflush(NULL);
+        _exit(r);
+}
+
+static int child_run(int argc, char **argv) {
         if (argc != 4)
                 return 2;
         int fd = parse_fd(argv[2]), shmfd = parse_fd(argv[3]);
