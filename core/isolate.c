@@ -170,8 +170,16 @@ static void send_simple(iso_child *c, uint32_t type) {
                 want_write(c);
 }
 
+static size_t queue_bound(const isolate *iso) {
+        size_t max = iso->in->cfg.queue_max ? iso->in->cfg.queue_max : iso->in->agent->config->queue_max;
+        return max ? max : 4096;
+}
+
+/* A child that does not keep up (or spins) holds at most queue_max messages in flight;
+ * the rest wait in `pending`, under the same bound, and overflow is counted. */
 static bool can_send(const iso_child *c) {
-        return c->state == CHILD_READY && c->out.len - c->out.off < OUT_HIGH && c->ring.n < RING_MAX;
+        return c->state == CHILD_READY && c->out.len - c->out.off < OUT_HIGH &&
+               c->ring.n < MIN((size_t)RING_MAX, queue_bound(c->iso));
 }
 
 static int send_msg(iso_child *c, q_entry *x) {
@@ -214,8 +222,7 @@ void isolate_deliver(isolate *iso, const bus_msg *msg, const char *verb) {
                 }
                 return;
         }
-        size_t max = iso->in->cfg.queue_max ? iso->in->cfg.queue_max : iso_agent(iso)->config->queue_max;
-        if (iso->pending.n >= (max ? max : 4096) || q_push(&iso->pending, x) < 0) {
+        if (iso->pending.n >= queue_bound(iso) || q_push(&iso->pending, x) < 0) {
                 bus_msg_unref(x.m);
                 iso->dropped++;
         }

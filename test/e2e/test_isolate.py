@@ -182,6 +182,25 @@ def test_spin_in_handle_killed_after_hook_timeout(tmp, agents):
     assert max(rtt) < 300, rtt
 
 
+def test_queue_max_bounds_what_waits_for_a_stuck_child(tmp, agents):
+    a = Agent(tmp, COUNTER + crashy(extra="    hook_timeout: 1s\n    queue_max: 20\n", crash_in="handle",
+                                    crash_how="spin", trigger='"crash"'))
+    agents.append(a)
+    a.start()
+    wait_for(lambda: a.instance("cr").get("child_state") == "ready", what="the isolated child")
+    publish(a, ["crash"] + ["m%d" % i for i in range(100)])  # all while the child spins
+    wait_for(lambda: a.instance("cr")["crashes"] == 1, timeout=10, what="the kill")
+    wait_for(lambda: a.instance("cr").get("child_state") == "ready" and a.instance("cr")["isolate_queued"] == 0,
+             timeout=10, what="the next child")
+    cr = a.instance("cr")
+    dropped = cr["dropped"] + cr["isolate_dropped"]
+    assert cr["isolate_dropped"] > 0, cr  # queue_max held: not everything was kept
+    # every message is either delivered or counted as dropped
+    wait_for(lambda: count(a) == 100 - dropped, what="%d echoes" % (100 - dropped))
+    assert 20 <= 100 - dropped <= 40, cr  # at most queue_max in flight plus queue_max waiting
+    assert cr["poisoned"] == 1, cr
+
+
 def test_spin_in_init_and_abort_in_init(tmp, agents):
     a = Agent(tmp, HEARTBEAT + crashy("spin", "    hook_timeout: 300ms\n    max_restarts: 1\n", crash_in="init",
                                       crash_how="spin") +
