@@ -302,5 +302,40 @@ def test_reload_isolated_under_load_loses_nothing(tmp, agents):
     print("# isolated: %d messages, %d reloads, none lost" % (sent, reloads))
 
 
+def test_config_reload_into_and_out_of_isolation(tmp, agents):
+    plain = """\
+  ex:
+    plugin: example
+    config: {subscribe: "example.>", greeting: one}
+"""
+    a = Agent(tmp, plain + HEARTBEAT)
+    agents.append(a)
+    a.start()
+    assert "isolated" not in a.instance("ex")
+    hb_gen = a.instance("hb")["generation"]
+    a.write_config(plain.replace("plugin: example", "plugin: example\n    isolate: true") + HEARTBEAT)
+    r = a.ok("config", "reload")
+    assert r["restarted"] == ["ex"], r
+    ex = wait_for(lambda: (lambda i: i if i.get("child_state") == "ready" else None)(a.instance("ex")),
+                  what="the isolated child")
+    assert ex["isolated"] and ex["pid"], ex
+    # a changed config block: a new child, the old one retired
+    a.write_config(plain.replace("plugin: example", "plugin: example\n    isolate: true").replace("one", "two")
+                   + HEARTBEAT)
+    r = a.ok("config", "reload")
+    assert r["restarted"] == ["ex"], r
+    ex2 = a.instance("ex")
+    assert ex2["pid"] != ex["pid"] and ex2["state"] == "running", ex2
+    assert a.ok("plugin", "info", "ex")["config"]["greeting"] == "two"
+    # and back in-process
+    a.write_config(plain + HEARTBEAT)
+    r = a.ok("config", "reload")
+    assert r["restarted"] == ["ex"], r
+    assert "isolated" not in a.instance("ex") and a.instance("ex")["state"] == "running"
+    assert a.instance("hb")["generation"] == hb_gen  # untouched throughout
+    a.ok("bus", "pub", "example.z", "{}")
+    assert a.ok("call", "ex", "count")["count"] == 1
+
+
 if __name__ == "__main__":
     run_tests(globals())
