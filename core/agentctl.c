@@ -217,10 +217,12 @@ static void human_plugin_list(json_t *r) {
                 snprintf(iv, sizeof iv, "%" JSON_INTEGER_FORMAT "ms", json_integer_value(json_object_get(o, "interval_ms")));
                 /* an isolated instance (its own child process) says so, with the child's pid */
                 snprintf(st, sizeof st, "%s", json_string_value(json_object_get(o, "state")));
-                if (json_is_true(json_object_get(o, "isolated")))
+                if (json_is_true(json_object_get(o, "isolated")) && json_is_integer(json_object_get(o, "pid")))
                         snprintf(st, sizeof st, "%s (isolated, pid %" JSON_INTEGER_FORMAT ")",
                                  json_string_value(json_object_get(o, "state")),
                                  json_integer_value(json_object_get(o, "pid")));
+                else if (json_is_true(json_object_get(o, "isolated")))
+                        snprintf(st, sizeof st, "%s (isolated, no child)", json_string_value(json_object_get(o, "state")));
                 const char *row[] = {json_string_value(json_object_get(o, "name")),
                                      json_string_value(json_object_get(o, "plugin")),
                                      st,

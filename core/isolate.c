@@ -20,18 +20,18 @@
 #include "metrics.h"
 #include "util.h"
 
-#define OUT_HIGH (1u << 20)       /* stop framing more messages beyond this much unsent */
-#define READ_CHUNK (1u << 20)
-#define RING_MAX 65536            /* messages sent and not yet acknowledged by the child */
-#define BACKOFF_MIN_MS 100ULL
-#define BACKOFF_MAX_MS 30000ULL
+#define OUT_HIGH        (1u << 20) /* stop framing more messages beyond this much unsent */
+#define READ_CHUNK      (1u << 20)
+#define RING_MAX        65536 /* messages sent and not yet acknowledged by the child */
+#define BACKOFF_MIN_MS  100ULL
+#define BACKOFF_MAX_MS  30000ULL
 #define CRASH_WINDOW_US (60 * USEC_PER_SEC)
-#define SPAWN_GRACE_US (2 * USEC_PER_SEC) /* exec + dlopen before init counts */
+#define SPAWN_GRACE_US  (2 * USEC_PER_SEC) /* exec + dlopen before init counts */
 
 typedef struct q_entry {
         bus_msg *m;
-        const char *verb;       /* into m: a call, or NULL */
-        uint64_t seq;           /* ring: the child's message number, from 1 */
+        const char *verb; /* into m: a call, or NULL */
+        uint64_t seq;     /* ring: the child's message number, from 1 */
 } q_entry;
 
 typedef struct msgq {
@@ -42,8 +42,8 @@ typedef struct msgq {
 typedef enum child_state {
         CHILD_STARTING,
         CHILD_READY,
-        CHILD_DRAINING,         /* retired: fini sent, its last frames still served */
-        CHILD_DISCARD,          /* refused (failed sync start): killed, waiting to be reaped */
+        CHILD_DRAINING, /* retired: fini sent, its last frames still served */
+        CHILD_DISCARD,  /* refused (failed sync start): killed, waiting to be reaped */
 } child_state;
 
 typedef struct sid_map {
@@ -52,21 +52,21 @@ typedef struct sid_map {
 } sid_map;
 
 typedef struct iso_child {
-        struct iso_child *next;         /* all children of all instances */
+        struct iso_child *next; /* all children of all instances */
         isolate *iso;
         pid_t pid;
-        pid_t dead_pid;                 /* once reaped, for the log */
+        pid_t dead_pid; /* once reaped, for the log */
         int fd;
         child_state state;
         sd_event_source *io, *child_src, *watchdog;
         iso_shm *shm;
         iso_buf in, out;
-        org_ctx *pctx;                  /* parent-side context: exec, store, requests, metrics */
-        uint64_t marker;                /* first bus sid of this child's subscriptions */
-        uint64_t sent;                  /* messages sent */
-        msgq ring;                      /* sent, not acknowledged */
+        org_ctx *pctx;   /* parent-side context: exec, store, requests, metrics */
+        uint64_t marker; /* first bus sid of this child's subscriptions */
+        uint64_t sent;   /* messages sent */
+        msgq ring;       /* sent, not acknowledged */
         sid_map *sids;
-        sid_map *execs;                 /* child exec id -> parent exec id */
+        sid_map *execs; /* child exec id -> parent exec id */
         uint64_t spawned_us, retired_us;
         bool eof, sync_wait, got_ready, got_saved, got_verified;
         int ready_r, saved_r, verified_r;
@@ -74,14 +74,14 @@ typedef struct iso_child {
         void *saved;
         size_t saved_len;
         char *verified;
-        char *kill_reason;              /* set when the watchdog killed it */
+        char *kill_reason; /* set when the watchdog killed it */
 } iso_child;
 
 struct isolate {
         instance *in;
         iso_child *cur;
         char *so_path;
-        msgq pending;                   /* waiting for a (new) child */
+        msgq pending; /* waiting for a (new) child */
         uint64_t dropped, requeued, poisoned;
         uint64_t crashes, restarts;
         uint64_t crash_times[64];
@@ -94,7 +94,9 @@ struct isolate {
 
 static iso_child *children;
 
-static agent *iso_agent(isolate *iso) { return iso->in->agent; }
+static agent *iso_agent(isolate *iso) {
+        return iso->in->agent;
+}
 
 static uint64_t hook_timeout_us(const isolate *iso) {
         uint64_t ms = iso->in->cfg.hook_timeout_ms ? iso->in->cfg.hook_timeout_ms : 5000;
@@ -138,15 +140,21 @@ static int q_push_front(msgq *q, q_entry x) {
         return 0;
 }
 
-static q_entry *q_front(msgq *q) { return q->n ? &q->e[q->head] : NULL; }
-static q_entry *q_back(msgq *q) { return q->n ? &q->e[(q->head + q->n - 1) % q->cap] : NULL; }
+static q_entry *q_front(msgq *q) {
+        return q->n ? &q->e[q->head] : NULL;
+}
+static q_entry *q_back(msgq *q) {
+        return q->n ? &q->e[(q->head + q->n - 1) % q->cap] : NULL;
+}
 
 static void q_pop(msgq *q) {
         q->head = (q->head + 1) % q->cap;
         q->n--;
 }
 
-static void q_pop_back(msgq *q) { q->n--; }
+static void q_pop_back(msgq *q) {
+        q->n--;
+}
 
 static void q_clear(msgq *q) {
         while (q->n) {
@@ -738,6 +746,16 @@ static void iso_fail(isolate *iso, const char *why) {
         log_internal(LOG_ERR, 0, in->cfg.plugin, in->name, "failed: %s", why);
 }
 
+/* A caller waiting on the verb the child died in learns why now, not at its time-out. */
+static void answer_dead_call(isolate *iso, const char *reply, const char *how) {
+        json_t *o = json_pack("{s:s+}", "error", "the isolated child died in this call: ", how);
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (text)
+                bus_publish(iso_agent(iso)->bus, reply, NULL, NULL, 0, text, strlen(text), NULL);
+        free(text);
+        json_decref(o);
+}
+
 static void child_crashed(iso_child *c, const siginfo_t *si) {
         isolate *iso = c->iso;
         instance *in = iso->in;
@@ -763,22 +781,15 @@ static void child_crashed(iso_child *c, const siginfo_t *si) {
         /* The messages it did not acknowledge go back to the front (their output, if any,
          * died with it), except the one it died in. */
         uint64_t poison = (kind == ISO_HOOK_HANDLE || kind == ISO_HOOK_CALL) ? done + 1 : 0;
+        char poison_subject[160] = "";
         while (c->ring.n) {
                 q_entry x = *q_back(&c->ring);
                 q_pop_back(&c->ring);
                 if (x.seq == poison) {
-                        if (x.seq == poison) {
-                                iso->poisoned++;
-                                /* a caller waiting on the verb learns why now, not at its time-out */
-                                if (x.verb && x.m->m.reply) {
-                                        json_t *o = json_pack("{s:s+}", "error", "the isolated child died in this call: ", how);
-                                        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-                                        if (text)
-                                                bus_publish(in->agent->bus, x.m->m.reply, NULL, NULL, 0, text, strlen(text), NULL);
-                                        free(text);
-                                        json_decref(o);
-                                }
-                        }
+                        iso->poisoned++;
+                        snprintf(poison_subject, sizeof poison_subject, "%s", x.m->m.subject);
+                        if (x.verb && x.m->m.reply)
+                                answer_dead_call(iso, x.m->m.reply, how);
                         bus_msg_unref(x.m);
                         continue;
                 }
@@ -796,9 +807,10 @@ static void child_crashed(iso_child *c, const siginfo_t *si) {
                     "isolated children that crashed or were killed");
         uint64_t n = crashes_in_window(iso, now);
         char line[512];
-        snprintf(line, sizeof line, "isolated child %d %s%s%s in hook %s%s%s", (int)c->dead_pid, how,
-                 c->kill_reason ? ": " : "", c->kill_reason ? c->kill_reason : "", hook,
-                 c->init_error ? ": " : "", c->init_error ? c->init_error : "");
+        snprintf(line, sizeof line, "isolated child %d %s%s%s in hook %s%s%s%s%s%s", (int)c->dead_pid, how,
+                 c->kill_reason ? ": " : "", c->kill_reason ? c->kill_reason : "", hook, c->init_error ? ": " : "",
+                 c->init_error ? c->init_error : "", poison_subject[0] ? " (message on " : "", poison_subject,
+                 poison_subject[0] ? " dropped)" : "");
         free(iso->last_crash);
         iso->last_crash = strdup(line);
         child_free(c);
@@ -806,14 +818,15 @@ static void child_crashed(iso_child *c, const siginfo_t *si) {
         if (n > max_restarts(iso)) {
                 char why[700];
                 snprintf(why, sizeof why, "crashed %llu times within %llu s (max_restarts %u); last: %s",
-                         (unsigned long long)n, (unsigned long long)(CRASH_WINDOW_US / USEC_PER_SEC),
-                         max_restarts(iso), line);
+                         (unsigned long long)n, (unsigned long long)(CRASH_WINDOW_US / USEC_PER_SEC), max_restarts(iso),
+                         line);
                 iso_fail(iso, why);
                 return;
         }
         iso->backoff_ms = MIN(BACKOFF_MAX_MS, BACKOFF_MIN_MS << MIN(n - 1, 20ULL));
-        log_internal(LOG_ERR, 0, in->cfg.plugin, in->name, "%s; restarting in %llu ms (crash %llu of %u allowed in %llu s)",
-                     line, (unsigned long long)iso->backoff_ms, (unsigned long long)n, max_restarts(iso),
+        log_internal(LOG_ERR, 0, in->cfg.plugin, in->name,
+                     "%s; restarting in %llu ms (crash %llu of %u allowed in %llu s)", line,
+                     (unsigned long long)iso->backoff_ms, (unsigned long long)n, max_restarts(iso),
                      (unsigned long long)(CRASH_WINDOW_US / USEC_PER_SEC));
         iso->restart_timer = sd_event_source_disable_unref(iso->restart_timer);
         sd_event_add_time_relative(in->agent->event, &iso->restart_timer, CLOCK_MONOTONIC,
@@ -947,8 +960,10 @@ static char **child_env(void) {
         }
 #ifdef ISO_ASAN
         const char *old = getenv("ASAN_OPTIONS");
-        if (asprintf(&env[k], "ASAN_OPTIONS=%s%shandle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_abort=0:"
-                               "detect_leaks=0", old ? old : "", old && *old ? ":" : "") < 0) {
+        if (asprintf(&env[k],
+                     "ASAN_OPTIONS=%s%shandle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_abort=0:"
+                     "detect_leaks=0",
+                     old ? old : "", old && *old ? ":" : "") < 0) {
                 env[k] = NULL;
                 strv_free(env);
                 return NULL;
@@ -1094,10 +1109,10 @@ int isolate_start(instance *in, const char *so_path, const void *blob, size_t bl
         if (r >= 0 && c->ready_r < 0)
                 r = c->ready_r;
         if (r < 0) {
-                const char *why = c->init_error            ? c->init_error
-                                  : r == -ETIMEDOUT         ? "its init ran longer than hook_timeout"
-                                  : r == -ECHILD            ? "the child died during init"
-                                                            : strerror(-r);
+                const char *why = c->init_error     ? c->init_error
+                                  : r == -ETIMEDOUT ? "its init ran longer than hook_timeout"
+                                  : r == -ECHILD    ? "the child died during init"
+                                                    : strerror(-r);
                 if (asprintf(ret_error, "isolated init of %s failed: %s", so_path, why) < 0)
                         *ret_error = NULL;
                 c->state = CHILD_DISCARD;
@@ -1186,8 +1201,10 @@ void isolate_to_json(const isolate *iso, json_t *o) {
         json_object_set_new(o, "pid", c && c->pid > 0 ? json_integer(c->pid) : json_null());
         if (!iso)
                 return;
-        json_object_set_new(o, "child_state", json_string(!c ? (iso->restart_timer ? "backoff" : "none")
-                                                          : c->state == CHILD_READY ? "ready" : "starting"));
+        json_object_set_new(o, "child_state",
+                            json_string(!c                        ? (iso->restart_timer ? "backoff" : "none")
+                                        : c->state == CHILD_READY ? "ready"
+                                                                  : "starting"));
         json_object_set_new(o, "crashes", json_integer((json_int_t)iso->crashes));
         json_object_set_new(o, "restarts", json_integer((json_int_t)iso->restarts));
         json_object_set_new(o, "isolate_queued", json_integer((json_int_t)iso->pending.n));

@@ -19,7 +19,7 @@
 #include "util.h"
 
 #define READ_CHUNK (256u << 10)
-#define OUT_FLUSH (256u << 10)
+#define OUT_FLUSH  (256u << 10)
 
 typedef struct c_pending {
         struct c_pending *next;
@@ -160,13 +160,16 @@ static iso_rd rpc_wait(uint64_t id) {
         }
 }
 
-static bool reply_subject_ok(const char *s) { return !isempty(s) && strlen(s) < 1024; }
+static bool reply_subject_ok(const char *s) {
+        return !isempty(s) && strlen(s) < 1024;
+}
 
-static int c_publish(org_ctx *ctx, const char *subject, const org_header *headers, size_t n_headers,
-                     const void *data, size_t len) {
+static int c_publish(org_ctx *ctx, const char *subject, const org_header *headers, size_t n_headers, const void *data,
+                     size_t len) {
         if (!subject || !subject_is_valid(subject) || n_headers > ISO_HEADERS_MAX || (len && !data))
                 return -EINVAL;
-        org_msg m = {.subject = subject, .headers = headers, .n_headers = n_headers, .data = data ? data : "", .len = len};
+        org_msg m = {
+                .subject = subject, .headers = headers, .n_headers = n_headers, .data = data ? data : "", .len = len};
         size_t at = iso_put_begin(&C.out, ISO_C_PUB);
         iso_put_msg(&C.out, &m);
         int r = iso_put_end(&C.out, at);
@@ -540,9 +543,15 @@ static int c_publish_durable(org_ctx *ctx, const char *subject, const char *msg_
                              org_reply_fn cb, void *userdata) {
         return -EOPNOTSUPP;
 }
-static int c_consume_durable(org_ctx *ctx, const org_consume_opts *opts, uint64_t *ret_id) { return -EOPNOTSUPP; }
-static int c_consume_cancel(org_ctx *ctx, uint64_t id) { return -ENOENT; }
-static int c_ack(org_ctx *ctx, uint64_t token, org_ack_kind kind, uint64_t delay_ms) { return -EOPNOTSUPP; }
+static int c_consume_durable(org_ctx *ctx, const org_consume_opts *opts, uint64_t *ret_id) {
+        return -EOPNOTSUPP;
+}
+static int c_consume_cancel(org_ctx *ctx, uint64_t id) {
+        return -ENOENT;
+}
+static int c_ack(org_ctx *ctx, uint64_t token, org_ack_kind kind, uint64_t delay_ms) {
+        return -EOPNOTSUPP;
+}
 
 static void respond_error(const char *reply, const char *verb, int r) {
         char text[512];

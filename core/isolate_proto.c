@@ -11,10 +11,18 @@
 
 const char *iso_hook_name(unsigned kind) {
         static const char *const names[] = {
-                [ISO_HOOK_NONE] = "none",       [ISO_HOOK_INIT] = "init",         [ISO_HOOK_TICK] = "tick",
-                [ISO_HOOK_HANDLE] = "handle",   [ISO_HOOK_CALL] = "call",         [ISO_HOOK_VERIFY] = "verify",
-                [ISO_HOOK_SAVE] = "save_state", [ISO_HOOK_RESTORE] = "restore_state", [ISO_HOOK_FINI] = "fini",
-                [ISO_HOOK_TIMER] = "timer",     [ISO_HOOK_IO] = "io",             [ISO_HOOK_REPLY] = "reply",
+                [ISO_HOOK_NONE] = "none",
+                [ISO_HOOK_INIT] = "init",
+                [ISO_HOOK_TICK] = "tick",
+                [ISO_HOOK_HANDLE] = "handle",
+                [ISO_HOOK_CALL] = "call",
+                [ISO_HOOK_VERIFY] = "verify",
+                [ISO_HOOK_SAVE] = "save_state",
+                [ISO_HOOK_RESTORE] = "restore_state",
+                [ISO_HOOK_FINI] = "fini",
+                [ISO_HOOK_TIMER] = "timer",
+                [ISO_HOOK_IO] = "io",
+                [ISO_HOOK_REPLY] = "reply",
                 [ISO_HOOK_EXEC_DONE] = "exec_done",
         };
         return kind < ELEMENTSOF(names) && names[kind] ? names[kind] : "?";
@@ -76,7 +84,9 @@ int iso_put_end(iso_buf *b, size_t at) {
         return 0;
 }
 
-void iso_put_u64(iso_buf *b, uint64_t v) { put_raw(b, &v, sizeof v); }
+void iso_put_u64(iso_buf *b, uint64_t v) {
+        put_raw(b, &v, sizeof v);
+}
 
 void iso_put_bytes(iso_buf *b, const void *p, size_t len) {
         if (!p) {
@@ -94,7 +104,9 @@ void iso_put_bytes(iso_buf *b, const void *p, size_t len) {
         put_raw(b, "", 1);
 }
 
-void iso_put_str(iso_buf *b, const char *s) { iso_put_bytes(b, s, s ? strlen(s) : 0); }
+void iso_put_str(iso_buf *b, const char *s) {
+        iso_put_bytes(b, s, s ? strlen(s) : 0);
+}
 
 void iso_put_msg(iso_buf *b, const org_msg *m) {
         size_t nh = MIN(m->n_headers, (size_t)ISO_HEADERS_MAX);

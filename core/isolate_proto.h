@@ -17,8 +17,8 @@
 
 #include <organism/msg.h>
 
-#define ISO_FRAME_MAX (64u << 20)
-#define ISO_NULL_LEN UINT32_MAX
+#define ISO_FRAME_MAX   (64u << 20)
+#define ISO_NULL_LEN    UINT32_MAX
 #define ISO_HEADERS_MAX 256
 
 /* parent -> child */
@@ -37,22 +37,22 @@ enum {
 
 /* child -> parent */
 enum {
-        ISO_C_READY = 64, /* r, error text */
-        ISO_C_PUB,        /* subject, n headers, (key, value)..., data */
-        ISO_C_SUB,        /* csid, pattern */
-        ISO_C_UNSUB,      /* csid */
-        ISO_C_REQ,        /* creq, subject, data, timeout_ms */
-        ISO_C_EXEC,       /* cid, argv, env, cwd, uid, gid, flags, timeout, capture_max, stdin */
-        ISO_C_EXEC_CANCEL,/* cid */
-        ISO_C_METRIC_SET, /* name, type, value bits, help */
-        ISO_C_METRIC_ADD, /* name, delta bits, help */
-        ISO_C_STORE_EXEC, /* rpc, sql, n, params... */
-        ISO_C_STORE_QUERY,/* rpc, sql, n, params... */
-        ISO_C_KV_GET,     /* rpc, key */
-        ISO_C_KV_SET,     /* rpc, key, value */
-        ISO_C_ACK,        /* messages done so far */
-        ISO_C_SAVED,      /* r, blob */
-        ISO_C_VERIFIED,   /* r, json text */
+        ISO_C_READY = 64,  /* r, error text */
+        ISO_C_PUB,         /* subject, n headers, (key, value)..., data */
+        ISO_C_SUB,         /* csid, pattern */
+        ISO_C_UNSUB,       /* csid */
+        ISO_C_REQ,         /* creq, subject, data, timeout_ms */
+        ISO_C_EXEC,        /* cid, argv, env, cwd, uid, gid, flags, timeout, capture_max, stdin */
+        ISO_C_EXEC_CANCEL, /* cid */
+        ISO_C_METRIC_SET,  /* name, type, value bits, help */
+        ISO_C_METRIC_ADD,  /* name, delta bits, help */
+        ISO_C_STORE_EXEC,  /* rpc, sql, n, params... */
+        ISO_C_STORE_QUERY, /* rpc, sql, n, params... */
+        ISO_C_KV_GET,      /* rpc, key */
+        ISO_C_KV_SET,      /* rpc, key, value */
+        ISO_C_ACK,         /* messages done so far */
+        ISO_C_SAVED,       /* r, blob */
+        ISO_C_VERIFIED,    /* r, json text */
 };
 
 /* What the child is running (the shared page's busy_kind); 0 = idle. */
@@ -74,7 +74,7 @@ enum {
 const char *iso_hook_name(unsigned kind);
 
 typedef struct iso_shm {
-        uint32_t busy_kind;     /* written by the child before and after each hook */
+        uint32_t busy_kind; /* written by the child before and after each hook */
         uint32_t pad;
         uint64_t busy_since_us; /* CLOCK_MONOTONIC */
         uint64_t msgs_done;     /* ISO_P_MSG/ISO_P_CALL frames finished */
@@ -83,7 +83,7 @@ typedef struct iso_shm {
 typedef struct iso_buf {
         uint8_t *data;
         size_t len, cap;
-        size_t off;             /* input: bytes already consumed */
+        size_t off; /* input: bytes already consumed */
         bool oom;
 } iso_buf;
 

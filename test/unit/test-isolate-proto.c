@@ -13,8 +13,15 @@
 static void test_roundtrip(void) {
         iso_buf b = {0};
         org_header h[] = {{"k1", "v1"}, {"k2", ""}};
-        org_msg m = {.subject = "a.b", .reply = "_INBOX.x.1", .headers = h, .n_headers = 2, .data = "bin\0ary",
-                     .len = 7, .origin = NULL, .ack_token = 9, .delivery_count = 2};
+        org_msg m = {.subject = "a.b",
+                     .reply = "_INBOX.x.1",
+                     .headers = h,
+                     .n_headers = 2,
+                     .data = "bin\0ary",
+                     .len = 7,
+                     .origin = NULL,
+                     .ack_token = 9,
+                     .delivery_count = 2};
         size_t at = iso_put_begin(&b, ISO_P_CALL);
         iso_put_str(&b, "verb");
         iso_put_msg(&b, &m);

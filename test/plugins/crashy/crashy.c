@@ -22,17 +22,29 @@ typedef struct crashy {
 } crashy;
 
 static const org_config_entry config_map[] = {
-        {.key = "crash_in", .type = ORG_CFG_STRING, .default_value = "none",
+        {.key = "crash_in",
+         .type = ORG_CFG_STRING,
+         .default_value = "none",
          .help = "hook that misbehaves: none, init, tick, handle (on the trigger payload) or call (verb boom)",
          .choices = ORG_CHOICES("none", "init", "tick", "handle", "call")},
-        {.key = "crash_how", .type = ORG_CFG_STRING, .default_value = "segv", .help = "segv, abort, exit or spin",
+        {.key = "crash_how",
+         .type = ORG_CFG_STRING,
+         .default_value = "segv",
+         .help = "segv, abort, exit or spin",
          .choices = ORG_CHOICES("segv", "abort", "exit", "spin")},
-        {.key = "crash_tick", .type = ORG_CFG_INT, .default_value = "1",
-         .help = "crash_in tick: misbehave at this tick of each child", .min = "1"},
-        {.key = "trigger", .type = ORG_CFG_STRING, .default_value = "crash",
+        {.key = "crash_tick",
+         .type = ORG_CFG_INT,
+         .default_value = "1",
+         .help = "crash_in tick: misbehave at this tick of each child",
+         .min = "1"},
+        {.key = "trigger",
+         .type = ORG_CFG_STRING,
+         .default_value = "crash",
          .help = "crash_in handle: the payload that makes it misbehave"},
         {.key = "subscribe", .type = ORG_CFG_PATTERN, .default_value = "crashy.in", .help = "messages to echo"},
-        {.key = "echo_subject", .type = ORG_CFG_STRING, .default_value = "crashy.out",
+        {.key = "echo_subject",
+         .type = ORG_CFG_STRING,
+         .default_value = "crashy.out",
          .help = "where each message is echoed"},
         ORG_CONFIG_END,
 };
@@ -78,7 +90,8 @@ static int crashy_init(const org_host *host, org_ctx *ctx, void **ret_state) {
             (r = host->config_string(ctx, "trigger", &c->trigger)) < 0 ||
             (r = host->config_string(ctx, "echo_subject", &c->echo_subject)) < 0 ||
             (r = host->config_int(ctx, "crash_tick", &c->crash_tick)) < 0 ||
-            (r = host->config_string(ctx, "subscribe", &pattern)) < 0 || (r = host->subscribe(ctx, pattern, NULL)) < 0 ||
+            (r = host->config_string(ctx, "subscribe", &pattern)) < 0 ||
+            (r = host->subscribe(ctx, pattern, NULL)) < 0 ||
             (r = host->timer_add(ctx, 50, 50, on_timer, c, NULL)) < 0) {
                 free(c);
                 return r;
@@ -212,7 +225,9 @@ static int crashy_later(crashy *c, const char *verb, const org_msg *req) {
         return r;
 }
 
-static void crashy_fini(void *state) { free(state); }
+static void crashy_fini(void *state) {
+        free(state);
+}
 
 ORG_PLUGIN_DEFINE(.name = "crashy", .version = "1.0.0", .summary = "misbehaves on demand (tests of isolate: true)",
                   .config_map = config_map, .verbs = verbs, .init = crashy_init, .tick = crashy_tick,
