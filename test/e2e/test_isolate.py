@@ -201,6 +201,33 @@ def test_queue_max_bounds_what_waits_for_a_stuck_child(tmp, agents):
     assert cr["poisoned"] == 1, cr
 
 
+def test_spin_or_segv_in_tick_call_timer(tmp, agents):
+    """Each hook that can run in the child, hanging or crashing: named in the log, killed
+    after hook_timeout when it hangs, and the instance comes back."""
+    cases = [("t_spin", "tick", "spin"), ("c_spin", "call", "spin"), ("tm_spin", "timer", "spin"),
+             ("tm_segv", "timer", "segv")]
+    yaml = HEARTBEAT + "".join(
+        crashy(n, "    interval: 100ms\n    hook_timeout: 300ms\n", crash_in=hook, crash_how=how, crash_tick=3)
+        for n, hook, how in cases)
+    a = Agent(tmp, yaml)
+    agents.append(a)
+    a.start()
+    wait_for(lambda: a.instance("c_spin").get("child_state") == "ready", what="the isolated child")
+    t0 = time.monotonic()
+    rc, out, err = a.ctl("call", "c_spin", "boom", timeout=30)
+    assert rc != 0 and "SIGKILL" in json.dumps(out) + err, (rc, out, err)
+    assert time.monotonic() - t0 < 3, "the call was not cut at hook_timeout"
+    for n, hook, how in cases:
+        wait_for(lambda: a.instance(n)["crashes"] >= 1, timeout=10, what="a crash of %s" % n)
+    lines = a.logtext().splitlines()
+    for n, hook, how in cases:
+        mine = [line for line in lines if "[%s:%s]" % (n, n) in line]
+        want = ("hook %s ran longer than hook_timeout (300 ms)" % hook) if how == "spin" else "SIGSEGV"
+        assert any(want in line and "in hook %s" % hook in line for line in mine), (n, "\n".join(mine))
+    assert a.instance("hb")["state"] == "running"
+    assert round_trip_ms(a) < 500
+
+
 def test_spin_in_init_and_abort_in_init(tmp, agents):
     a = Agent(tmp, HEARTBEAT + crashy("spin", "    hook_timeout: 300ms\n    max_restarts: 1\n", crash_in="init",
                                       crash_how="spin") +

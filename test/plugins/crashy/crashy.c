@@ -25,8 +25,9 @@ static const org_config_entry config_map[] = {
         {.key = "crash_in",
          .type = ORG_CFG_STRING,
          .default_value = "none",
-         .help = "hook that misbehaves: none, init, tick, handle (on the trigger payload) or call (verb boom)",
-         .choices = ORG_CHOICES("none", "init", "tick", "handle", "call")},
+         .help = "hook that misbehaves: none, init, tick, handle (on the trigger payload), call (verb boom) or "
+                 "timer (its 50 ms timer, the 5th time)",
+         .choices = ORG_CHOICES("none", "init", "tick", "handle", "call", "timer")},
         {.key = "crash_how",
          .type = ORG_CFG_STRING,
          .default_value = "segv",
@@ -75,6 +76,8 @@ __attribute__((no_sanitize("undefined"))) static void misbehave(crashy *c) {
 static void on_timer(org_ctx *ctx, uint64_t id, void *userdata) {
         crashy *c = userdata;
         c->timer_fires++;
+        if (strcmp(c->crash_in, "timer") == 0 && c->timer_fires == 5)
+                misbehave(c);
 }
 
 static int crashy_init(const org_host *host, org_ctx *ctx, void **ret_state) {
