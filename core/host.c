@@ -12,6 +12,7 @@
 #include "bridge.h"
 #include "config_schema.h"
 #include "context.h"
+#include "isolate.h"
 #include "log.h"
 #include "metrics.h"
 #include "sysroot.h"
@@ -341,6 +342,11 @@ static int h_publish_durable(org_ctx *ctx, const char *subject, const char *msg_
 static void on_durable_message(const org_msg *msg, void *userdata) {
         ctx_durable *d = userdata;
         instance *in = d->ctx->inst;
+        if (in->iso) { /* a consumer of an isolated instance's child: its handle runs there */
+                if (in->run_state != INSTANCE_RUNNING || isolate_deliver_durable(in->iso, d->ctx, msg) < 0)
+                        bridge_ack(ctx_agent(d->ctx)->bridge, msg->ack_token, ORG_NAK, 0);
+                return;
+        }
         int (*handle)(void *, const org_msg *) = in->so ? PLUGIN_HOOK(in->so, handle) : NULL;
         if (in->ctx != d->ctx || in->run_state != INSTANCE_RUNNING || !handle) {
                 bridge_ack(ctx_agent(d->ctx)->bridge, msg->ack_token, ORG_NAK, 0);

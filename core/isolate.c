@@ -66,7 +66,8 @@ typedef struct iso_child {
         uint64_t sent;   /* messages sent */
         msgq ring;       /* sent, not acknowledged */
         sid_map *sids;
-        sid_map *execs; /* child exec id -> parent exec id */
+        sid_map *execs;     /* child exec id -> parent exec id */
+        sid_map *consumers; /* child consumer id -> parent consumer id */
         uint64_t spawned_us, retired_us;
         bool eof, sync_wait, got_ready, got_saved, got_verified;
         int ready_r, saved_r, verified_r;
@@ -234,6 +235,22 @@ void isolate_deliver(isolate *iso, const bus_msg *msg, const char *verb) {
                 bus_msg_unref(x.m);
                 iso->dropped++;
         }
+}
+
+static iso_child *child_of_ctx(org_ctx *ctx);
+
+int isolate_deliver_durable(isolate *iso, org_ctx *ctx, const org_msg *msg) {
+        iso_child *c = child_of_ctx(ctx);
+        if (!c || c != iso->cur || c->state != CHILD_READY || c->out.len - c->out.off >= OUT_HIGH)
+                return -EAGAIN; /* the server delivers it again (NAK) */
+        size_t at = iso_put_begin(&c->out, ISO_P_DURABLE);
+        iso_put_msg(&c->out, msg);
+        int r = iso_put_end(&c->out, at);
+        if (r < 0)
+                return r;
+        iso->in->handled++;
+        want_write(c);
+        return 0;
 }
 
 void isolate_tick(isolate *iso) {
@@ -528,6 +545,62 @@ static bool dispatch(iso_child *c, uint32_t type, iso_rd *r) {
                 answer(c, id, host_table.kv_set(c->pctx, key, value));
                 return true;
         }
+        case ISO_C_PUB_DURABLE: {
+                uint64_t id = iso_get_u64(r);
+                const char *subject = iso_get_str(r), *msg_id = iso_get_str(r);
+                size_t len;
+                const char *data = iso_get_bytes(r, &len);
+                if (r->bad || !subject || !data)
+                        return false;
+                int rr = live ? host_table.publish_durable(c->pctx, subject, msg_id, data, len, on_request_reply,
+                                                           (void *)(uintptr_t)id)
+                              : -ESRCH;
+                answer(c, id, rr);
+                return true;
+        }
+        case ISO_C_CONSUME: {
+                uint64_t id = iso_get_u64(r);
+                org_consume_opts o = {0};
+                o.stream = iso_get_str(r);
+                o.durable = iso_get_str(r);
+                o.filter = iso_get_str(r);
+                o.max_deliver = (unsigned)iso_get_u64(r);
+                o.ack_wait_ms = iso_get_u64(r);
+                o.max_pending = (unsigned)iso_get_u64(r);
+                if (r->bad || !o.stream || !o.durable)
+                        return false;
+                uint64_t pid_id = 0;
+                sid_map *x = new0(sid_map, 1);
+                int rr = !x ? -ENOMEM : live ? host_table.consume_durable(c->pctx, &o, &pid_id) : -ESRCH;
+                if (rr >= 0) {
+                        x->csid = id;
+                        x->sid = pid_id;
+                        x->next = c->consumers;
+                        c->consumers = x;
+                } else
+                        free(x);
+                answer(c, id, rr);
+                return true;
+        }
+        case ISO_C_CONSUME_CANCEL: {
+                uint64_t id = iso_get_u64(r);
+                for (sid_map **pp = &c->consumers; *pp; pp = &(*pp)->next)
+                        if ((*pp)->csid == id) {
+                                sid_map *x = *pp;
+                                *pp = x->next;
+                                host_table.consume_cancel(c->pctx, x->sid);
+                                free(x);
+                                break;
+                        }
+                return !r->bad;
+        }
+        case ISO_C_DACK: {
+                uint64_t token = iso_get_u64(r), kind = iso_get_u64(r), delay = iso_get_u64(r);
+                if (r->bad)
+                        return false;
+                host_table.ack(c->pctx, token, (org_ack_kind)kind, delay);
+                return true;
+        }
         case ISO_C_ACK: {
                 uint64_t done = iso_get_u64(r);
                 if (r->bad || done > c->sent)
@@ -686,6 +759,11 @@ static void child_free(iso_child *c) {
         while (c->execs) {
                 sid_map *s = c->execs;
                 c->execs = s->next;
+                free(s);
+        }
+        while (c->consumers) {
+                sid_map *s = c->consumers;
+                c->consumers = s->next;
                 free(s);
         }
         iso_buf_done(&c->in);

@@ -28,6 +28,9 @@ void isolate_free(isolate *iso);
 
 /* A message for handle (verb NULL) or a call (verb points into msg's subject). */
 void isolate_deliver(isolate *iso, const bus_msg *msg, const char *verb);
+/* A message of a durable consumer that ctx (a child's parent-side context) created;
+ * an error means: NAK it (no child ready to take it now). */
+int isolate_deliver_durable(isolate *iso, struct org_ctx *ctx, const org_msg *msg);
 void isolate_tick(isolate *iso);
 /* Synchronous save_state / verify in the running child (bounded by hook_timeout). */
 int isolate_save(isolate *iso, void **ret_blob, size_t *ret_len);

@@ -539,18 +539,67 @@ static int c_io_remove(org_ctx *ctx, uint64_t id) {
         return r;
 }
 
+/* Durable messaging goes through agentd's bridge: the call is answered at once (no
+ * bridge, no stream), the completion comes later as an ISO_P_REPLY. */
 static int c_publish_durable(org_ctx *ctx, const char *subject, const char *msg_id, const void *data, size_t len,
                              org_reply_fn cb, void *userdata) {
-        return -EOPNOTSUPP;
+        if (!subject || !subject_is_valid(subject) || (len && !data))
+                return -EINVAL;
+        uint64_t id = ++C.next_id;
+        size_t at = iso_put_begin(&C.out, ISO_C_PUB_DURABLE);
+        iso_put_u64(&C.out, id);
+        iso_put_str(&C.out, subject);
+        iso_put_str(&C.out, msg_id);
+        iso_put_bytes(&C.out, data ? data : "", len);
+        int r = iso_put_end(&C.out, at);
+        if (r < 0)
+                return r;
+        iso_rd a = rpc_wait(id);
+        r = (int)(int64_t)iso_get_u64(&a);
+        if (r < 0)
+                return r;
+        return pending_add(&C.requests, id, cb, NULL, userdata);
 }
+
 static int c_consume_durable(org_ctx *ctx, const org_consume_opts *opts, uint64_t *ret_id) {
-        return -EOPNOTSUPP;
+        if (!opts || !opts->stream || !opts->durable)
+                return -EINVAL;
+        uint64_t id = ++C.next_id;
+        size_t at = iso_put_begin(&C.out, ISO_C_CONSUME);
+        iso_put_u64(&C.out, id);
+        iso_put_str(&C.out, opts->stream);
+        iso_put_str(&C.out, opts->durable);
+        iso_put_str(&C.out, opts->filter);
+        iso_put_u64(&C.out, opts->max_deliver);
+        iso_put_u64(&C.out, opts->ack_wait_ms);
+        iso_put_u64(&C.out, opts->max_pending);
+        int r = iso_put_end(&C.out, at);
+        if (r < 0)
+                return r;
+        iso_rd a = rpc_wait(id);
+        r = (int)(int64_t)iso_get_u64(&a);
+        if (r < 0)
+                return r;
+        if (ret_id)
+                *ret_id = id;
+        return 0;
 }
+
 static int c_consume_cancel(org_ctx *ctx, uint64_t id) {
-        return -ENOENT;
+        size_t at = iso_put_begin(&C.out, ISO_C_CONSUME_CANCEL);
+        iso_put_u64(&C.out, id);
+        return iso_put_end(&C.out, at);
 }
+
 static int c_ack(org_ctx *ctx, uint64_t token, org_ack_kind kind, uint64_t delay_ms) {
-        return -EOPNOTSUPP;
+        size_t at = iso_put_begin(&C.out, ISO_C_DACK);
+        iso_put_u64(&C.out, token);
+        iso_put_u64(&C.out, (uint64_t)kind);
+        iso_put_u64(&C.out, delay_ms);
+        int r = iso_put_end(&C.out, at);
+        if (r >= 0)
+                maybe_flush();
+        return r;
 }
 
 static void respond_error(const char *reply, const char *verb, int r) {
@@ -579,6 +628,16 @@ static void dispatch(uint32_t type, iso_rd *r) {
                         busy(ISO_HOOK_NONE);
                 }
                 msg_done();
+                break;
+        }
+        case ISO_P_DURABLE: {
+                iso_get_msg(r, &m, hdrs);
+                int (*handle)(void *, const org_msg *) = PLUGIN_HOOK(C.so, handle);
+                if (!r->bad && handle) {
+                        busy(ISO_HOOK_HANDLE_DURABLE);
+                        handle(C.state, &m);
+                        busy(ISO_HOOK_NONE);
+                }
                 break;
         }
         case ISO_P_CALL: {

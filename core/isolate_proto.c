@@ -24,6 +24,7 @@ const char *iso_hook_name(unsigned kind) {
                 [ISO_HOOK_IO] = "io",
                 [ISO_HOOK_REPLY] = "reply",
                 [ISO_HOOK_EXEC_DONE] = "exec_done",
+                [ISO_HOOK_HANDLE_DURABLE] = "handle",
         };
         return kind < ELEMENTSOF(names) && names[kind] ? names[kind] : "?";
 }

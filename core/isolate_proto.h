@@ -33,26 +33,31 @@ enum {
         ISO_P_SAVE,      /* -> ISO_C_SAVED */
         ISO_P_VERIFY,    /* -> ISO_C_VERIFIED */
         ISO_P_FINI,      /* fini, then exit 0 */
+        ISO_P_DURABLE,   /* message of a durable consumer (ack_token set): handle, not counted */
 };
 
 /* child -> parent */
 enum {
-        ISO_C_READY = 64,  /* r, error text */
-        ISO_C_PUB,         /* subject, n headers, (key, value)..., data */
-        ISO_C_SUB,         /* csid, pattern */
-        ISO_C_UNSUB,       /* csid */
-        ISO_C_REQ,         /* creq, subject, data, timeout_ms */
-        ISO_C_EXEC,        /* cid, argv, env, cwd, uid, gid, flags, timeout, capture_max, stdin */
-        ISO_C_EXEC_CANCEL, /* cid */
-        ISO_C_METRIC_SET,  /* name, type, value bits, help */
-        ISO_C_METRIC_ADD,  /* name, delta bits, help */
-        ISO_C_STORE_EXEC,  /* rpc, sql, n, params... */
-        ISO_C_STORE_QUERY, /* rpc, sql, n, params... */
-        ISO_C_KV_GET,      /* rpc, key */
-        ISO_C_KV_SET,      /* rpc, key, value */
-        ISO_C_ACK,         /* messages done so far */
-        ISO_C_SAVED,       /* r, blob */
-        ISO_C_VERIFIED,    /* r, json text */
+        ISO_C_READY = 64,     /* r, error text */
+        ISO_C_PUB,            /* subject, n headers, (key, value)..., data */
+        ISO_C_SUB,            /* csid, pattern */
+        ISO_C_UNSUB,          /* csid */
+        ISO_C_REQ,            /* creq, subject, data, timeout_ms */
+        ISO_C_EXEC,           /* cid, argv, env, cwd, uid, gid, flags, timeout, capture_max, stdin */
+        ISO_C_EXEC_CANCEL,    /* cid */
+        ISO_C_METRIC_SET,     /* name, type, value bits, help */
+        ISO_C_METRIC_ADD,     /* name, delta bits, help */
+        ISO_C_STORE_EXEC,     /* rpc, sql, n, params... */
+        ISO_C_STORE_QUERY,    /* rpc, sql, n, params... */
+        ISO_C_KV_GET,         /* rpc, key */
+        ISO_C_KV_SET,         /* rpc, key, value */
+        ISO_C_ACK,            /* messages done so far */
+        ISO_C_SAVED,          /* r, blob */
+        ISO_C_VERIFIED,       /* r, json text */
+        ISO_C_PUB_DURABLE,    /* rpc, subject, msg id, data -> answer r, then ISO_P_REPLY */
+        ISO_C_CONSUME,        /* rpc, stream, durable, filter, max_deliver, ack_wait_ms, max_pending */
+        ISO_C_CONSUME_CANCEL, /* id */
+        ISO_C_DACK,           /* ack token, kind, delay_ms */
 };
 
 /* What the child is running (the shared page's busy_kind); 0 = idle. */
@@ -70,6 +75,7 @@ enum {
         ISO_HOOK_IO,
         ISO_HOOK_REPLY,
         ISO_HOOK_EXEC_DONE,
+        ISO_HOOK_HANDLE_DURABLE, /* handle, of a durable message (not one of the counted ones) */
 };
 const char *iso_hook_name(unsigned kind);
 

@@ -364,5 +364,24 @@ def test_config_reload_into_and_out_of_isolation(tmp, agents):
     assert a.ok("call", "ex", "count")["count"] == 1
 
 
+def test_durable_consumer_and_publish_through_the_child(tmp, agents):
+    from test_nats import connected, durable_agent, enqueue
+    from harness import NatsServer
+    srv = NatsServer(tmp).start()  # Skip when there is no nats-server
+    agents.append(srv)
+    a = durable_agent(tmp, agents, srv)
+    with open(a.config) as f:
+        text = f.read()
+    with open(a.config, "w") as f:
+        f.write(text.replace("    plugin: example\n", "    plugin: example\n    isolate: true\n", 1))
+    a.start()
+    wait_for(lambda: connected(a), what="bridge connected")
+    assert a.instance("ex")["isolated"]
+    for i in range(20):  # publish_durable from the child, answered once stored
+        assert enqueue(a, i)[1] == {"stored": True}
+    wait_for(lambda: a.ok("ex", "durable")["unique"] == 20, timeout=30, what="every durable message in the child")
+    wait_for(lambda: a.ok("status")["nats"]["jetstream"]["unacked"] == 0, timeout=30, what="the acks from the child")
+
+
 if __name__ == "__main__":
     run_tests(globals())
