@@ -59,9 +59,15 @@ def publish(a, payloads, subject="crashy.in"):
 
 
 def round_trip_ms(a):
+    """One status request on a raw connection: the daemon's latency, not agentctl's start."""
+    c = Control(a.sock)
     t0 = time.monotonic()
-    a.ok("status")
-    return (time.monotonic() - t0) * 1000
+    c.send("status")
+    r = c.read()
+    dt = (time.monotonic() - t0) * 1000
+    c.close()
+    assert r.get("ok"), r
+    return dt
 
 
 def test_example_isolated_verbs_verify_store(tmp, agents):
@@ -159,7 +165,7 @@ def test_crash_loop_in_tick_fails_after_max_restarts(tmp, agents):
     assert "crashed 4 times" in cr["error"] and "SIGSEGV" in cr["error"], cr
     assert ticks(a, "hb") >= t0 + 5, "the heartbeat did not keep ticking"
     print("# control round trip during the crash loop: worst %.1f ms" % worst)
-    assert worst < 1000, worst
+    assert worst < 250, worst  # a few ms when idle; room for a busy shared machine
     assert "in hook tick" in a.logtext()
     # a failed isolated instance starts again on reload
     install = a.ok("plugin", "reload", "cr")
@@ -179,7 +185,7 @@ def test_spin_in_handle_killed_after_hook_timeout(tmp, agents):
     log = a.logtext()
     assert "hook handle ran longer than hook_timeout (400 ms)" in log and "SIGKILL" in log, log[-3000:]
     assert ticks(a, "hb") > t0
-    assert max(rtt) < 300, rtt
+    assert max(rtt) < 200, rtt
 
 
 def test_queue_max_bounds_what_waits_for_a_stuck_child(tmp, agents):
@@ -194,7 +200,7 @@ def test_queue_max_bounds_what_waits_for_a_stuck_child(tmp, agents):
              timeout=10, what="the next child")
     cr = a.instance("cr")
     dropped = cr["dropped"] + cr["isolate_dropped"]
-    assert cr["isolate_dropped"] > 0, cr  # queue_max held: not everything was kept
+    assert dropped > 0, cr  # queue_max held (in the inbox or in the isolate queue): not everything was kept
     # every message is either delivered or counted as dropped
     wait_for(lambda: count(a) == 100 - dropped, what="%d echoes" % (100 - dropped))
     assert 20 <= 100 - dropped <= 40, cr  # at most queue_max in flight plus queue_max waiting
@@ -225,7 +231,7 @@ def test_spin_or_segv_in_tick_call_timer(tmp, agents):
         want = ("hook %s ran longer than hook_timeout (300 ms)" % hook) if how == "spin" else "SIGSEGV"
         assert any(want in line and "in hook %s" % hook in line for line in mine), (n, "\n".join(mine))
     assert a.instance("hb")["state"] == "running"
-    assert round_trip_ms(a) < 500
+    assert round_trip_ms(a) < 250
 
 
 def test_spin_in_init_and_abort_in_init(tmp, agents):
