@@ -389,5 +389,33 @@ def test_durable_consumer_and_publish_through_the_child(tmp, agents):
     wait_for(lambda: a.ok("status")["nats"]["jetstream"]["unacked"] == 0, timeout=30, what="the acks from the child")
 
 
+def isolated_memory(name):
+    """The memory plugin's own end-to-end test NAME, with its instance isolated: the same
+    behaviour through the proxy (sysroot writes, exec of qm, timers, bus, verbs)."""
+    def run(tmp, agents):
+        import test_memory
+
+        class IsolatedAgent(Agent):
+            def write_config(self, plugins_yaml, agent_extra=""):
+                plugins_yaml = plugins_yaml.replace("    plugin: memory\n", "    plugin: memory\n    isolate: true\n")
+                super().write_config(plugins_yaml, agent_extra)
+
+        saved, test_memory.Agent = test_memory.Agent, IsolatedAgent
+        try:
+            getattr(test_memory, name)(tmp, agents)
+        finally:
+            test_memory.Agent = saved
+        info = agents[0].instance("memory")
+        assert info["isolated"] and info["pid"] and info["crashes"] == 0, info
+    return run
+
+
+for _name in ("test_levers_follow_memory_with_hysteresis", "test_stopped_vm_gets_qm_set",
+              "test_phase_from_bus_switches_profile", "test_phase_from_circadian_at_start",
+              "test_missing_arc_file_disables_only_that_lever", "test_box_without_zfs_or_psi",
+              "test_dry_run_writes_nothing"):
+    globals()["test_memory_isolated_" + _name[len("test_"):]] = isolated_memory(_name)
+
+
 if __name__ == "__main__":
     run_tests(globals())
