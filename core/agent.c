@@ -9,6 +9,7 @@
 #include "config_schema.h"
 #include "control.h"
 #include "instance.h"
+#include "isolate.h"
 #include "loader.h"
 #include "log.h"
 #include "org-build-config.h"
@@ -51,7 +52,7 @@ static int resolve_instance(char *const *plugin_dirs, instance_config *ic, bool 
         }
         plugin_so *so = NULL;
         _cleanup_free_ char *err = NULL;
-        r = loader_open(path, check_perms, &so, &err);
+        r = plugin_open(path, check_perms, ic->isolate, &so, &err); /* isolated: never mapped here */
         if (r < 0) {
                 diag_add(d, ic->line, ic->col, "plugins.%s: cannot load %s: %s", ic->name, path, err ? err : strerror(-r));
                 return -EINVAL;
@@ -61,12 +62,12 @@ static int resolve_instance(char *const *plugin_dirs, instance_config *ic, bool 
                          so->desc->name, ic->plugin);
         _cleanup_free_ char *where = NULL;
         if (asprintf(&where, "plugins.%s.config", ic->name) < 0) {
-                loader_close(so);
+                plugin_close(so);
                 return -ENOMEM;
         }
         json_t *cj = NULL;
         r = config_schema_check(so->desc->config_map, ic->config, where, ic->line, ic->col, &cj, d);
-        loader_close(so);
+        plugin_close(so);
         if (r < 0)
                 return r;
         json_decref(ic->config_json);

@@ -85,6 +85,8 @@ int main(int argc, char **argv) {
         /* hidden helper mode: the child process of an isolated instance (isolate_child.c) */
         if (argc >= 2 && streq(argv[1], "--isolated-child"))
                 return isolate_child_main(argc, argv);
+        if (argc >= 2 && streq(argv[1], "--isolated-probe"))
+                return isolate_probe_main(argc, argv);
         while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) >= 0) {
                 switch (c) {
                 case 'c':

@@ -297,14 +297,14 @@ static void set_error(instance *in, const char *msg) {
 static int load_checked(instance *in, const instance_config *ic, const char *so_path, plugin_so **ret_so,
                         json_t **ret_json, char **ret_error) {
         plugin_so *so = NULL;
-        int r = loader_open(so_path, in->agent->check_perms, &so, ret_error);
+        int r = plugin_open(so_path, in->agent->check_perms, ic->isolate, &so, ret_error);
         if (r < 0)
                 return r;
         diag d;
         diag_init(&d, in->agent->config_path);
         _cleanup_free_ char *where = NULL;
         if (asprintf(&where, "plugins.%s.config", ic->name) < 0) {
-                loader_close(so);
+                plugin_close(so);
                 return -ENOMEM;
         }
         json_t *cj = NULL;
@@ -312,7 +312,7 @@ static int load_checked(instance *in, const instance_config *ic, const char *so_
         if (r < 0) {
                 *ret_error = diag_join(&d);
                 diag_done(&d);
-                loader_close(so);
+                plugin_close(so);
                 return r;
         }
         diag_done(&d);
@@ -412,13 +412,13 @@ int instance_start(instance *in) {
         if (r < 0) {
                 json_decref(old_json);
                 json_decref(cj);
-                loader_close(so);
+                plugin_close(so);
                 goto fail;
         }
         /* old_json is ours from here: released below on success, restored on failure */
         r = start_generation(in, so, NULL, 0, &err);
         if (r < 0) {
-                loader_close(so);
+                plugin_close(so);
                 set_config_text(in, old_json ? old_json : json_object());
                 goto fail;
         }
@@ -455,7 +455,7 @@ void instance_stop(instance *in, instance_state new_state) {
                 in->state = NULL;
         }
         in->tick_source = sd_event_source_disable_unref(in->tick_source);
-        loader_close(in->so);
+        plugin_close(in->so);
         in->so = NULL;
         if (in->client) {
                 bus_client_unsubscribe_all(in->client);
@@ -541,7 +541,7 @@ int instance_reload(instance *in, const instance_config *new_cfg, const char *ne
                 in->own_config = old_own;
                 in->fingerprint = old_fp;
                 in->config_text = old_text;
-                loader_close(so);
+                plugin_close(so);
                 log_internal(LOG_ERR, 0, in->cfg.plugin, in->name, "reload refused, the running version stays: %s",
                              *ret_error ? *ret_error : strerror(-r));
                 return r;
@@ -551,7 +551,7 @@ int instance_reload(instance *in, const instance_config *new_cfg, const char *ne
         free(old_fp);
         free(old_text);
 
-        loader_close(in->so);
+        plugin_close(in->so);
         in->so = so;
         if (new_so_path) {
                 char *p = strdup(new_so_path);

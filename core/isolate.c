@@ -1019,7 +1019,7 @@ static char *hello_json(instance *in, const char *so_path) {
 /* The child's environment: agentd's, except that under AddressSanitizer a crash of the
  * plugin stays a crash (the kernel's SIGSEGV, not ASan's report and exit 1) and the
  * child's exit skips the leak check (it never frees the plugin's state). malloc'd. */
-static char **child_env(void) {
+char **isolate_child_env(void) {
         extern char **environ;
         size_t n = strv_length(environ);
         char **env = new0(char *, n + 2);
@@ -1055,7 +1055,7 @@ static int spawn(isolate *iso, const char *so_path, const void *blob, size_t blo
         agent *a = in->agent;
         _cleanup_free_ char *hello = hello_json(in, so_path);
         _cleanup_free_ char *argv0 = NULL;
-        _cleanup_strv_free_ char **env = child_env();
+        _cleanup_strv_free_ char **env = isolate_child_env();
         if (!hello || !env || asprintf(&argv0, "agentd[%s]", in->name) < 0)
                 return -ENOMEM;
         int sv[2];

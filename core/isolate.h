@@ -40,5 +40,15 @@ void isolate_to_json(const isolate *iso, json_t *o);
 
 /* main() of `agentd --isolated-child SOCKFD SHMFD`. */
 int isolate_child_main(int argc, char **argv);
+/* main() of `agentd --isolated-probe FD PATH CHECK_PERMS`: the descriptor as JSON. */
+int isolate_probe_main(int argc, char **argv);
+/* agentd's environment for a child (adjusted under ASan), malloc'd, NULL on ENOMEM. */
+char **isolate_child_env(void);
+
+/* Opens a plugin file: with isolate, without ever mapping it here — a child reads the
+ * descriptor and a stand-in comes back (its hooks must not be called; they answer
+ * -EOPNOTSUPP). Otherwise loader_open. Close with plugin_close. */
+int plugin_open(const char *path, bool check_perms, bool isolated, plugin_so **ret, char **ret_error);
+void plugin_close(plugin_so *so); /* accepts NULL */
 
 #endif

@@ -108,6 +108,11 @@ def test_example_isolated_verbs_verify_store(tmp, agents):
     # the heartbeat of the isolated example reaches the bus
     r = a.ok("bus", "sub", "agent.heartbeat", "--count", "1", "--timeout", "5")
     assert r, r
+    # agentd itself never mapped the isolated-only plugin: a child read its descriptor
+    with open("/proc/%d/maps" % a.proc.pid) as f:
+        assert "crashy.so" not in f.read()
+    with open("/proc/%d/maps" % a.instance("cr")["pid"]) as f:
+        assert "crashy.so" in f.read()
     # the human table shows it too
     rc, text, _ = a.ctl("plugin", "list", as_json=False)
     assert "isolated" in text and str(ex["pid"]) in text, text
@@ -232,6 +237,23 @@ def test_spin_or_segv_in_tick_call_timer(tmp, agents):
         assert any(want in line and "in hook %s" % hook in line for line in mine), (n, "\n".join(mine))
     assert a.instance("hb")["state"] == "running"
     assert round_trip_ms(a) < 250
+
+
+def test_constructor_crash_never_reaches_agentd(tmp, agents):
+    ctor = os.path.join(TEST_PLUGINS, "crashy", "ctor", "crashy.so")
+    a = Agent(tmp, HEARTBEAT)
+    agents.append(a)
+    a.start()
+    a.write_config(HEARTBEAT + "  bad:\n    path: %s\n    isolate: true\n" % ctor)
+    rc, out, err = a.ctl("config", "reload")
+    assert rc == 1 and "signal 11" in err and "constructor" in err, (rc, out, err)
+    assert a.proc.poll() is None and a.instance("hb")["state"] == "running"
+    assert round_trip_ms(a) < 250
+    # agentd --check says the same, and survives it too
+    import subprocess
+    from harness import AGENTD
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "constructor" in p.stderr, p
 
 
 def test_spin_in_init_and_abort_in_init(tmp, agents):

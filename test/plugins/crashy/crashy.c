@@ -232,6 +232,13 @@ static void crashy_fini(void *state) {
         free(state);
 }
 
+#ifdef CRASHY_CTOR_CRASH
+/* The ctor/ build: dies as soon as it is mapped, before any descriptor is read. */
+__attribute__((constructor)) static void crashy_ctor(void) {
+        raise(SIGSEGV);
+}
+#endif
+
 ORG_PLUGIN_DEFINE(.name = "crashy", .version = "1.0.0", .summary = "misbehaves on demand (tests of isolate: true)",
                   .config_map = config_map, .verbs = verbs, .init = crashy_init, .tick = crashy_tick,
                   .handle = crashy_handle, .call = crashy_call, .fini = crashy_fini);
