@@ -15,6 +15,7 @@
 #include "duration.h"
 #include "log.h"
 #include "org-build-config.h"
+#include "trust.h"
 #include "util.h"
 
 static const org_config_entry agent_entries[] = {
@@ -182,6 +183,29 @@ static void check_agent(const ynode *agent, diag *d, bool *bad) {
                                  v->keys[i]->scalar, p->scalar);
                         *bad = true;
                 }
+}
+
+/* The programs of agent.commands run as agentd's user: the same trust rules as
+ * plugin files (trust.h). One missing is left to fail when it is run (the shipped
+ * config names qm, zfs and zpool, which a host may lack), unless it is missing from a
+ * directory others may write, where anyone could create it. Faults point at the key. */
+static void check_command_files(const ynode *agent, diag *d, bool *bad) {
+        const ynode *v = agent && agent->kind == YNODE_MAP ? ynode_get(agent, "commands", NULL) : NULL;
+
+        if (!v || v->kind != YNODE_MAP)
+                return;
+        for (size_t i = 0; i < v->n; i++) {
+                const ynode *k = v->keys[i], *p = v->values[i];
+                _cleanup_free_ char *reason = NULL;
+                if (p->kind != YNODE_SCALAR || ynode_is_null(p) || p->scalar[0] != '/')
+                        continue;
+                int r = trust_check_file(p->scalar, "command", &reason);
+                if (r >= 0 || r == -ENOENT || r == -ENOMEM)
+                        continue;
+                diag_add(d, k->line, k->col, "agent.commands.%s: refusing %s: %s", k->scalar, p->scalar,
+                         reason ? reason : strerror(-r));
+                *bad = true;
+        }
 }
 
 static void check_nats(const ynode *bus, diag *d, bool *bad) {
@@ -386,7 +410,10 @@ static int fill_instances(agent_config *c, json_t *plugins) {
         return 0;
 }
 
-int config_load_string(const char *text, size_t len, const char *name, agent_config **ret, diag *d) {
+/* check_files: also check the files the config names (agent.commands), for a config
+ * read from disk; never for one from memory (the fuzzers, tests). */
+static int load_text(const char *text, size_t len, const char *name, bool check_files, agent_config **ret,
+                     diag *d) {
         _cleanup_(config_freep) agent_config *c = NULL;
         json_t *root_json = NULL;
         bool bad = false;
@@ -410,6 +437,8 @@ int config_load_string(const char *text, size_t len, const char *name, agent_con
                 return r;
         if (c->root->kind == YNODE_MAP) {
                 check_agent(ynode_get(c->root, "agent", NULL), d, &bad);
+                if (check_files)
+                        check_command_files(ynode_get(c->root, "agent", NULL), d, &bad);
                 check_nats(ynode_get(c->root, "bus", NULL), d, &bad);
                 check_instances(ynode_get(c->root, "plugins", NULL), d, &bad);
         }
@@ -432,15 +461,31 @@ int config_load_string(const char *text, size_t len, const char *name, agent_con
         return 0;
 }
 
+int config_load_string(const char *text, size_t len, const char *name, agent_config **ret, diag *d) {
+        return load_text(text, len, name, false, ret, d);
+}
+
 int config_load(const char *path, agent_config **ret, diag *d) {
-        _cleanup_free_ char *text = NULL;
+        _cleanup_free_ char *text = NULL, *reason = NULL;
+        _cleanup_close_ int fd = -1;
         size_t len;
         int r;
 
-        r = read_full_file(path, &text, &len);
+        /* The file decides which code runs as root: it must pass the same rules as a
+         * plugin, at start and at every reload. Opened once, without following a last
+         * symlink and without blocking: a FIFO is refused, never waited on. */
+        r = trust_open(path, "config", &fd, &reason);
+        if (r < 0) {
+                if (!d->file)
+                        d->file = path;
+                if (reason)
+                        diag_add(d, 0, 0, "%s", reason);
+                return r;
+        }
+        r = read_full_fd(fd, &text, &len);
         if (r < 0)
                 return r;
-        return config_load_string(text, len, path, ret, d);
+        return load_text(text, len, path, true, ret, d);
 }
 
 const instance_config *config_find_instance(const agent_config *c, const char *name) {

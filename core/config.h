@@ -61,9 +61,12 @@ typedef struct agent_config {
 } agent_config;
 
 /* Reads and checks path. Every fault is added to d; returns -EINVAL if there was
- * any (and *ret is not written), -errno when the file cannot be read. */
+ * any (and *ret is not written), -errno when the file cannot be read. The file, the
+ * directories above it and the programs of agent.commands must pass trust.c's rules
+ * (-EPERM, the reason in d; a file that is not a regular one: -EINVAL, never opened
+ * for reading). */
 int config_load(const char *path, agent_config **ret, diag *d);
-/* The same from memory; name is used in messages. */
+/* The same from memory, without looking at any file; name is used in messages. */
 int config_load_string(const char *text, size_t len, const char *name, agent_config **ret, diag *d);
 void config_free(agent_config *c); /* accepts NULL */
 

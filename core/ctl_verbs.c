@@ -97,7 +97,10 @@ static json_t *descriptor_to_json(const plugin_so *so) {
                          verbs_to_json(d->verbs));
 }
 
-/* Info on an instance, or on a plugin file by name (documentation without running it). */
+/* Info on an instance, or on a plugin file by name. The descriptor of a plugin that is
+ * not loaded can only be read by loading it, which runs its constructors as agentd's
+ * user: only an admin peer may cause that; a read-only peer gets the instance without
+ * the descriptor, or EPERM for a plugin with no instance. */
 static void v_plugin_info(ctl_request *q) {
         const char *name = arg_str(q, "name");
         if (!name || !name_is_valid(name))
@@ -114,7 +117,15 @@ static void v_plugin_info(ctl_request *q) {
         plugin_so *so = NULL;
         if (in && in->so)
                 json_object_update_new(r, descriptor_to_json(in->so));
-        else if (path && loader_open(path, q->agent->check_perms, &so, &err) >= 0) {
+        else if (path && !q->admin) {
+                static const char why[] = "not loaded: reading the descriptor of a plugin means loading it, "
+                                          "which only root may cause";
+                if (!in) {
+                        json_decref(r);
+                        return ctl_reply_error(q, EPERM, "permission denied: plugin %s is %s", name, why);
+                }
+                json_object_set_new(r, "load_error", json_string(why));
+        } else if (path && loader_open(path, q->agent->check_perms, &so, &err) >= 0) {
                 json_object_update_new(r, descriptor_to_json(so));
                 loader_close(so);
         } else if (err)
@@ -204,6 +215,11 @@ static void v_config_check(ctl_request *q) {
          * may point it at another file */
         if (path && !q->admin)
                 return ctl_reply_error(q, EPERM, "permission denied: checking another file than the running config needs root");
+        /* an admin of another agent is not root here: over NATS only the running config */
+        if (path && q->reply_subject)
+                return ctl_reply_error(q, EPERM,
+                                       "permission denied: config check FILE is refused over NATS (remote peers may "
+                                       "check the running config only; run agentctl on this host)");
         if (!path)
                 path = q->agent->config_path;
         if (!path)

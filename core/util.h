@@ -104,6 +104,8 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 
 /* Reads a whole file into a malloc'd NUL-terminated buffer. */
 int read_full_file(const char *path, char **ret, size_t *ret_len);
+/* The same from an open descriptor (read to its end, not closed). */
+int read_full_fd(int fd, char **ret, size_t *ret_len);
 
 /* Valid names for agents and instances: [A-Za-z0-9_-], 1..64 characters. */
 bool name_is_valid(const char *s);

@@ -131,14 +131,12 @@ int main(void) {
         snprintf(so_badabi, sizeof so_badabi, "%s/test/plugins/badabi/example.so", b);
         snprintf(so_nodesc, sizeof so_nodesc, "%s/test/plugins/nodesc/example.so", b);
         CHECK(mkdtemp(tmpdir));
-        CHECK_INT(loader_init(tmpdir), 0);
         RUN(test_good);
         RUN(test_bad_abi);
         RUN(test_no_descriptor);
         RUN(test_reload_by_rename);
         RUN(test_perms);
         RUN(test_find);
-        loader_done();
         rmdir(tmpdir);
         return 0;
 }
