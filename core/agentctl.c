@@ -40,6 +40,7 @@ static void help(void) {
                "Plugins:\n"
                "  plugin list                     instances with state, counters, drops\n"
                "  plugin info NAME                an instance (or a plugin file) with its config map and verbs\n"
+               "                                  (a plugin not loaded: root only, loading it runs its code)\n"
                "  plugin load NAME [--plugin P] [--path FILE.so] [--config JSON]\n"
                "                                  start a new instance (not written to the config)\n"
                "  plugin unload NAME --confirm    stop and remove an instance\n"
