@@ -208,6 +208,26 @@ static void check_command_files(const ynode *agent, diag *d, bool *bad) {
         }
 }
 
+/* A plugin folder others may write is refused as a whole, before any plugin is taken
+ * from it (the loader refuses each file from it as well). One that does not exist is
+ * fine: the default one may not, on a host without packaged plugins. */
+static void check_plugin_dirs(const ynode *agent, diag *d, bool *bad) {
+        const ynode *v = agent && agent->kind == YNODE_MAP ? ynode_get(agent, "plugin_dirs", NULL) : NULL;
+
+        for (size_t i = 0; v && v->kind == YNODE_SEQ && i < v->n; i++) {
+                const ynode *p = v->values[i];
+                _cleanup_free_ char *reason = NULL;
+                if (p->kind != YNODE_SCALAR || ynode_is_null(p))
+                        continue;
+                int r = trust_check_dir(p->scalar, "plugin", &reason);
+                if (r >= 0 || r == -ENOENT || r == -ENOMEM)
+                        continue;
+                diag_add(d, p->line, p->col, "agent.plugin_dirs[%zu]: refusing %s: %s", i, p->scalar,
+                         reason ? reason : strerror(-r));
+                *bad = true;
+        }
+}
+
 static void check_nats(const ynode *bus, diag *d, bool *bad) {
         const ynode *nats = ynode_get(bus, "nats", NULL), *k = NULL, *v;
 
@@ -410,8 +430,8 @@ static int fill_instances(agent_config *c, json_t *plugins) {
         return 0;
 }
 
-/* check_files: also check the files the config names (agent.commands), for a config
- * read from disk; never for one from memory (the fuzzers, tests). */
+/* check_files: also check the files the config names (agent.commands, plugin_dirs),
+ * for a config read from disk; never for one from memory (the fuzzers, tests). */
 static int load_text(const char *text, size_t len, const char *name, bool check_files, agent_config **ret,
                      diag *d) {
         _cleanup_(config_freep) agent_config *c = NULL;
@@ -437,8 +457,10 @@ static int load_text(const char *text, size_t len, const char *name, bool check_
                 return r;
         if (c->root->kind == YNODE_MAP) {
                 check_agent(ynode_get(c->root, "agent", NULL), d, &bad);
-                if (check_files)
+                if (check_files) {
                         check_command_files(ynode_get(c->root, "agent", NULL), d, &bad);
+                        check_plugin_dirs(ynode_get(c->root, "agent", NULL), d, &bad);
+                }
                 check_nats(ynode_get(c->root, "bus", NULL), d, &bad);
                 check_instances(ynode_get(c->root, "plugins", NULL), d, &bad);
         }

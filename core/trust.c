@@ -19,12 +19,12 @@
 #define MAX_LINKS 40 /* as the kernel's own bound on nested links */
 
 typedef struct walk {
-        const char *what;     /* "plugin", "config", "command" */
-        const char *path;     /* as given, for messages */
+        const char *what; /* "plugin", "config", "command" */
+        const char *path; /* as given, for messages */
         char **ret_reason;
-        char cur[PATH_MAX];   /* the directory reached, free of symlinks; "" is / */
-        int dfd;              /* O_PATH descriptor of cur */
-        struct stat dst;      /* its stat */
+        char cur[PATH_MAX]; /* the directory reached, free of symlinks; "" is / */
+        int dfd;            /* O_PATH descriptor of cur */
+        struct stat dst;    /* its stat */
 } walk;
 
 static int refuse(walk *w, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -41,7 +41,9 @@ static int refuse(walk *w, int r, const char *fmt, ...) {
 
 /* Root's files, or ours when we are not root: a user running agentd can only give it
  * the power it has already. */
-static bool owner_ok(uid_t uid) { return uid == 0 || uid == geteuid(); }
+static bool owner_ok(uid_t uid) {
+        return uid == 0 || uid == geteuid();
+}
 
 static const char *trusted_owners(void) {
         static char buf[48];
@@ -51,9 +53,13 @@ static const char *trusted_owners(void) {
         return buf;
 }
 
-static const char *writers(mode_t m) { return (m & S_IWOTH) ? "everyone" : "its group"; }
+static const char *writers(mode_t m) {
+        return (m & S_IWOTH) ? "everyone" : "its group";
+}
 
-static const char *dir_shown(const walk *w) { return w->cur[0] ? w->cur : "/"; }
+static const char *dir_shown(const walk *w) {
+        return w->cur[0] ? w->cur : "/";
+}
 
 static int enter_root(walk *w) {
         int fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -101,8 +107,8 @@ static int check_take(walk *w, const char *name, const struct stat *st, bool las
                               writers(m), (unsigned)(m & 07777),
                               (m & S_ISVTX) ? "; a sticky directory is not enough to hold it" : "");
         if (!(m & S_ISVTX))
-                return refuse(w, -EPERM, "directory %s, above %s, is writable by %s (mode %04o)", dir_shown(w),
-                              w->path, writers(m), (unsigned)(m & 07777));
+                return refuse(w, -EPERM, "directory %s, above %s, is writable by %s (mode %04o)", dir_shown(w), w->path,
+                              writers(m), (unsigned)(m & 07777));
         if (!owner_ok(st->st_uid))
                 return refuse(w, -EPERM, "directory %s, above %s, is writable by %s and %s/%s in it belongs to uid %u",
                               dir_shown(w), w->path, writers(m), w->cur, name, (unsigned)st->st_uid);
@@ -131,8 +137,8 @@ static int check_final(walk *w, const char *name, int fd, const struct stat *st,
         if (!S_ISREG(st->st_mode))
                 return refuse(w, -EINVAL, "%s is not a regular file", shown);
         if (!owner_ok(st->st_uid))
-                return refuse(w, -EPERM, "%s file %s is owned by uid %u, not %s", w->what, shown,
-                              (unsigned)st->st_uid, trusted_owners());
+                return refuse(w, -EPERM, "%s file %s is owned by uid %u, not %s", w->what, shown, (unsigned)st->st_uid,
+                              trusted_owners());
         if (st->st_mode & (S_IWGRP | S_IWOTH))
                 return refuse(w, -EPERM, "%s file %s is writable by %s (mode %04o)", w->what, shown,
                               writers(st->st_mode), (unsigned)(st->st_mode & 07777));
@@ -179,8 +185,7 @@ static int walk_path(const char *path, const char *what, bool want_dir, int *ret
                                 r = refuse(&w, -EINVAL, "%s is not a regular file", path);
                         else if (w.dst.st_mode & (S_IWGRP | S_IWOTH))
                                 r = refuse(&w, -EPERM, "%s directory %s is writable by %s (mode %04o)", what,
-                                           dir_shown(&w), writers(w.dst.st_mode),
-                                           (unsigned)(w.dst.st_mode & 07777));
+                                           dir_shown(&w), writers(w.dst.st_mode), (unsigned)(w.dst.st_mode & 07777));
                         break;
                 }
                 size_t n = strcspn(p, "/");

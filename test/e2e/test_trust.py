@@ -73,6 +73,9 @@ def test_plugin_in_world_writable_folder_refused(tmp, agents):
     a = Agent(tmp, ONE, plugin_dirs=[pdir])
     p = check(a)
     assert p.returncode == 1 and "plugin directory %s is writable by everyone" % pdir in p.stderr, p
+    # the folder itself at its line, and the plugin taken from it at the instance
+    assert "%s:3:17: agent.plugin_dirs[0]: refusing %s" % (a.config, pdir) in p.stderr, p.stderr
+    assert "plugins.ex: cannot load %s/example.so" % pdir in p.stderr, p.stderr
     os.chmod(pdir, 0o755)
     p = check(a)
     assert p.returncode == 0, p
@@ -84,13 +87,14 @@ def test_plugin_in_world_writable_folder_refused(tmp, agents):
     a2 = Agent(tmp, ONE, plugin_dirs=[deep])
     p = check(a2)
     assert p.returncode == 1 and "directory %s, above %s/example.so" % (above, deep) in p.stderr, p
+    assert "plugins.ex: cannot load %s/example.so" % deep in p.stderr, p.stderr
     # a running agent refuses it too, naming the folder
-    agents.append(a2)
-    a2.write_config("  other: {plugin: example, path: %s/example.so}\n" % PLUGINS)
-    a2.start()
-    rc, _, err = a2.ctl("plugin", "load", "ex9", "--path", os.path.join(deep, "example.so"))
+    a3 = Agent(tmp, ONE)
+    agents.append(a3)
+    a3.start()
+    rc, _, err = a3.ctl("plugin", "load", "ex9", "--path", os.path.join(deep, "example.so"))
     assert rc != 0 and above in err and "writable by everyone" in err, (rc, err)
-    assert names(a2) == ["other"]
+    assert names(a3) == ["ex"]
 
 
 def test_command_others_may_write_refused(tmp, agents):
