@@ -113,7 +113,8 @@ int loader_open(const char *path, bool check_perms, plugin_so **ret, char **ret_
         void *dl = dlopen(name, RTLD_NOW | RTLD_LOCAL);
         if (!dl) {
                 const char *e = dlerror();
-                return fail(ret_error, -ENOEXEC, "%s: %s", path, e ? e : "dlopen failed");
+                return fail(ret_error, -ENOEXEC, "%s: %s%s", path, e ? e : "dlopen failed",
+                            access(name, F_OK) < 0 ? " (plugins are loaded through /proc: is it mounted?)" : "");
         }
         const uint32_t *head = dlsym(dl, ORG_PLUGIN_SYMBOL);
         if (!head) {
