@@ -46,11 +46,7 @@ static bool owner_ok(uid_t uid) {
 }
 
 static const char *trusted_owners(void) {
-        static char buf[48];
-        if (geteuid() == 0)
-                return "root";
-        snprintf(buf, sizeof buf, "root or uid %u", (unsigned)geteuid());
-        return buf;
+        return geteuid() == 0 ? "root" : "root or agentd's own user";
 }
 
 static const char *writers(mode_t m) {
