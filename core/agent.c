@@ -65,7 +65,7 @@ static int resolve_instance(char *const *plugin_dirs, instance_config *ic, bool 
                 return -ENOMEM;
         }
         json_t *cj = NULL;
-        r = config_schema_check(so->desc->config_map, ic->config, where, ic->line, ic->col, &cj, d);
+        r = config_schema_check_plugin(so->desc, ic->config, where, ic->line, ic->col, &cj, d);
         loader_close(so);
         if (r < 0)
                 return r;

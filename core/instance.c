@@ -294,7 +294,7 @@ static int load_checked(instance *in, const instance_config *ic, const char *so_
                 return -ENOMEM;
         }
         json_t *cj = NULL;
-        r = config_schema_check(so->desc->config_map, ic->config, where, ic->line, ic->col, &cj, &d);
+        r = config_schema_check_plugin(so->desc, ic->config, where, ic->line, ic->col, &cj, &d);
         if (r < 0) {
                 *ret_error = diag_join(&d);
                 diag_done(&d);

@@ -8,8 +8,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
-from harness import Agent, Control, Skip, run_tests, wait_for
+from harness import AGENTD, Agent, Control, Skip, run_tests, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "fixtures")
@@ -77,6 +78,39 @@ def wait_day_profile(a, balloon=True):
     if balloon:
         wait_for(lambda: "balloon 100 24576" in qm_log(a), timeout=10, what="qm balloon 100 24576")
         wait_for(lambda: status(a)["levers"]["balloon"]["have"] == 24576, timeout=10, what="the balloon recorded")
+
+
+def test_out_of_range_config_refused_by_check(tmp, agents):
+    """swappiness: 300 is a FILE:LINE:COL fault of `agentd --check` (the plugin's map
+    says 0 to 200), not an init failure at run time; agentd does not start on it."""
+    config = "\n      vmid: 100\n      psi_window: 20s\n      profiles:\n        day: {swappiness: 300}\n"
+    a = setup(tmp, agents, config=config, start=False)
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p
+    lines = [l for l in p.stderr.splitlines() if re.match(re.escape(a.config) + r":\d+:\d+: ", l)]
+    assert "%s:15:19: plugins.memory.config.psi_window: 20s is above the maximum 10s" % a.config in lines, p.stderr
+    assert "%s:17:27: plugins.memory.config.profiles.day.swappiness: 300 is above the maximum 200" % a.config \
+        in lines, p.stderr
+    assert len(lines) == 2, p.stderr
+    assert a.start(expect_ready=False) == 1
+    assert "swappiness: 300 is above the maximum 200" in a.logtext()
+    assert qm_log(a) == [] and read(a, SWAPPINESS) != "300"
+    # the limits are documented by plugin info, as the table and as JSON
+    a.write_config("  memory:\n    plugin: memory\n    config: {vmid: 100}\n", "  sysroot: %s\n  commands: {qm: %s}\n"
+                   % (a.root, os.path.join(tmp, "qm")))
+    a.start()
+    info = a.ok("plugin", "info", "memory")
+    keys = {e["key"]: e for e in info["config_map"]}
+    assert keys["psi_window"]["min"] == "500ms" and keys["psi_window"]["max"] == "10s", keys["psi_window"]
+    sw = [c for c in keys["profiles"]["children"] if c["key"] == "swappiness"][0]
+    assert (sw["min"], sw["max"]) == ("0", "200"), sw
+    assert "min" not in keys["mem_low"], keys["mem_low"]
+    rc, out, _ = a.ctl("plugin", "info", "memory", as_json=False)
+    assert rc == 0 and "ALLOWED" in out, out
+    row = [l for l in out.splitlines() if l.startswith("profiles.<name>.swappiness")]
+    assert row and "0..200" in row[0], out
+    row = [l for l in out.splitlines() if l.startswith("psi_window")]
+    assert row and "500ms..10s" in row[0], out
 
 
 def test_levers_follow_memory_with_hysteresis(tmp, agents):
