@@ -362,6 +362,7 @@ static void test_old_table(void) {
         CHECK_INT(json_integer_value(config_json_path(j, "c.level")), 99);
         CHECK_INT(json_integer_value(config_json_path(j, "d")), 3600000);
         json_decref(j);
+        ynode_free(n);
         diag_done(&d);
 
         /* an unknown key is still found unknown (each key of the old table is seen) */
