@@ -1,7 +1,8 @@
 /* stall.c — a test plugin that misbehaves on request: its verb `stall {"ms": N}` blocks
  * the loop for N ms (what a plugin must never do), and it records when each tick ran,
  * so a test can see whether the ticks missed meanwhile come in a burst or are coalesced
- * into one. `ticks` answers {"n", "stall_end_us", "at_us": [the last 64 ticks]}. */
+ * into one. `ticks` answers {"n", "stall_start_us", "stall_end_us", "at_us": [the last
+ * 64 ticks]}. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@ typedef struct stall {
         org_ctx *ctx;
         uint64_t n;
         uint64_t at_us[RING];
-        uint64_t stall_end_us;
+        uint64_t stall_start_us, stall_end_us;
 } stall;
 
 static const org_verb verbs[] = {
@@ -59,6 +60,7 @@ static int stall_call(void *state, const char *verb, const org_msg *req) {
                 long ms = p && (p = strchr(p, ':')) ? strtol(p + 1, NULL, 10) : 0;
                 if (ms < 0 || ms > 30000)
                         return s->host->respond(s->ctx, req->reply, "{\"error\":\"ms: 0 to 30000\"}", 26);
+                s->stall_start_us = s->host->now_monotonic_us(s->ctx);
                 block_for(ms);
                 s->stall_end_us = s->host->now_monotonic_us(s->ctx);
                 int n = snprintf(buf, sizeof buf, "{\"stalled_ms\":%ld}", ms);
@@ -66,8 +68,10 @@ static int stall_call(void *state, const char *verb, const org_msg *req) {
         }
         if (strcmp(verb, "ticks") != 0)
                 return -EOPNOTSUPP;
-        o += (size_t)snprintf(buf + o, sizeof buf - o, "{\"n\":%llu,\"stall_end_us\":%llu,\"at_us\":[",
-                              (unsigned long long)s->n, (unsigned long long)s->stall_end_us);
+        o += (size_t)snprintf(buf + o, sizeof buf - o,
+                              "{\"n\":%llu,\"stall_start_us\":%llu,\"stall_end_us\":%llu,\"at_us\":[",
+                              (unsigned long long)s->n, (unsigned long long)s->stall_start_us,
+                              (unsigned long long)s->stall_end_us);
         uint64_t first = s->n > RING ? s->n - RING : 0;
         for (uint64_t i = first; i < s->n && o < sizeof buf; i++)
                 o += (size_t)snprintf(buf + o, sizeof buf - o, "%s%llu", i > first ? "," : "",
