@@ -370,6 +370,8 @@ json_t *memory_levers_verify(memory *m, const memory_profile *p, bool *ret_ok) {
         else {
                 if (b->has_set)
                         snprintf(have, sizeof have, "%" PRId64, b->set_mb);
+                else if (b->has_seen)
+                        snprintf(have, sizeof have, "%" PRId64, b->seen_mb); /* read, not yet set */
                 else
                         snprintf(have, sizeof have, "unknown");
                 bool ok = b->has_set && b->set_mb == p->balloon_mb;

@@ -426,7 +426,7 @@ static int memory_verify(void *state, char **ret_json) {
 }
 
 /* A reload keeps the phase (circadian publishes it only on change), the alert and the
- * balloon target last set, which qm cannot tell us cheaply. */
+ * balloon target last set (so the new instance need not ask qm again). */
 static int memory_save(void *state, void **ret_blob, size_t *ret_len) {
         memory *m = state;
         json_t *o = json_pack("{s:s, s:s, s:b, s:o}", "phase", m->phase, "phase_source", m->phase_source, "alert",
