@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test.sh — the whole test suite, as CI runs it: installs the test dependencies,
-# builds three times (normal, ASan+UBSan, release) with warnings as errors, runs every test in
-# the first two (the release build: unit and plugins only), builds the libFuzzer targets with clang and runs each briefly, then the
-# benchmarks (figures only, never pass/fail). Ends with "N passed, N failed".
+# builds three times (normal, ASan+UBSan, release) with warnings as errors, runs every
+# test in the first two and the unit and plugins tests in the release build, builds the
+# libFuzzer targets with clang and runs each briefly, then the benchmarks (figures only,
+# never pass/fail). Ends with "N passed, N failed".
 # Run as root for the full suite (peer-credential, ownership and mount tests skip
 # otherwise, saying why). Options: --quick (normal build only, no fuzz, no bench).
 set -uo pipefail
