@@ -66,7 +66,7 @@ static int resolve_instance(char *const *plugin_dirs, instance_config *ic, bool 
                 return -ENOMEM;
         }
         json_t *cj = NULL;
-        r = config_schema_check(so->desc->config_map, ic->config, where, ic->line, ic->col, &cj, d);
+        r = config_schema_check_plugin(so->desc, ic->config, where, ic->line, ic->col, &cj, d);
         loader_close(so);
         if (r < 0)
                 return r;
@@ -443,6 +443,8 @@ void agent_update_builtin_metrics(agent *a) {
                             "bus messages waiting in the inbox");
                 metrics_set(a->metrics, in->name, "hook_errors_total", ORG_METRIC_COUNTER, (double)in->hook_errors,
                             "hooks that returned an error");
+                metrics_set(a->metrics, in->name, "ticks_skipped_total", ORG_METRIC_COUNTER,
+                            (double)in->ticks_skipped, "ticks missed while the loop stalled (coalesced)");
                 metrics_set(a->metrics, in->name, "tick_seconds_max", ORG_METRIC_GAUGE,
                             (double)in->tick_us_max / 1e6, "longest tick hook so far");
                 metrics_set(a->metrics, in->name, "reloads_total", ORG_METRIC_COUNTER, (double)in->reloads,

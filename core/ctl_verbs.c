@@ -65,16 +65,33 @@ static void v_plugin_list(ctl_request *q) {
         ctl_reply_ok(q, arr);
 }
 
-static json_t *config_map_to_json(const org_config_entry *map) {
+/* The table as documentation, walked with the plugin's own entry size; each limit the
+ * entry declares is shown as the YAML text the plugin wrote. */
+static json_t *config_map_to_json(const org_config_entry *map, size_t entry_size) {
         json_t *arr = json_array();
-        for (size_t i = 0; map && map[i].key; i++) {
-                const org_config_entry *e = &map[i];
+        for (const org_config_entry *e = map; e && e->key; e = config_entry_next(e, entry_size)) {
+                config_limits l;
                 json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "key", e->key, "type", config_type_name(e->type),
                                       "required", e->required, "help", e->help ? e->help : "");
+                if (!o)
+                        continue;
                 if (e->default_value)
                         json_object_set_new(o, "default", json_string(e->default_value));
+                config_entry_limits(e, entry_size, &l);
+                if (l.min)
+                        json_object_set_new(o, "min", json_string(l.min));
+                if (l.max)
+                        json_object_set_new(o, "max", json_string(l.max));
+                if (l.choices) {
+                        json_t *ch = json_array();
+                        for (const char *const *c = l.choices; *c; c++)
+                                json_array_append_new(ch, json_string(*c));
+                        json_object_set_new(o, "choices", ch);
+                }
+                if (l.format)
+                        json_object_set_new(o, "format", json_string(l.format));
                 if (e->children)
-                        json_object_set_new(o, "children", config_map_to_json(e->children));
+                        json_object_set_new(o, "children", config_map_to_json(e->children, entry_size));
                 json_array_append_new(arr, o);
         }
         return arr;
@@ -91,9 +108,12 @@ static json_t *verbs_to_json(const org_verb *verbs) {
 
 static json_t *descriptor_to_json(const plugin_so *so) {
         const org_plugin *d = so->desc;
+        size_t esize;
+        /* an impossible entry size: no table rather than garbage read as one */
+        json_t *map = config_entry_size(d, &esize) < 0 ? json_null() : config_map_to_json(d->config_map, esize);
         return json_pack("{s:s, s:s, s:s, s:s, s:i, s:o, s:o}", "plugin", d->name, "version",
                          d->version ? d->version : "", "summary", d->summary ? d->summary : "", "file", so->path,
-                         "abi_version", (int)d->abi_version, "config_map", config_map_to_json(d->config_map), "verbs",
+                         "abi_version", (int)d->abi_version, "config_map", map, "verbs",
                          verbs_to_json(d->verbs));
 }
 
