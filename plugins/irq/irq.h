@@ -170,6 +170,7 @@ typedef struct irq {
 
         /* pm_qos */
         int dma_fd;
+        int dma_errno;               /* why it is not held: ENOENT, EACCES... 0 */
         char dma_why[128];
 
         /* irqbalance */

@@ -397,6 +397,7 @@ void irq_pm_qos_hold(irq *s) {
         free(path);
         if (fd < 0) {
                 bool first = !s->dma_why[0];
+                s->dma_errno = errno;
                 snprintf(s->dma_why, sizeof s->dma_why, "%s: %s", IRQ_DMA_LATENCY_PATH, strerror(errno));
                 if (first)
                         s->host->log(s->ctx, ORG_LOG_NOTICE, "pm_qos not held (%s)", s->dma_why);
@@ -411,6 +412,7 @@ void irq_pm_qos_hold(irq *s) {
                 return;
         }
         s->dma_fd = fd;
+        s->dma_errno = 0;
         s->dma_why[0] = '\0';
         s->host->log(s->ctx, ORG_LOG_INFO, "holding %s at 0 us", IRQ_DMA_LATENCY_PATH);
 }
