@@ -325,6 +325,7 @@ static void on_inotify(org_ctx *ctx, uint64_t id, int fd, uint32_t revents, void
         if (!any || s->suspended)
                 return;
         s->vm_events++;
+        s->last_pass_writes = 0;
         irq_pin_vms(s);
         irq_metrics(s);
         /* once more after the vCPU threads have had time to start */
