@@ -433,7 +433,9 @@ static int irq_verify(void *state, char **ret_json) {
                 irq_vm *vm = &s->vms[i];
                 char what[64];
                 snprintf(what, sizeof what, "VM %s threads", vm->vmid_text);
-                irq_pin_vm(s, vm); /* under dry_run this only looks */
+                s->look_only = true; /* verify reads, it never pins */
+                irq_pin_vm(s, vm);
+                s->look_only = false;
                 unsigned ok_n = 0;
                 for (size_t k = 0; k < vm->n_threads; k++)
                         ok_n += vm->threads[k].has_actual &&

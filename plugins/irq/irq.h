@@ -179,6 +179,7 @@ typedef struct irq {
 
         uint64_t first_timer;
         bool suspended;              /* after `restore`: no passes until `apply` */
+        bool look_only;              /* verify: read the threads, pin nothing */
         bool handed_over;            /* save_state ran: a reload's new generation owns the originals */
 } irq;
 
@@ -234,6 +235,8 @@ typedef bool (*irq_same_fn)(const char *have, const char *want);
 int irq_steer_file(irq *s, const char *path, const char *want, irq_kind kind, irq_same_fn same, bool *ret_wrote);
 /* Records an original value before our first change (store + memory). */
 void irq_item_save_orig(irq *s, irq_item *it, const char *value);
+/* Forgets the items whose key starts with prefix (the threads of a gone process). */
+void irq_items_forget_prefix(irq *s, const char *prefix);
 /* One full pass: IRQs, RPS/XPS, files, threads, pm_qos, irqbalance, metrics. */
 void irq_pass(irq *s, const char *why);
 void irq_steer_irqs(irq *s);

@@ -95,6 +95,21 @@ static void forget_orig(irq *s, irq_item *it) {
         }
 }
 
+void irq_items_forget_prefix(irq *s, const char *prefix) {
+        size_t l = strlen(prefix), k = 0;
+        for (size_t i = 0; i < s->n_items; i++) {
+                irq_item *it = &s->items[i];
+                if (strncmp(it->key, prefix, l) == 0) {
+                        if (it->orig)
+                                forget_orig(s, it);
+                        free(it->key);
+                        continue;
+                }
+                s->items[k++] = *it;
+        }
+        s->n_items = k;
+}
+
 void irq_count_write(irq *s, irq_kind kind, bool drift) {
         s->writes++;
         s->last_pass_writes++;
@@ -206,6 +221,8 @@ int irq_steer_file(irq *s, const char *path, const char *want, irq_kind kind, ir
         return r;
 }
 
+static void resolve_uplink_now(irq *s, char *name);
+
 /* irq number -> device name, for the IRQs of the uplink's ports and NVMe. */
 typedef struct dev_irq {
         unsigned irq;
@@ -230,12 +247,19 @@ static void add_device_irqs(irq *s, const char *dir, const char *device, dev_irq
 }
 
 static void resolve_uplink(irq *s) {
-        char name[IRQ_NAME_MAX] = "";
+        char name[IRQ_NAME_MAX] = "", before[sizeof s->uplink_why];
+        snprintf(before, sizeof before, "%s", s->uplink_why);
+        resolve_uplink_now(s, name);
+        if (s->uplink_why[0] && strcmp(before, s->uplink_why) != 0)
+                s->host->log(s->ctx, ORG_LOG_WARNING, "uplink: %s; its IRQs and queues are not steered", s->uplink_why);
+}
+
+static void resolve_uplink_now(irq *s, char *name) {
         s->n_ports = 0;
         s->uplink_why[0] = '\0';
         if (s->uplink[0])
-                snprintf(name, sizeof name, "%s", s->uplink);
-        else if (irq_default_route(s, name, sizeof name) < 0) {
+                snprintf(name, IRQ_NAME_MAX, "%s", s->uplink);
+        else if (irq_default_route(s, name, IRQ_NAME_MAX) < 0) {
                 snprintf(s->uplink_why, sizeof s->uplink_why, "no default route in /proc/net/route");
                 s->uplink_used[0] = '\0';
                 return;
@@ -530,6 +554,16 @@ static irq_thread *find_thread(irq *s, long vmid, long pid, long tid) {
 
 unsigned irq_restore_all(irq *s) {
         unsigned n = 0;
+        if (s->host->dry_run(s->ctx)) {
+                /* writing nothing and forgetting them would lose them: keep them for later */
+                size_t kept = 0;
+                for (size_t i = 0; i < s->n_items; i++)
+                        kept += s->items[i].orig != NULL;
+                if (kept)
+                        s->host->log(s->ctx, ORG_LOG_NOTICE,
+                                     "dry_run: %zu original values kept in the store, not written back", kept);
+                return 0;
+        }
         for (size_t i = 0; i < s->n_items; i++) {
                 irq_item *it = &s->items[i];
                 it->dry_said = false;
@@ -546,7 +580,7 @@ unsigned irq_restore_all(irq *s) {
                 } else if (sscanf(it->key, "thread:%ld:%ld:%ld", &vmid, &pid, &tid) == 3) {
                         irq_thread *t = find_thread(s, vmid, pid, tid);
                         org_cpuset c;
-                        if (t && org_cpuset_parse_list(it->orig, &c) >= 0 && !s->host->dry_run(s->ctx))
+                        if (t && org_cpuset_parse_list(it->orig, &c) >= 0)
                                 r = s->aff.set(s->aff.ud, (pid_t)pid, (pid_t)tid, t->comm, &c);
                         if (r == -ESRCH)
                                 r = 0;

@@ -113,9 +113,18 @@ static bool cmdline_has_id(const char *data, size_t len, const char *vmid) {
         return false;
 }
 
+/* The process changed: its threads' items (and originals) go, nothing to restore. */
+static void forget_process(irq *s, irq_vm *vm) {
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "thread:%s:%d:", vm->vmid_text, (int)vm->pid);
+        irq_items_forget_prefix(s, prefix);
+}
+
 static void vm_gone(irq *s, irq_vm *vm, const char *why) {
-        if (vm->pid)
+        if (vm->pid) {
                 s->host->log(s->ctx, ORG_LOG_INFO, "VM %s is gone (pid %d)", vm->vmid_text, (int)vm->pid);
+                forget_process(s, vm);
+        }
         vm->pid = 0;
         free(vm->threads);
         vm->threads = NULL;
@@ -157,6 +166,8 @@ void irq_pin_vm(irq *s, irq_vm *vm) {
         }
         if (vm->pid != (pid_t)pid) {
                 s->host->log(s->ctx, ORG_LOG_INFO, "VM %s runs as pid %ld", vm->vmid_text, pid);
+                if (vm->pid)
+                        forget_process(s, vm);
                 free(vm->threads);
                 vm->threads = NULL;
                 vm->n_threads = 0;
@@ -183,7 +194,7 @@ void irq_pin_vm(irq *s, irq_vm *vm) {
         unsigned set_n = org_cpuset_count(set);
         size_t n = 0;
         int max_vcpu = -1;
-        bool dry = s->host->dry_run(s->ctx);
+        bool dry = s->host->dry_run(s->ctx) || s->look_only;
         for (size_t i = 0; i < nt; i++) {
                 char *e = NULL;
                 long tid = strtol(tids[i], &e, 10);
@@ -225,6 +236,8 @@ void irq_pin_vm(irq *s, irq_vm *vm) {
                 char have[ORG_CPUSET_LIST_MAX], want[ORG_CPUSET_LIST_MAX];
                 org_cpuset_format_list(&t->actual, have, sizeof have);
                 org_cpuset_format_list(&t->want, want, sizeof want);
+                if (s->look_only)
+                        continue;
                 if (dry) {
                         if (!it->dry_said)
                                 s->host->log(s->ctx, ORG_LOG_NOTICE,
