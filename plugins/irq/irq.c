@@ -346,8 +346,8 @@ static bool confirmed(const org_msg *req) {
                 return false;
         json_error_t e;
         json_t *a = json_loadb(req->data, req->len, JSON_DECODE_ANY, &e);
-        bool ok = json_is_object(a) && (json_is_true(json_object_get(a, "confirm")) ||
-                                        json_equal(json_object_get(a, "confirm"), json_string("yes")));
+        json_t *c = json_is_object(a) ? json_object_get(a, "confirm") : NULL;
+        bool ok = json_is_true(c) || (json_is_string(c) && strcmp(json_string_value(c), "yes") == 0);
         json_t *words = json_is_object(a) ? json_object_get(a, "args") : NULL;
         for (size_t i = 0; !ok && i < json_array_size(words); i++) {
                 const char *w = json_string_value(json_array_get(words, i));

@@ -28,7 +28,7 @@ const char *irq_kind_name(irq_kind k) { return k < IRQ_KIND_COUNT ? kind_names[k
 static int cmp_item(const void *key, const void *item) { return strcmp(key, ((const irq_item *)item)->key); }
 
 irq_item *irq_item_get(irq *s, const char *key, bool create) {
-        irq_item *it = bsearch(key, s->items, s->n_items, sizeof *s->items, cmp_item);
+        irq_item *it = s->n_items ? bsearch(key, s->items, s->n_items, sizeof *s->items, cmp_item) : NULL;
         if (it || !create)
                 return it;
         size_t pos = 0;
