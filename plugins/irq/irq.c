@@ -429,6 +429,15 @@ static int irq_verify(void *state, char **ret_json) {
         json_array_append_new(checks, check("irq affinity", want, have, good == movable));
         all = all && good == movable;
 
+        if (s->rps) {
+                irq_rps_check rc;
+                irq_rps_verify(s, &rc);
+                snprintf(want, sizeof want, "%u RPS/XPS files of %zu port(s) as wanted", rc.files, s->n_ports);
+                snprintf(have, sizeof have, "%u as wanted%s%s", rc.good, rc.first_bad[0] ? "; " : "", rc.first_bad);
+                json_array_append_new(checks, check("rps/xps", want, have, rc.good == rc.files));
+                all = all && rc.good == rc.files;
+        }
+
         for (size_t i = 0; i < s->n_vms; i++) {
                 irq_vm *vm = &s->vms[i];
                 char what[64];

@@ -241,6 +241,12 @@ void irq_items_forget_prefix(irq *s, const char *prefix);
 void irq_pass(irq *s, const char *why);
 void irq_steer_irqs(irq *s);
 void irq_steer_rps(irq *s);
+typedef struct irq_rps_check {
+        unsigned files, good;
+        char first_bad[320];
+} irq_rps_check;
+/* Compares the RPS/XPS files of the last pass's ports with what they should hold. */
+void irq_rps_verify(irq *s, irq_rps_check *ret);
 /* Puts back every original value and forgets them; returns how many were restored. */
 unsigned irq_restore_all(irq *s);
 void irq_metrics(irq *s);

@@ -362,13 +362,33 @@ void irq_steer_irqs(irq *s) {
         s->n_irqs = n;
 }
 
-void irq_steer_rps(irq *s) {
+/* One RPS/XPS file: steered, or under `look` (verify) only compared and counted. */
+static void rps_file(irq *s, bool look, const char *path, const char *want, irq_kind kind, irq_same_fn same,
+                     irq_rps_check *c) {
+        bool w;
+        if (!look) {
+                irq_steer_file(s, path, want, kind, same, &w);
+                return;
+        }
+        char *have = NULL;
+        if (s->host->read_file(s->ctx, path, &have, NULL) < 0)
+                return;
+        trim(have);
+        c->files++;
+        if (same(have, want))
+                c->good++;
+        else if (!c->first_bad[0])
+                snprintf(c->first_bad, sizeof c->first_bad, "%s holds %s", path, have);
+        free(have);
+}
+
+static void walk_rps(irq *s, bool look, irq_rps_check *c) {
         if (!s->rps)
                 return;
         int last = org_cpuset_last(&s->part.present);
-        char mask[ORG_CPUSET_MASK_MAX], num[24];
+        char mask[ORG_CPUSET_MASK_MAX], num[24], flows[24];
         org_cpuset_format_mask(&s->part.set[IRQ_SET_IO], last < 0 ? 0 : (unsigned)last + 1, mask, sizeof mask);
-        bool w;
+        snprintf(flows, sizeof flows, "%" PRId64, s->flow_cnt);
         for (size_t i = 0; i < s->n_ports; i++) {
                 char dir[128];
                 snprintf(dir, sizeof dir, "/sys/class/net/%s/queues", s->ports[i]);
@@ -380,19 +400,29 @@ void irq_steer_rps(irq *s) {
                         char path[256];
                         if (strncmp(qs[q], "rx-", 3) == 0) {
                                 snprintf(path, sizeof path, "%s/%s/rps_cpus", dir, qs[q]);
-                                irq_steer_file(s, path, mask, IRQ_KIND_RPS, same_mask, &w);
+                                rps_file(s, look, path, mask, IRQ_KIND_RPS, same_mask, c);
                                 snprintf(path, sizeof path, "%s/%s/rps_flow_cnt", dir, qs[q]);
-                                snprintf(num, sizeof num, "%" PRId64, s->flow_cnt);
-                                irq_steer_file(s, path, num, IRQ_KIND_FLOW, same_number, &w);
+                                rps_file(s, look, path, flows, IRQ_KIND_FLOW, same_number, c);
                         } else if (strncmp(qs[q], "tx-", 3) == 0) {
                                 snprintf(path, sizeof path, "%s/%s/xps_cpus", dir, qs[q]);
-                                irq_steer_file(s, path, mask, IRQ_KIND_XPS, same_mask, &w);
+                                rps_file(s, look, path, mask, IRQ_KIND_XPS, same_mask, c);
                         }
                 }
                 irq_free_names(qs, nq);
         }
         snprintf(num, sizeof num, "%" PRId64, s->sock_flow_entries);
-        irq_steer_file(s, IRQ_SOCK_FLOW_PATH, num, IRQ_KIND_SYSCTL, same_number, &w);
+        rps_file(s, look, IRQ_SOCK_FLOW_PATH, num, IRQ_KIND_SYSCTL, same_number, c);
+}
+
+void irq_steer_rps(irq *s) {
+        irq_rps_check c = {0};
+        walk_rps(s, false, &c);
+}
+
+void irq_rps_verify(irq *s, irq_rps_check *ret) {
+        irq_rps_check c = {0};
+        walk_rps(s, true, &c);
+        *ret = c;
 }
 
 static void steer_pstate(irq *s) {

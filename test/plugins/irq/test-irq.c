@@ -525,7 +525,15 @@ static void test_verify_cmdline_and_irqbalance(void) {
         v = verify_json(&e);
         CHECK(json_is_true(json_object_get(v, "ok")));
         CHECK(json_is_false(json_object_get(v, "reboot_needed")));
+        CHECK(json_is_true(json_object_get(find_check(v, "rps/xps"), "ok")));
         json_decref(v);
+        fx_write(e.root, "/sys/class/net/eno1/queues/rx-1/rps_cpus", "fff\n");
+        v = verify_json(&e);
+        CHECK(json_is_false(json_object_get(find_check(v, "rps/xps"), "ok")));
+        CHECK_CONTAINS(json_string_value(json_object_get(find_check(v, "rps/xps"), "have")),
+                       "/sys/class/net/eno1/queues/rx-1/rps_cpus holds fff");
+        json_decref(v);
+        env_pass(&e);
 
         /* drift shows in verify before the next pass fixes it */
         fx_write(e.root, "/proc/irq/9/smp_affinity_list", "0-11\n");
@@ -593,6 +601,31 @@ static void test_restore_verb(void) {
         env_stop(&e);
 }
 
+/* A bond (over eno10 here) is resolved through bonding/slaves; a VLAN on it through
+ * lower_*; a configured uplink that does not exist steers nothing of the NICs' IRQs. */
+static void test_bond_and_vlan(void) {
+        env e;
+        env_start(&e, "pve12", "{\"uplink\": \"bond0.10\"}", false);
+        fx_write(e.root, "/sys/class/net/bond0/bonding/slaves", "eno10\n");
+        fx_write(e.root, "/sys/class/net/bond0.10/lower_bond0/ifindex", "7\n");
+        fake_fire_timers(&e.ctx);
+        CHECK_INT(e.s->n_ports, 1);
+        CHECK_STR(e.s->ports[0], "eno10");
+        CHECK_STR(aff(&e, 125), "10-11");
+        CHECK_STR(aff(&e, 122), "0-1");
+        CHECK_STR(fx_read(e.root, "/sys/class/net/eno10/queues/rx-0/rps_cpus"), "c00");
+        CHECK_STR(fx_read(e.root, "/sys/class/net/eno1/queues/rx-0/rps_cpus"), "000");
+        env_stop(&e);
+
+        env_start(&e, "pve12", "{\"uplink\": \"eth9\"}", false);
+        fake_fire_timers(&e.ctx);
+        CHECK_INT(e.s->n_ports, 0);
+        CHECK_CONTAINS(e.s->uplink_why, "eth9: no such interface");
+        CHECK_STR(aff(&e, 122), "0-1");
+        CHECK_STR(aff(&e, 130), "10-11"); /* NVMe still by device (nothing managed here) */
+        env_stop(&e);
+}
+
 static void test_bad_config(void) {
         const char *bad[] = {"{\"cpus\": {\"host\": \"0-2\", \"vcpu\": \"2-9\", \"io\": \"10-11\"}}",
                              "{\"cpus\": {\"host\": \"0-1\", \"vcpu\": \"2-9\", \"io\": \"10-12\"}}",
@@ -629,6 +662,7 @@ int main(int argc, char **argv) {
         RUN(test_verify_cmdline_and_irqbalance);
         RUN(test_guest);
         RUN(test_restore_verb);
+        RUN(test_bond_and_vlan);
         RUN(test_bad_config);
         return 0;
 }
