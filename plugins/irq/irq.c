@@ -318,6 +318,15 @@ static json_t *rps_json(irq *s) {
         return a;
 }
 
+static json_t *suggested_json(irq *s) {
+        if (!s->has_suggested)
+                return json_null();
+        char l[IRQ_SET_COUNT][ORG_CPUSET_LIST_MAX];
+        for (int k = 0; k < IRQ_SET_COUNT; k++)
+                org_cpuset_format_list(&s->suggested.set[k], l[k], sizeof l[k]);
+        return json_pack("{s:s, s:s, s:s}", "host", l[0], "vcpu", l[1], "io", l[2]);
+}
+
 static json_t *status_json(irq *s) {
         char l[IRQ_SET_COUNT][ORG_CPUSET_LIST_MAX], all[ORG_CPUSET_LIST_MAX];
         for (int k = 0; k < IRQ_SET_COUNT; k++)
@@ -326,11 +335,11 @@ static json_t *status_json(irq *s) {
         json_t *ports = json_array();
         for (size_t i = 0; i < s->n_ports; i++)
                 json_array_append_new(ports, json_string(s->ports[i]));
-        return json_pack("{s:s, s:b, s:b, s:{s:s, s:s, s:s, s:s, s:s}, s:o, s:{s:s, s:o, s:o}, s:o, s:o, s:o, "
+        return json_pack("{s:s, s:b, s:b, s:{s:s, s:s, s:s, s:s, s:s}, s:o, s:o, s:{s:s, s:o, s:o}, s:o, s:o, s:o, "
                          "s:{s:b, s:b, s:o}, s:{s:b, s:o}, s:o, s:o}",
                          "mode", s->guest ? "guest" : "host", "dry_run", s->host->dry_run(s->ctx), "suspended",
                          s->suspended, "partition", "host", l[0], "vcpu", l[1], "io", l[2], "cpus", all, "source",
-                         s->part.from_config ? "config" : "default", "smt_straddles", irq_straddles_json(s), "uplink",
+                         s->part.from_config ? "config" : "default", "smt_straddles", irq_straddles_json(s), "by_core", suggested_json(s), "uplink",
                          "name", s->uplink_used, "ports", ports, "why",
                          s->uplink_why[0] ? json_string(s->uplink_why) : json_null(), "irqs", irq_irqs_json(s), "rps",
                          rps_json(s), "vms", irq_vms_json(s), "pm_qos", "enabled", s->pm_qos, "held", s->dma_fd >= 0,

@@ -137,6 +137,8 @@ typedef struct irq {
         irq_partition part;
         irq_straddle *straddles;
         size_t n_straddles;
+        bool has_suggested;          /* a partition by core, when the sets straddle cores */
+        irq_partition suggested;
 
         /* devices of the last pass */
         char uplink_used[IRQ_NAME_MAX];

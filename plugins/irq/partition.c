@@ -144,26 +144,61 @@ static unsigned sets_of(const irq_partition *p, const org_cpuset *group) {
         return m;
 }
 
+/* The same shape as the default (2 CPUs for HOST, 2 for IO, the rest VCPU; a guest: 1
+ * housekeeping) but in whole cores, taken in the order of their first CPU. */
+static bool by_core(const org_cpuset *groups, size_t n, bool guest, irq_partition *ret) {
+        irq_partition p = *ret;
+        for (int k = 0; k < IRQ_SET_COUNT; k++)
+                org_cpuset_zero(&p.set[k]);
+        size_t lo = 0, hi = n;
+        while (lo < hi && org_cpuset_count(&p.set[IRQ_SET_HOST]) < (guest ? 1u : 2u))
+                org_cpuset_or(&p.set[IRQ_SET_HOST], &p.set[IRQ_SET_HOST], &groups[lo++]);
+        if (guest)
+                p.set[IRQ_SET_IO] = p.set[IRQ_SET_HOST];
+        else
+                while (hi > lo && org_cpuset_count(&p.set[IRQ_SET_IO]) < 2u)
+                        org_cpuset_or(&p.set[IRQ_SET_IO], &p.set[IRQ_SET_IO], &groups[--hi]);
+        for (size_t i = lo; i < hi; i++)
+                org_cpuset_or(&p.set[IRQ_SET_VCPU], &p.set[IRQ_SET_VCPU], &groups[i]);
+        if (org_cpuset_empty(&p.set[IRQ_SET_VCPU]) || org_cpuset_empty(&p.set[IRQ_SET_IO]))
+                return false;
+        p.from_config = false;
+        *ret = p;
+        return true;
+}
+
 int irq_topology_check(irq *s) {
         free(s->straddles);
         s->straddles = NULL;
         s->n_straddles = 0;
+        s->has_suggested = false;
         org_cpuset done;
         org_cpuset_zero(&done);
+        org_cpuset *groups = NULL;
+        size_t n_groups = 0;
+        int r = 0;
         ORG_CPUSET_FOREACH(cpu, &s->part.present) {
                 if (org_cpuset_has(&done, (unsigned)cpu))
                         continue;
                 char path[128], *text = NULL;
                 snprintf(path, sizeof path, IRQ_CPU_DIR "/cpu%d/topology/thread_siblings_list", cpu);
                 org_cpuset sib;
-                if (s->host->read_file(s->ctx, path, &text, NULL) < 0)
-                        continue; /* no topology: nothing to say */
-                int r = org_cpuset_parse_list(text, &sib);
-                free(text);
-                if (r < 0)
-                        continue;
+                org_cpuset_zero(&sib);
+                if (s->host->read_file(s->ctx, path, &text, NULL) >= 0) {
+                        if (org_cpuset_parse_list(text, &sib) < 0)
+                                org_cpuset_zero(&sib);
+                        free(text);
+                }
                 org_cpuset_add(&sib, (unsigned)cpu);
+                org_cpuset_and(&sib, &sib, &s->part.present);
                 org_cpuset_or(&done, &done, &sib);
+                org_cpuset *ng = realloc(groups, (n_groups + 1) * sizeof *ng);
+                if (!ng) {
+                        r = -ENOMEM;
+                        break;
+                }
+                groups = ng;
+                groups[n_groups++] = sib;
                 unsigned m = sets_of(&s->part, &sib);
                 /* guest: host and io are one set, sharing a core is no straddle */
                 if (s->guest && (m & (1u << IRQ_SET_IO)))
@@ -171,8 +206,10 @@ int irq_topology_check(irq *s) {
                 if ((m & (m - 1)) == 0)
                         continue;
                 irq_straddle *n = realloc(s->straddles, (s->n_straddles + 1) * sizeof *n);
-                if (!n)
-                        return -ENOMEM;
+                if (!n) {
+                        r = -ENOMEM;
+                        break;
+                }
                 s->straddles = n;
                 s->straddles[s->n_straddles++] = (irq_straddle){.siblings = sib, .sets = m};
                 char l[ORG_CPUSET_LIST_MAX];
@@ -181,7 +218,21 @@ int irq_topology_check(irq *s) {
                              m & 1 ? "host" : "", m & 1 && m & 6 ? "+" : "", m & 2 ? "vcpu" : "",
                              m & 2 && m & 4 ? "+" : "", m & 4 ? "io" : "");
         }
-        return 0;
+        if (r >= 0 && s->n_straddles) {
+                s->suggested = s->part;
+                s->has_suggested = by_core(groups, n_groups, s->guest, &s->suggested);
+                if (s->has_suggested) {
+                        char l[IRQ_SET_COUNT][ORG_CPUSET_LIST_MAX];
+                        for (int k = 0; k < IRQ_SET_COUNT; k++)
+                                org_cpuset_format_list(&s->suggested.set[k], l[k], sizeof l[k]);
+                        s->host->log(s->ctx, ORG_LOG_WARNING,
+                                     "a partition by core keeps each core in one set: cpus: {host: \"%s\", vcpu: "
+                                     "\"%s\", io: \"%s\"}",
+                                     l[0], l[1], l[2]);
+                }
+        }
+        free(groups);
+        return r;
 }
 
 json_t *irq_straddles_json(const irq *s) {

@@ -355,6 +355,11 @@ static void test_first_pass_steady_and_managed(void) {
         CHECK_INT(n_managed, 13);
         CHECK_STR(json_string_value(json_object_get(json_object_get(st, "partition"), "vcpu")), "2-9");
         CHECK_INT(json_array_size(json_object_get(st, "smt_straddles")), 4);
+        /* the partition by core it suggests: (0,6) host, (5,11) io, the rest vcpu */
+        json_t *bc = json_object_get(st, "by_core");
+        CHECK_STR(json_string_value(json_object_get(bc, "host")), "0,6");
+        CHECK_STR(json_string_value(json_object_get(bc, "vcpu")), "1-4,7-10");
+        CHECK_STR(json_string_value(json_object_get(bc, "io")), "5,11");
         json_decref(st);
 
         /* disable: every original back, managed ones never touched */
@@ -626,6 +631,20 @@ static void test_bond_and_vlan(void) {
         env_stop(&e);
 }
 
+static void test_partition_by_core(void) {
+        env e;
+        env_start(&e, "pve12", "{\"cpus\": {\"host\": \"0,6\", \"vcpu\": \"1-4,7-10\", \"io\": \"5,11\"}}", false);
+        CHECK_INT(e.s->n_straddles, 0);
+        CHECK(!e.s->has_suggested);
+        fake_fire_timers(&e.ctx);
+        CHECK_STR(aff(&e, 121), "5,11");
+        CHECK_STR(fx_read(e.root, "/sys/class/net/eno1/queues/rx-0/rps_cpus"), "820");
+        json_t *v = verify_json(&e);
+        CHECK(json_is_false(json_object_get(find_check(v, "smt siblings (note)"), "note")));
+        json_decref(v);
+        env_stop(&e);
+}
+
 static void test_bad_config(void) {
         const char *bad[] = {"{\"cpus\": {\"host\": \"0-2\", \"vcpu\": \"2-9\", \"io\": \"10-11\"}}",
                              "{\"cpus\": {\"host\": \"0-1\", \"vcpu\": \"2-9\", \"io\": \"10-12\"}}",
@@ -663,6 +682,7 @@ int main(int argc, char **argv) {
         RUN(test_guest);
         RUN(test_restore_verb);
         RUN(test_bond_and_vlan);
+        RUN(test_partition_by_core);
         RUN(test_bad_config);
         return 0;
 }
