@@ -146,6 +146,24 @@ def test_apply_steady_drift_disable(tmp, agents):
     wait_for(lambda: aff(root, 121) == "10-11", what="steering after enable")
 
 
+def test_reload_keeps_stop_restores(tmp, agents):
+    a, root = start(tmp, agents)
+    wait_for(lambda: counters(a)["passes"] >= 1, what="the first pass")
+    assert aff(root, 121) == "10-11"
+    mark = len(a.logtext())
+    a.ok("plugin", "reload", "irq")
+    wait_for(lambda: counters(a)["passes"] >= 1, what="the new generation's first pass")
+    # the new generation took the originals over: nothing was put back in between
+    assert "restored" not in a.logtext()[mark:], a.logtext()[mark:]
+    assert counters(a)["writes"] == 0 and aff(root, 121) == "10-11"
+    # agentd stops: the originals come back, as on disable
+    a.stop()
+    for i in ALL:
+        assert aff(root, i) == ORIGINAL_IRQ, (i, aff(root, i))
+    assert read(root, "/proc/sys/net/core/rps_sock_flow_entries") == "0"
+    assert "stopping: restored 32 original values" in a.logtext(), a.logtext()[-2000:]
+
+
 def test_dry_run_changes_nothing(tmp, agents):
     a, root = start(tmp, agents, dry_run=True)
     wait_for(lambda: counters(a)["passes"] >= 1, what="the first pass")
