@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define ORG_CPUSET_MAX 1024u
+#define ORG_CPUSET_MAX   1024u
 #define ORG_CPUSET_WORDS (ORG_CPUSET_MAX / 64u)
 /* Text sizes that always suffice: a list of every other CPU, a full mask. */
 #define ORG_CPUSET_LIST_MAX (ORG_CPUSET_MAX / 2u * 5u + 1u)
@@ -128,7 +128,9 @@ static inline int org_cpuset_next(const org_cpuset *s, unsigned from) {
         return -1;
 }
 
-static inline int org_cpuset_first(const org_cpuset *s) { return org_cpuset_next(s, 0); }
+static inline int org_cpuset_first(const org_cpuset *s) {
+        return org_cpuset_next(s, 0);
+}
 
 static inline int org_cpuset_last(const org_cpuset *s) {
         for (unsigned i = ORG_CPUSET_WORDS; i > 0; i--)
@@ -147,7 +149,7 @@ static inline int org_cpuset_nth(const org_cpuset *s, unsigned n) {
         return -1;
 }
 
-#define ORG_CPUSET_FOREACH(cpu, s) \
+#define ORG_CPUSET_FOREACH(cpu, s)                                                                                     \
         for (int cpu = org_cpuset_first(s); cpu >= 0; cpu = org_cpuset_next((s), (unsigned)cpu + 1u))
 
 static inline int org_cpuset__number(const char **p, unsigned *ret) {
@@ -165,7 +167,9 @@ static inline int org_cpuset__number(const char **p, unsigned *ret) {
         return 0;
 }
 
-static inline bool org_cpuset__space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static inline bool org_cpuset__space(char c) {
+        return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
 /* Parses a cpu list: "", "3", "0-1,4,10-11", the stride form "0-11:2/4" (the first 2
  * of every 4), trailing white space allowed. The empty list is the empty set. */

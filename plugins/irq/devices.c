@@ -34,7 +34,9 @@ void irq_free_names(char **names, size_t n) {
         free(names);
 }
 
-static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_names(const void *a, const void *b) {
+        return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 int irq_list_dir(irq *s, const char *path, char ***ret, size_t *ret_n) {
         char *full = NULL;

@@ -22,51 +22,88 @@
 #define IRQ_VERSION "1.0.0"
 
 static const org_config_entry cpus_entries[] = {
-        {.key = "host", .type = ORG_CFG_STRING, .format = "cpulist",
+        {.key = "host",
+         .type = ORG_CFG_STRING,
+         .format = "cpulist",
          .help = "housekeeping CPUs: every IRQ that is not a device's, kernel threads (guest: the housekeeping CPU)"},
-        {.key = "vcpu", .type = ORG_CFG_STRING, .format = "cpulist",
+        {.key = "vcpu",
+         .type = ORG_CFG_STRING,
+         .format = "cpulist",
          .help = "CPUs for the vCPU threads of the VMs set to vcpu (guest: the workload CPUs)"},
-        {.key = "io", .type = ORG_CFG_STRING, .format = "cpulist",
+        {.key = "io",
+         .type = ORG_CFG_STRING,
+         .format = "cpulist",
          .help = "CPUs for NIC/NVMe IRQs, RPS/XPS, IOThreads, vhost and QEMU's main thread"},
         ORG_CONFIG_END,
 };
 
 static const org_config_entry config_map[] = {
-        {.key = "mode", .type = ORG_CFG_STRING, .default_value = "host", .choices = ORG_CHOICES("host", "guest"),
+        {.key = "mode",
+         .type = ORG_CFG_STRING,
+         .default_value = "host",
+         .choices = ORG_CHOICES("host", "guest"),
          .help = "host: the partition below; guest (inside a VM): CPU 0 keeps house and takes every IRQ"},
-        {.key = "cpus", .type = ORG_CFG_OBJECT, .children = cpus_entries,
+        {.key = "cpus",
+         .type = ORG_CFG_OBJECT,
+         .children = cpus_entries,
          .help = "the sets as cpu lists, all three, disjoint; absent: HOST 0-1, IO the last two, VCPU the rest"},
-        {.key = "uplink", .type = ORG_CFG_STRING,
+        {.key = "uplink",
+         .type = ORG_CFG_STRING,
          .help = "the uplink interface (a bridge or bond is resolved to its ports); absent: the default route's"},
-        {.key = "nvme", .type = ORG_CFG_BOOL, .default_value = "true",
+        {.key = "nvme",
+         .type = ORG_CFG_BOOL,
+         .default_value = "true",
          .help = "steer the IRQs of /sys/class/nvme/* to the IO CPUs"},
-        {.key = "rps", .type = ORG_CFG_BOOL, .default_value = "true",
+        {.key = "rps",
+         .type = ORG_CFG_BOOL,
+         .default_value = "true",
          .help = "RPS/XPS masks of the uplink ports' queues to the IO CPUs, rps_flow_cnt, rps_sock_flow_entries"},
-        {.key = "rps_sock_flow_entries", .type = ORG_CFG_INT, .default_value = "32768", .min = "0", .max = "16777216",
+        {.key = "rps_sock_flow_entries",
+         .type = ORG_CFG_INT,
+         .default_value = "32768",
+         .min = "0",
+         .max = "16777216",
          .help = "net.core.rps_sock_flow_entries"},
-        {.key = "rps_flow_cnt", .type = ORG_CFG_INT, .default_value = "4096", .min = "0", .max = "1048576",
+        {.key = "rps_flow_cnt",
+         .type = ORG_CFG_INT,
+         .default_value = "4096",
+         .min = "0",
+         .max = "1048576",
          .help = "rps_flow_cnt of each rx queue"},
-        {.key = "vms", .type = ORG_CFG_STRING_DICT, .choices = ORG_CHOICES("vcpu", "io", "host"),
+        {.key = "vms",
+         .type = ORG_CFG_STRING_DICT,
+         .choices = ORG_CHOICES("vcpu", "io", "host"),
          .help = "VMID -> the set its vCPU threads are pinned to by index ({100: vcpu, 200: io}); host mode only"},
-        {.key = "pm_qos", .type = ORG_CFG_BOOL, .default_value = "true",
+        {.key = "pm_qos",
+         .type = ORG_CFG_BOOL,
+         .default_value = "true",
          .help = "hold /dev/cpu_dma_latency open at 0 while enabled"},
-        {.key = "min_perf_pct", .type = ORG_CFG_INT, .min = "0", .max = "100",
+        {.key = "min_perf_pct",
+         .type = ORG_CFG_INT,
+         .min = "0",
+         .max = "100",
          .help = "intel_pstate min_perf_pct; absent: left alone (the governor belongs to circadian)"},
-        {.key = "expect_cmdline", .type = ORG_CFG_STRING_LIST,
+        {.key = "expect_cmdline",
+         .type = ORG_CFG_STRING_LIST,
          .default_value = "[isolcpus, nohz_full, rcu_nocbs, kthread_cpus, irqaffinity]",
          .choices = ORG_CHOICES("isolcpus", "nohz_full", "rcu_nocbs", "kthread_cpus", "irqaffinity"),
          .help = "kernel command-line tokens verify expects, with values from the partition"},
-        {.key = "latency_cmdline", .type = ORG_CFG_BOOL, .default_value = "false",
+        {.key = "latency_cmdline",
+         .type = ORG_CFG_BOOL,
+         .default_value = "false",
          .help = "verify also expects intel_idle.max_cstate=0 processor.max_cstate=1 pcie_aspm=off "
                  "nvme_core.default_ps_max_latency_us=0"},
         ORG_CONFIG_END,
 };
 
 static const org_verb verbs[] = {
-        {.name = "status", .help = "partition, SMT, uplink ports, each IRQ (device, wanted, actual, movable), each VM's "
-                                   "threads, counters"},
+        {.name = "status",
+         .help = "partition, SMT, uplink ports, each IRQ (device, wanted, actual, movable), each VM's "
+                 "threads, counters"},
         {.name = "apply", .mutating = true, .help = "one pass now (and resume after restore)"},
-        {.name = "restore", .mutating = true, .args = "--confirm true",
+        {.name = "restore",
+         .mutating = true,
+         .args = "--confirm true",
          .help = "put every original value back and pause until apply"},
         ORG_VERBS_END,
 };
@@ -171,8 +208,8 @@ static int load_config(irq *s) {
         }
         json_t *cpus = json_object_get(cfg, "cpus");
         if (json_is_object(cpus) && json_object_size(cpus))
-                r = irq_partition_parse(str_or(cpus, "host", NULL), str_or(cpus, "vcpu", NULL), str_or(cpus, "io", NULL),
-                                        &present, s->guest, &s->part, err, sizeof err);
+                r = irq_partition_parse(str_or(cpus, "host", NULL), str_or(cpus, "vcpu", NULL),
+                                        str_or(cpus, "io", NULL), &present, s->guest, &s->part, err, sizeof err);
         else
                 r = irq_partition_default(&present, s->guest, &s->part, err, sizeof err);
         if (r < 0) {
@@ -184,7 +221,7 @@ static int load_config(irq *s) {
         const char *key;
         json_t *val;
         if (json_is_object(vms))
-                json_object_foreach(vms, key, val) {
+                json_object_foreach (vms, key, val) {
                         char *end = NULL;
                         long long id = strtoll(key, &end, 10);
                         irq_set set;
@@ -339,8 +376,8 @@ static json_t *status_json(irq *s) {
                          "s:{s:b, s:b, s:o}, s:{s:b, s:o}, s:o, s:o}",
                          "mode", s->guest ? "guest" : "host", "dry_run", s->host->dry_run(s->ctx), "suspended",
                          s->suspended, "partition", "host", l[0], "vcpu", l[1], "io", l[2], "cpus", all, "source",
-                         s->part.from_config ? "config" : "default", "smt_straddles", irq_straddles_json(s), "by_core", suggested_json(s), "uplink",
-                         "name", s->uplink_used, "ports", ports, "why",
+                         s->part.from_config ? "config" : "default", "smt_straddles", irq_straddles_json(s), "by_core",
+                         suggested_json(s), "uplink", "name", s->uplink_used, "ports", ports, "why",
                          s->uplink_why[0] ? json_string(s->uplink_why) : json_null(), "irqs", irq_irqs_json(s), "rps",
                          rps_json(s), "vms", irq_vms_json(s), "pm_qos", "enabled", s->pm_qos, "held", s->dma_fd >= 0,
                          "why", s->dma_why[0] ? json_string(s->dma_why) : json_null(), "irqbalance", "running",
@@ -472,8 +509,8 @@ static int irq_verify(void *state, char **ret_json) {
         irq_irqbalance_check(s);
         if (s->irqbalance)
                 snprintf(have, sizeof have, "running (pid %d)", (int)s->irqbalance_pid);
-        json_array_append_new(checks, check("irqbalance", "not running", s->irqbalance ? have : "not running",
-                                            !s->irqbalance));
+        json_array_append_new(checks,
+                              check("irqbalance", "not running", s->irqbalance ? have : "not running", !s->irqbalance));
         all = all && !s->irqbalance;
 
         /* SMT siblings shared by two sets: a note, not a failure */
@@ -497,7 +534,9 @@ static int irq_verify(void *state, char **ret_json) {
         bool held_ok = !s->pm_qos || s->dma_fd >= 0 || s->host->dry_run(s->ctx) || s->dma_errno == ENOENT ||
                        s->dma_errno == EACCES || s->dma_errno == EPERM;
         json_array_append_new(checks, check("pm_qos /dev/cpu_dma_latency", s->pm_qos ? "held at 0" : "not wanted",
-                                            s->dma_fd >= 0 ? "held at 0" : s->dma_why[0] ? s->dma_why : "not held",
+                                            s->dma_fd >= 0  ? "held at 0"
+                                            : s->dma_why[0] ? s->dma_why
+                                                            : "not held",
                                             held_ok));
         all = all && held_ok;
 

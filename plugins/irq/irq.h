@@ -20,16 +20,16 @@
 #include <organism/cpuset.h>
 #include <organism/plugin.h>
 
-#define IRQ_NAME_MAX 64
-#define IRQ_LABEL_MAX 64
-#define IRQ_COMM_MAX 32
-#define IRQ_PORTS_MAX 16
-#define IRQ_VMS_MAX 32
-#define IRQ_THREADS_MAX 512
-#define IRQ_PID_DIR "/run/qemu-server"
-#define IRQ_CPU_DIR "/sys/devices/system/cpu"
-#define IRQ_SOCK_FLOW_PATH "/proc/sys/net/core/rps_sock_flow_entries"
-#define IRQ_PSTATE_MIN_PATH "/sys/devices/system/cpu/intel_pstate/min_perf_pct"
+#define IRQ_NAME_MAX         64
+#define IRQ_LABEL_MAX        64
+#define IRQ_COMM_MAX         32
+#define IRQ_PORTS_MAX        16
+#define IRQ_VMS_MAX          32
+#define IRQ_THREADS_MAX      512
+#define IRQ_PID_DIR          "/run/qemu-server"
+#define IRQ_CPU_DIR          "/sys/devices/system/cpu"
+#define IRQ_SOCK_FLOW_PATH   "/proc/sys/net/core/rps_sock_flow_entries"
+#define IRQ_PSTATE_MIN_PATH  "/sys/devices/system/cpu/intel_pstate/min_perf_pct"
 #define IRQ_DMA_LATENCY_PATH "/dev/cpu_dma_latency"
 
 typedef enum irq_set {
@@ -60,7 +60,7 @@ typedef struct irq_partition {
 /* A group of SMT siblings that two sets share (a warning and a verify note). */
 typedef struct irq_straddle {
         org_cpuset siblings;
-        unsigned sets;  /* bit per irq_set */
+        unsigned sets; /* bit per irq_set */
 } irq_straddle;
 
 /* Everything the plugin changed or considered: keyed by the sysroot path written, or
@@ -68,29 +68,29 @@ typedef struct irq_straddle {
  * the store, put back by restore); the flags keep logs to one line per item. */
 typedef struct irq_item {
         char *key;
-        char *orig;      /* NULL: never written by us */
-        bool dry_said;   /* dry_run: "would write" logged once */
-        bool failing;    /* last write failed (logged once) */
-        bool managed;    /* EIO: kernel-managed IRQ, never retried */
+        char *orig;    /* NULL: never written by us */
+        bool dry_said; /* dry_run: "would write" logged once */
+        bool failing;  /* last write failed (logged once) */
+        bool managed;  /* EIO: kernel-managed IRQ, never retried */
 } irq_item;
 
 typedef struct irq_entry {
         unsigned irq;
-        char label[IRQ_LABEL_MAX];   /* from /proc/interrupts, display only */
-        char device[IRQ_NAME_MAX];   /* "eno1", "nvme0", "" = any other */
+        char label[IRQ_LABEL_MAX]; /* from /proc/interrupts, display only */
+        char device[IRQ_NAME_MAX]; /* "eno1", "nvme0", "" = any other */
         irq_set want;
         bool has_actual;
         org_cpuset actual;
         bool has_effective;
         org_cpuset effective;
-        int error;                   /* last read/write error, 0 */
+        int error; /* last read/write error, 0 */
         bool managed;
 } irq_entry;
 
 typedef struct irq_thread {
         pid_t tid;
         char comm[IRQ_COMM_MAX];
-        int vcpu;                    /* n of "CPU n/KVM", -1 for any other thread */
+        int vcpu; /* n of "CPU n/KVM", -1 for any other thread */
         org_cpuset want;
         bool has_actual;
         org_cpuset actual;
@@ -100,8 +100,8 @@ typedef struct irq_thread {
 typedef struct irq_vm {
         int64_t vmid;
         char vmid_text[24];
-        irq_set set;                 /* its vCPUs' set */
-        pid_t pid;                   /* 0: not running (why says so) */
+        irq_set set; /* its vCPUs' set */
+        pid_t pid;   /* 0: not running (why says so) */
         char why[128];
         irq_thread *threads;
         size_t n_threads;
@@ -121,14 +121,14 @@ typedef struct irq_affinity_ops {
 typedef struct irq {
         const org_host *host;
         org_ctx *ctx;
-        bool real_root;              /* sysroot is "/" */
+        bool real_root; /* sysroot is "/" */
 
         /* config */
         bool guest;
-        char uplink[IRQ_NAME_MAX];   /* "" = the default route's */
+        char uplink[IRQ_NAME_MAX]; /* "" = the default route's */
         bool nvme, rps, pm_qos, latency_cmdline;
         int64_t sock_flow_entries, flow_cnt, min_perf_pct; /* min_perf_pct < 0: leave */
-        char **expect;               /* kernel tokens to compare (names) */
+        char **expect;                                     /* kernel tokens to compare (names) */
         size_t n_expect;
         irq_vm vms[IRQ_VMS_MAX];
         size_t n_vms;
@@ -137,14 +137,14 @@ typedef struct irq {
         irq_partition part;
         irq_straddle *straddles;
         size_t n_straddles;
-        bool has_suggested;          /* a partition by core, when the sets straddle cores */
+        bool has_suggested; /* a partition by core, when the sets straddle cores */
         irq_partition suggested;
 
         /* devices of the last pass */
         char uplink_used[IRQ_NAME_MAX];
         char ports[IRQ_PORTS_MAX][IRQ_NAME_MAX];
         size_t n_ports;
-        char uplink_why[128];        /* why no port was found */
+        char uplink_why[128]; /* why no port was found */
 
         /* IRQs of the last pass, sorted by number */
         irq_entry *irqs;
@@ -172,7 +172,7 @@ typedef struct irq {
 
         /* pm_qos */
         int dma_fd;
-        int dma_errno;               /* why it is not held: ENOENT, EACCES... 0 */
+        int dma_errno; /* why it is not held: ENOENT, EACCES... 0 */
         char dma_why[128];
 
         /* irqbalance */
@@ -180,9 +180,9 @@ typedef struct irq {
         pid_t irqbalance_pid;
 
         uint64_t first_timer;
-        bool suspended;              /* after `restore`: no passes until `apply` */
-        bool look_only;              /* verify: read the threads, pin nothing */
-        bool handed_over;            /* save_state ran: a reload's new generation owns the originals */
+        bool suspended;   /* after `restore`: no passes until `apply` */
+        bool look_only;   /* verify: read the threads, pin nothing */
+        bool handed_over; /* save_state ran: a reload's new generation owns the originals */
 } irq;
 
 /* partition.c */

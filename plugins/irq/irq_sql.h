@@ -5,11 +5,11 @@
 #ifndef PLUGINS_IRQ_IRQ_SQL_H
 #define PLUGINS_IRQ_IRQ_SQL_H
 
-#define IRQ_SQL_SCHEMA                                                                   \
-        "CREATE TABLE IF NOT EXISTS irq_originals("                                      \
-        "  key TEXT PRIMARY KEY,"                                                        \
-        "  value TEXT NOT NULL,"                                                         \
-        "  saved_at TEXT NOT NULL"            /* RFC 3339 UTC */                         \
+#define IRQ_SQL_SCHEMA                                                                                                 \
+        "CREATE TABLE IF NOT EXISTS irq_originals("                                                                    \
+        "  key TEXT PRIMARY KEY,"                                                                                      \
+        "  value TEXT NOT NULL,"                                                                                       \
+        "  saved_at TEXT NOT NULL" /* RFC 3339 UTC */                                                                  \
         ");"
 
 #define IRQ_SQL_LOAD "SELECT key, value FROM irq_originals ORDER BY key;"

@@ -21,7 +21,9 @@
 
 static const char *const set_names[IRQ_SET_COUNT] = {"host", "vcpu", "io"};
 
-const char *irq_set_name(irq_set s) { return s < IRQ_SET_COUNT ? set_names[s] : "?"; }
+const char *irq_set_name(irq_set s) {
+        return s < IRQ_SET_COUNT ? set_names[s] : "?";
+}
 
 int irq_set_from_name(const char *name, irq_set *ret) {
         for (int i = 0; i < IRQ_SET_COUNT; i++)
@@ -75,7 +77,8 @@ int irq_partition_default(const org_cpuset *present, bool guest, irq_partition *
         } else {
                 if (n < 5) {
                         snprintf(err, err_size,
-                                 "the default partition needs at least 5 CPUs (found %u): set cpus: {host, vcpu, io}", n);
+                                 "the default partition needs at least 5 CPUs (found %u): set cpus: {host, vcpu, io}",
+                                 n);
                         return -EINVAL;
                 }
                 /* by position among the present CPUs, so a hole in the numbering is fine */
@@ -349,7 +352,9 @@ typedef struct cmd_token {
         bool cpulist;
 } cmd_token;
 
-static void cpus_text(const org_cpuset *c, char *buf, size_t size) { org_cpuset_format_list(c, buf, size); }
+static void cpus_text(const org_cpuset *c, char *buf, size_t size) {
+        org_cpuset_format_list(c, buf, size);
+}
 
 json_t *irq_cmdline_checks(irq *s, const char *cmdline, bool *ret_ok, char **ret_line) {
         static const char *const latency[][2] = {{"intel_idle.max_cstate", "0"},

@@ -23,9 +23,13 @@
 
 static const char *const kind_names[IRQ_KIND_COUNT] = {"irq", "rps", "xps", "flow", "sysctl", "pstate", "thread"};
 
-const char *irq_kind_name(irq_kind k) { return k < IRQ_KIND_COUNT ? kind_names[k] : "?"; }
+const char *irq_kind_name(irq_kind k) {
+        return k < IRQ_KIND_COUNT ? kind_names[k] : "?";
+}
 
-static int cmp_item(const void *key, const void *item) { return strcmp(key, ((const irq_item *)item)->key); }
+static int cmp_item(const void *key, const void *item) {
+        return strcmp(key, ((const irq_item *)item)->key);
+}
 
 irq_item *irq_item_get(irq *s, const char *key, bool create) {
         irq_item *it = s->n_items ? bsearch(key, s->items, s->n_items, sizeof *s->items, cmp_item) : NULL;
@@ -123,7 +127,9 @@ static void trim(char *t) {
                 t[--l] = '\0';
 }
 
-static bool same_text(const char *have, const char *want) { return strcmp(have, want) == 0; }
+static bool same_text(const char *have, const char *want) {
+        return strcmp(have, want) == 0;
+}
 
 static bool same_list(const char *have, const char *want) {
         org_cpuset a, b;
@@ -142,8 +148,8 @@ static bool same_number(const char *have, const char *want) {
 }
 
 /* The core of every file lever: have (read here when NULL) against want. */
-static int steer_value(irq *s, const char *path, const char *have_in, const char *want, irq_kind kind,
-                       irq_same_fn same, bool *ret_wrote) {
+static int steer_value(irq *s, const char *path, const char *have_in, const char *want, irq_kind kind, irq_same_fn same,
+                       bool *ret_wrote) {
         char *have = NULL;
         int r;
         *ret_wrote = false;
@@ -196,8 +202,9 @@ static int steer_value(irq *s, const char *path, const char *have_in, const char
                                      "retried",
                                      path);
                 } else if (!it->failing)
-                        s->host->log(s->ctx, ORG_LOG_WARNING, "cannot write %s to %s: %s (retried each pass, logged once)",
-                                     want, path, strerror(-r));
+                        s->host->log(s->ctx, ORG_LOG_WARNING,
+                                     "cannot write %s to %s: %s (retried each pass, logged once)", want, path,
+                                     strerror(-r));
                 it->failing = true;
                 free(have);
                 return r;
@@ -642,9 +649,9 @@ json_t *irq_irqs_json(irq *s) {
                         org_cpuset_format_list(&ec, eff, sizeof eff);
                 }
                 free(t);
-                const char *state = e->managed         ? "managed"
-                                    : e->error         ? "unreadable"
-                                    : !e->has_actual   ? "unknown"
+                const char *state = e->managed                                            ? "managed"
+                                    : e->error                                            ? "unreadable"
+                                    : !e->has_actual                                      ? "unknown"
                                     : org_cpuset_equal(&e->actual, &s->part.set[e->want]) ? "ok"
                                                                                           : "pending";
                 json_array_append_new(
@@ -652,8 +659,7 @@ json_t *irq_irqs_json(irq *s) {
                                      "label", e->label, "device", e->device[0] ? json_string(e->device) : json_null(),
                                      "set", irq_set_name(e->want), "wanted", want, "actual",
                                      e->has_actual ? json_string(have) : json_null(), "effective",
-                                     has_eff ? json_string(eff) : json_null(), "movable", !e->managed, "state",
-                                     state));
+                                     has_eff ? json_string(eff) : json_null(), "movable", !e->managed, "state", state));
         }
         return a;
 }

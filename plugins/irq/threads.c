@@ -24,8 +24,8 @@
 #include "irq.h"
 
 #define SETTLE_FIRST_MS 250
-#define SETTLE_NEXT_MS 750
-#define SETTLE_ROUNDS 2
+#define SETTLE_NEXT_MS  750
+#define SETTLE_ROUNDS   2
 
 /* Under a fixture sysroot the TIDs are real only when the real /proc agrees. */
 static int check_real(irq *s, pid_t pid, pid_t tid, const char *comm) {
@@ -241,8 +241,8 @@ void irq_pin_vm(irq *s, irq_vm *vm) {
                 if (dry) {
                         if (!it->dry_said)
                                 s->host->log(s->ctx, ORG_LOG_NOTICE,
-                                             "dry_run, would pin VM %s thread %ld \"%s\": %s -> %s", vm->vmid_text,
-                                             tid, t->comm, have, want);
+                                             "dry_run, would pin VM %s thread %ld \"%s\": %s -> %s", vm->vmid_text, tid,
+                                             t->comm, have, want);
                         it->dry_said = true;
                         continue;
                 }

@@ -28,11 +28,20 @@ static void random_set(model *m, org_cpuset *s) {
         for (unsigned c = 0; c < limit; c++) {
                 bool on;
                 switch (shape) {
-                case 0: on = next_rand() % 17 == 0; break;
-                case 1: on = next_rand() % 3 != 0; break;
-                case 2: on = (c / (1 + limit / 7)) % 2 == 0; break;
-                case 3: on = c < 16 && next_rand() % 2; break;
-                default: on = false;
+                case 0:
+                        on = next_rand() % 17 == 0;
+                        break;
+                case 1:
+                        on = next_rand() % 3 != 0;
+                        break;
+                case 2:
+                        on = (c / (1 + limit / 7)) % 2 == 0;
+                        break;
+                case 3:
+                        on = c < 16 && next_rand() % 2;
+                        break;
+                default:
+                        on = false;
                 }
                 if (on) {
                         m->b[c] = true;
@@ -198,8 +207,8 @@ static void test_kernel_spellings(void) {
         check_mask("80000000,00000001", "0,63");
         org_cpuset s;
         /* refused, and ret untouched */
-        const char *bad_lists[] = {"a", "1-", "-1", "3-1", "1,,2", "1,", "1 2", "0-3:0/4", "0-3:3/2", "1024", "0-1024",
-                                   "99999999999"};
+        const char *bad_lists[] = {"a",   "1-",      "-1",      "3-1",  "1,,2",   "1,",
+                                   "1 2", "0-3:0/4", "0-3:3/2", "1024", "0-1024", "99999999999"};
         for (size_t i = 0; i < sizeof bad_lists / sizeof bad_lists[0]; i++) {
                 org_cpuset_zero(&s);
                 org_cpuset_add(&s, 7);

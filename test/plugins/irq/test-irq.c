@@ -60,7 +60,9 @@ static void w_log(org_ctx *ctx, int level, const char *fmt, ...) {
         va_end(ap);
 }
 
-static void eio(const char *path) { snprintf(eio_paths[n_eio++], sizeof eio_paths[0], "%s", path); }
+static void eio(const char *path) {
+        snprintf(eio_paths[n_eio++], sizeof eio_paths[0], "%s", path);
+}
 
 /* nvme0q1..q12 are managed (the admin queue q0 is not), and so is the timer. */
 static void eio_nvme(void) {
@@ -179,8 +181,9 @@ static json_t *verify_json(env *e) {
 static json_t *find_check(json_t *v, const char *what) {
         json_t *c;
         size_t i;
-        json_array_foreach(json_object_get(v, "checks"), i, c) if (strcmp(json_string_value(json_object_get(c, "what")),
-                                                                          what) == 0) return c;
+        json_array_foreach (json_object_get(v, "checks"), i, c)
+                if (strcmp(json_string_value(json_object_get(c, "what")), what) == 0)
+                        return c;
         return NULL;
 }
 
@@ -289,8 +292,8 @@ static void test_first_pass_steady_and_managed(void) {
                 CHECK_STR(aff(&e, i), "10-11"); /* eno1 behind vmbr0 */
         for (unsigned i = 124; i <= 126; i++)
                 CHECK_STR(aff(&e, i), "0-1"); /* eno10: not the uplink, whatever its label */
-        CHECK_STR(aff(&e, 128), "10-11");      /* nvme0q0 moved */
-        CHECK_STR(aff(&e, 130), "0-11");       /* nvme0q2 managed: left */
+        CHECK_STR(aff(&e, 128), "10-11");     /* nvme0q0 moved */
+        CHECK_STR(aff(&e, 130), "0-11");      /* nvme0q2 managed: left */
         CHECK_STR(aff(&e, 0), "0-11");
         CHECK_STR(aff(&e, 120), "0-1");
         CHECK_STR(aff(&e, 127), "0-1");
@@ -340,7 +343,7 @@ static void test_first_pass_steady_and_managed(void) {
         json_t *st = call_json(&e, "status", "{}");
         json_t *irqs = json_object_get(st, "irqs"), *it;
         size_t i, n_managed = 0;
-        json_array_foreach(irqs, i, it) {
+        json_array_foreach (irqs, i, it) {
                 int n = (int)json_integer_value(json_object_get(it, "irq"));
                 if (n == 122) {
                         CHECK_STR(json_string_value(json_object_get(it, "device")), "eno1");
@@ -386,7 +389,7 @@ static void test_reload_keeps_originals(void) {
         void *blob = NULL;
         size_t len = 0;
         CHECK_INT(organism_plugin.save_state(e.s, &blob, &len), 0);
-        organism_plugin.fini(e.s); /* the old generation, after the new one's init */
+        organism_plugin.fini(e.s);    /* the old generation, after the new one's init */
         CHECK_STR(aff(&e, 8), "0-1"); /* not restored */
         env_init(&e);
         CHECK_INT(organism_plugin.restore_state(e.s, blob, len), 0);
@@ -415,11 +418,11 @@ static void test_dry_run(void) {
         json_t *st = call_json(&e, "status", "{}");
         json_t *it;
         size_t i;
-        json_array_foreach(json_object_get(st, "irqs"), i, it) if (json_integer_value(json_object_get(it, "irq")) ==
-                                                                   121) {
-                CHECK_STR(json_string_value(json_object_get(it, "state")), "pending");
-                CHECK_STR(json_string_value(json_object_get(it, "wanted")), "10-11");
-        }
+        json_array_foreach (json_object_get(st, "irqs"), i, it)
+                if (json_integer_value(json_object_get(it, "irq")) == 121) {
+                        CHECK_STR(json_string_value(json_object_get(it, "state")), "pending");
+                        CHECK_STR(json_string_value(json_object_get(it, "wanted")), "10-11");
+                }
         CHECK(json_is_true(json_object_get(st, "dry_run")));
         /* a pid file whose process is not VM 100's: not pinned */
         json_t *vm = json_array_get(json_object_get(st, "vms"), 0);
@@ -428,8 +431,7 @@ static void test_dry_run(void) {
         env_stop(&e);
 }
 
-static void write_qemu(const char *root, const char *pid, const char *const *tids, const char *const *comms,
-                       size_t n) {
+static void write_qemu(const char *root, const char *pid, const char *const *tids, const char *const *comms, size_t n) {
         char p[128], cmd[64];
         int len = snprintf(cmd, sizeof cmd, "/usr/bin/kvm%c-id%c100%c-name%ccortex", 0, 0, 0, 0);
         snprintf(p, sizeof p, "%s/proc/%s/cmdline", root, pid);
@@ -648,8 +650,11 @@ static void test_partition_by_core(void) {
 static void test_bad_config(void) {
         const char *bad[] = {"{\"cpus\": {\"host\": \"0-2\", \"vcpu\": \"2-9\", \"io\": \"10-11\"}}",
                              "{\"cpus\": {\"host\": \"0-1\", \"vcpu\": \"2-9\", \"io\": \"10-12\"}}",
-                             "{\"cpus\": {\"host\": \"0-1\"}}", "{\"vms\": {\"abc\": \"vcpu\"}}",
-                             "{\"vms\": {\"100\": \"gpu\"}}", "{\"mode\": \"vm\"}", "{\"uplink\": \"../../etc\"}"};
+                             "{\"cpus\": {\"host\": \"0-1\"}}",
+                             "{\"vms\": {\"abc\": \"vcpu\"}}",
+                             "{\"vms\": {\"100\": \"gpu\"}}",
+                             "{\"mode\": \"vm\"}",
+                             "{\"uplink\": \"../../etc\"}"};
         for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
                 org_ctx ctx;
                 fake_ctx_init(&ctx, "irq", bad[i]);
