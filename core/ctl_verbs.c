@@ -55,6 +55,7 @@ static void v_status(ctl_request *q) {
                 (json_int_t)bs.delivered, "dropped", (json_int_t)bs.dropped, "subscriptions", (json_int_t)bs.n_subs,
                 "config_reloads", (json_int_t)a->config_reloads, "nats", "enabled", a->config->nats != NULL);
         json_object_set_new(r, "nats", bridge_status(a->bridge));
+        json_object_set_new(r, "control", control_status(a->control));
         ctl_reply_ok(q, r);
 }
 
@@ -606,7 +607,7 @@ static const ctl_verb verbs[] = {
         {"config.check", false, v_config_check},
         {"config.reload", true, v_config_reload},
         {"bus.pub", true, v_bus_pub},
-        {"bus.sub", false, v_bus_sub},
+        {"bus.sub", false, v_bus_sub, true},
         {"bus.request", true, v_bus_request},
         {"call", false, v_call}, /* checks the plugin verb's own flag */
         {"metrics", false, v_metrics},
