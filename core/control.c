@@ -123,10 +123,15 @@ static void conn_release_out(ctl_conn *c) {
 #endif
 }
 
+/* The rest of a connection's lines, in a later turn of the loop. Below the normal
+ * priority: whatever else is ready (another peer, a tick, the bus) goes first, and a
+ * peer that has used its budget waits for them. */
 static void conn_schedule(ctl_conn *c) {
-        if (!c->resume &&
-            sd_event_add_defer(c->control->agent->event, &c->resume, on_conn_resume, c) < 0)
-                return;
+        if (!c->resume) {
+                if (sd_event_add_defer(c->control->agent->event, &c->resume, on_conn_resume, c) < 0)
+                        return;
+                sd_event_source_set_priority(c->resume, SD_EVENT_PRIORITY_NORMAL + 10);
+        }
         sd_event_source_set_enabled(c->resume, SD_EVENT_ONESHOT);
 }
 
