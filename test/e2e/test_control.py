@@ -439,7 +439,10 @@ def test_output_memory_is_bounded_for_all_peers(tmp, agents):
     grown = rss_kb(a.proc.pid) - rss0
     print("# output buffered %d bytes, RSS grown by %d kB" % (st["output_bytes"], grown))
     assert st["output_bytes"] <= (1 << 20) + 8 * (80 << 10), st
-    assert grown < 20 * 1024, grown  # six peers of 8 MiB each without the global bound
+    with open("/proc/%d/maps" % a.proc.pid) as f:
+        sanitized = "libasan" in f.read()  # its quarantine keeps freed memory resident
+    if not sanitized:
+        assert grown < 20 * 1024, grown  # six peers of 8 MiB each without the global bound
     # the agent still answers a peer of its own
     assert a.ok("status")["instances"]["running"] == 1
     w.close()
