@@ -4,15 +4,18 @@ setpriv) when the test needs a read-only or foreign peer.
 
   ctl_peer.py flood SOCK VERB   pipelines VERB requests as fast as it can while a
                                 second process reads and discards the answers; prints
-                                "ready" once greeted, runs until killed
+                                "ready" once greeted, then "answered N" as answers come
+                                (every 10 000), runs until killed
   ctl_peer.py hold SOCK N       opens N connections, prints one JSON line with the
                                 first line each got ("hello", an errno, or "timeout"),
                                 keeps them open until stdin closes
   ctl_peer.py queue SOCK N      connects N sockets and reads nothing (they wait in the
                                 listen queue); prints "queued", waits for stdin to close
 """
+import ctypes
 import json
 import os
+import signal
 import socket
 import sys
 
@@ -44,8 +47,16 @@ def flood(path, verb):
     pid = os.fork()
     if pid == 0:
         try:
-            while s.recv(1 << 20):
-                pass
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: go with the sender
+            n = mark = 0
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                n += chunk.count(b"\n")
+                if n >= mark + 10000:
+                    mark = n
+                    print("answered %d" % n, flush=True)
         finally:
             os._exit(0)
     print("ready", flush=True)
