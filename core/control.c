@@ -54,6 +54,7 @@ struct ctl_conn {
         size_t out_len, out_cap, out_off;
         bool closing;           /* close once the output is flushed */
         bool eof;               /* the peer shut its writing side: answer, then close */
+        bool gone;              /* hung up: what it sent is still handled, answers are discarded */
         bool batch;             /* inside conn_process: one flush at the end */
         bool paused;            /* CTL_MAX_PENDING reached: reading resumes when one ends */
         uint64_t active_us;     /* last input, or last time it had nothing pending */
@@ -138,7 +139,9 @@ static void conn_schedule(ctl_conn *c) {
 static void conn_update_events(ctl_conn *c) {
         uint32_t ev = 0;
         bool backlog = c->in_scanned < c->in_len;
-        if (c->closing)
+        if (c->gone)
+                ev = 0; /* EPOLLHUP comes anyway, at every turn */
+        else if (c->closing)
                 ev = c->eof ? 0 : EPOLLIN; /* drained and discarded until the answer is out */
         else if (!c->eof && !backlog && conn_can_process(c))
                 ev = EPOLLIN;
@@ -151,6 +154,8 @@ static void conn_update_events(ctl_conn *c) {
 
 static void conn_flush(ctl_conn *c) {
         bool progress = false;
+        if (c->gone)
+                c->out_off = c->out_len; /* nobody reads them */
         while (c->out_off < c->out_len) {
                 ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (n < 0) {
@@ -539,7 +544,7 @@ static int conn_read(ctl_conn *c) {
 static bool conn_finished(const ctl_conn *c) {
         if (conn_unsent(c) > 0)
                 return false;
-        return c->closing || (c->eof && c->in_len == 0 && c->n_pending == 0);
+        return c->closing || (c->eof && c->in_len == 0 && (c->n_pending == 0 || c->gone));
 }
 
 /* After any event of a connection: handle what can be, flush, re-arm, close when done. */
@@ -568,15 +573,15 @@ static int on_conn_resume(sd_event_source *s, void *userdata) {
 
 static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         ctl_conn *c = userdata;
-        if (revents & (EPOLLHUP | EPOLLERR)) {
-                /* both directions are shut: nothing we would answer can arrive (a peer
+        if (revents & (EPOLLHUP | EPOLLERR))
+                /* both directions are shut: the requests it sent before are still
+                 * handled, in budgeted turns, but nothing we answer can arrive (a peer
                  * that wants its answers shuts only its writing side) */
-                conn_free(c);
-                return 0;
-        }
+                c->gone = true;
         if (revents & EPOLLOUT)
                 conn_flush(c);
-        if ((revents & EPOLLIN) && conn_read(c) < 0) {
+        bool want_input = (revents & EPOLLIN) || (c->gone && c->in_scanned == c->in_len);
+        if (want_input && conn_read(c) < 0) {
                 conn_free(c);
                 return 0;
         }

@@ -510,6 +510,17 @@ def test_half_close_still_gets_the_answer(tmp, agents):
     c.s.shutdown(socket.SHUT_WR)
     assert c.read()["id"] == 6
     c.close()
+    # a peer that hangs up right after its requests: they are still handled
+    w = Control(a.sock)
+    w.send("bus.sub", {"pattern": "gone.>", "count": 3})
+    assert w.read()["event"]["subscribed"] is True
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(a.sock)
+    s.sendall(b"".join(b'{"id":%d,"verb":"bus.pub","args":{"subject":"gone.x","payload":%d}}\n' % (i, i)
+                       for i in range(3)))
+    s.close()
+    assert [w.read()["event"]["payload"] for _ in range(3)] == [0, 1, 2]
+    w.close()
     # a peer gone at once (no input at all, then hang-up) is simply forgotten
     for _ in range(20):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
