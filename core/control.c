@@ -140,7 +140,7 @@ static void conn_update_events(ctl_conn *c) {
         uint32_t ev = 0;
         bool backlog = c->in_scanned < c->in_len;
         if (c->gone)
-                ev = 0; /* EPOLLHUP comes anyway, at every turn */
+                ev = c->eof || backlog ? 0 : EPOLLIN; /* (EPOLLHUP comes anyway, at every turn) */
         else if (c->closing)
                 ev = c->eof ? 0 : EPOLLIN; /* drained and discarded until the answer is out */
         else if (!c->eof && !backlog && conn_can_process(c))
@@ -161,8 +161,12 @@ static void conn_flush(ctl_conn *c) {
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
+                        if (errno == EPIPE || errno == ECONNRESET)
+                                c->gone = true; /* hung up, maybe before its hello: its requests still count */
+                        else if (errno != EAGAIN)
+                                c->closing = true;
                         if (errno != EAGAIN)
-                                c->closing = true, c->out_off = c->out_len; /* peer gone: discard */
+                                c->out_off = c->out_len; /* discarded */
                         break;
                 }
                 c->out_off += (size_t)n;
