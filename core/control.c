@@ -815,9 +815,13 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
 json_t *control_status(const control *c) {
         if (!c)
                 return json_null();
-        return json_pack("{s:I, s:I, s:I, s:I, s:I}", "connections", (json_int_t)c->n_conns, "output_bytes",
-                         (json_int_t)c->out_bytes, "accepted", (json_int_t)c->accepted, "refused",
-                         (json_int_t)c->refused, "timed_out", (json_int_t)c->timed_out);
+        control_config l = limits(c);
+        return json_pack("{s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}", "connections", (json_int_t)c->n_conns,
+                         "output_bytes", (json_int_t)c->out_bytes, "accepted", (json_int_t)c->accepted, "refused",
+                         (json_int_t)c->refused, "timed_out", (json_int_t)c->timed_out, "limits", "max_connections",
+                         (json_int_t)l.max_connections, "max_connections_per_uid", (json_int_t)l.max_connections_per_uid,
+                         "idle_timeout_ms", (json_int_t)l.idle_timeout_ms, "send_timeout_ms",
+                         (json_int_t)l.send_timeout_ms, "max_output", (json_int_t)l.max_output);
 }
 
 int control_new(agent *a, const char *path, control **ret) {

@@ -560,6 +560,19 @@ def test_refusals_are_rate_limited(tmp, agents):
     assert a.ok("status")["control"]["refused"] == 40
 
 
+def test_control_limits_defaults_and_reload(tmp, agents):
+    a = Agent(tmp, ONE)
+    agents.append(a)
+    a.start()
+    assert a.ok("status")["control"]["limits"] == {
+        "max_connections": 64, "max_connections_per_uid": 16, "idle_timeout_ms": 60000, "send_timeout_ms": 30000,
+        "max_output": 64 << 20}
+    a.write_config(ONE + "control:\n  idle_timeout: 2m\n  max_connections: 10\n")
+    a.ok("config", "reload")
+    lim = a.ok("status")["control"]["limits"]
+    assert lim["idle_timeout_ms"] == 120000 and lim["max_connections"] == 10, lim
+
+
 def test_control_config_is_checked(tmp, agents):
     a = Agent(tmp, ONE + "control:\n  max_connections: 2\n  idle_timeout: 0s\n  max_output: 1KiB\n  bogus: 1\n")
     p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
