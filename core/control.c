@@ -1,7 +1,10 @@
 /* control.c — the control socket server: listening, peer credentials, line framing,
  * bounded input and output, the hello, and dispatch of requests to ctl_verbs.c.
  * Nothing a peer sends can crash the daemon: malformed, oversized or unauthorised
- * requests get an error line. */
+ * requests get an error line. Nor can a peer hold it: each wake-up serves a bounded
+ * slice of one connection (the rest resumes from the loop, below other work), and
+ * connections, streams, pending requests, buffered output and idle or stuck peers are
+ * all bounded (CTL_* in control.h, the `control:` section of the config). */
 #include <fcntl.h>
 #include <grp.h>
 #include <libgen.h>
