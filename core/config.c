@@ -100,10 +100,25 @@ static const org_config_entry instance_entries[] = {
         ORG_CONFIG_END,
 };
 
+/* Bounds of what control socket peers may hold (control.c). */
+static const org_config_entry control_entries[] = {
+        {"max_connections", ORG_CFG_INT, "64", false, "connections of all peers (the last 4 only for root)", NULL,
+         .min = "8", .max = "100000"},
+        {"max_connections_per_uid", ORG_CFG_INT, "16", false, "connections of each non-root uid", NULL, .min = "1",
+         .max = "100000"},
+        {"idle_timeout", ORG_CFG_DURATION, "60s", false, "a connection with nothing pending is closed after this",
+         NULL, .min = "1ms"},
+        {"send_timeout", ORG_CFG_DURATION, "30s", false, "a peer that reads none of its pending output is closed after this",
+         NULL, .min = "1ms"},
+        {"max_output", ORG_CFG_SIZE, "64MiB", false, "output buffered for all peers together", NULL, .min = "64KiB"},
+        ORG_CONFIG_END,
+};
+
 static const org_config_entry root_entries[] = {
         {"agent", ORG_CFG_OBJECT, "{}", false, "the agent itself", agent_entries},
         {"bus", ORG_CFG_OBJECT, NULL, false, "the bus bridge", bus_entries},
         {"plugins", ORG_CFG_DICT, NULL, false, "plugin instances by name", instance_entries},
+        {"control", ORG_CFG_OBJECT, "{}", false, "limits of the control socket", control_entries},
         ORG_CONFIG_END,
 };
 
@@ -224,6 +239,22 @@ static void check_plugin_dirs(const ynode *agent, diag *d, bool *bad) {
                         continue;
                 diag_add(d, p->line, p->col, "agent.plugin_dirs[%zu]: refusing %s: %s", i, p->scalar,
                          reason ? reason : strerror(-r));
+                *bad = true;
+        }
+}
+
+/* Until the config_schema checks min/max itself, the control limits are checked here. */
+static void check_control(const ynode *control, diag *d, bool *bad) {
+        if (!control || control->kind != YNODE_MAP)
+                return;
+        check_int_min(control, "max_connections", 8, "control", d, bad);
+        check_int_min(control, "max_connections_per_uid", 1, "control", d, bad);
+        check_positive_duration(control, "idle_timeout", "control", d, bad);
+        check_positive_duration(control, "send_timeout", "control", d, bad);
+        const ynode *v = scalar_value(control, "max_output");
+        uint64_t bytes;
+        if (v && parse_size(v->scalar, &bytes) >= 0 && bytes < 65536) {
+                diag_add(d, v->line, v->col, "control.max_output: must be at least 64KiB");
                 *bad = true;
         }
 }
@@ -392,6 +423,14 @@ static int fill_agent(agent_config *c, json_t *agent) {
         return 0;
 }
 
+static void fill_control(control_config *cc, json_t *o) {
+        cc->max_connections = (size_t)json_integer_value(json_object_get(o, "max_connections"));
+        cc->max_connections_per_uid = (size_t)json_integer_value(json_object_get(o, "max_connections_per_uid"));
+        cc->idle_timeout_ms = (uint64_t)json_integer_value(json_object_get(o, "idle_timeout"));
+        cc->send_timeout_ms = (uint64_t)json_integer_value(json_object_get(o, "send_timeout"));
+        cc->max_output = (size_t)json_integer_value(json_object_get(o, "max_output"));
+}
+
 static int fill_instances(agent_config *c, json_t *plugins) {
         const ynode *pn = ynode_get(c->root, "plugins", NULL);
 
@@ -462,6 +501,7 @@ static int load_text(const char *text, size_t len, const char *name, bool check_
                         check_plugin_dirs(ynode_get(c->root, "agent", NULL), d, &bad);
                 }
                 check_nats(ynode_get(c->root, "bus", NULL), d, &bad);
+                check_control(ynode_get(c->root, "control", NULL), d, &bad);
                 check_instances(ynode_get(c->root, "plugins", NULL), d, &bad);
         }
         if (r < 0 || bad) {
@@ -475,6 +515,7 @@ static int load_text(const char *text, size_t len, const char *name, bool check_
         if (r >= 0) {
                 c->nats = json_object_get(json_object_get(root_json, "bus"), "nats");
                 json_incref(c->nats);
+                fill_control(&c->control, json_object_get(root_json, "control"));
         }
         json_decref(root_json);
         if (r < 0)

@@ -3,6 +3,8 @@
  *   agent:   {name, plugin_dirs, state_dir, control_socket, sysroot, dry_run, log_level,
  *             metrics_textfile, metrics_interval, queue_max, commands: {name: path}}
  *   bus:     {nats: {...}}
+ *   control: {max_connections, max_connections_per_uid, idle_timeout, send_timeout,
+ *             max_output}
  *   plugins: {<instance>: {plugin, path, enabled, interval, dry_run, log_level,
  *             queue_max, config: {...}}}
  *
@@ -40,6 +42,15 @@ typedef struct instance_config {
         json_t *config_json;     /* set once the block is checked against its plugin */
 } instance_config;
 
+/* Limits of the control socket (control.c reads them at each use: a reload applies). */
+typedef struct control_config {
+        size_t max_connections;          /* all peers together; the last few are root's */
+        size_t max_connections_per_uid;  /* each non-root uid */
+        uint64_t idle_timeout_ms;        /* a connection with nothing pending and no input */
+        uint64_t send_timeout_ms;        /* unsent output and no progress */
+        size_t max_output;               /* bytes of output buffered, all connections */
+} control_config;
+
 typedef struct agent_config {
         char *path;
         ynode *root;
@@ -58,6 +69,7 @@ typedef struct agent_config {
         json_t *nats;            /* bus.nats, checked and normalised; NULL when absent */
         instance_config *instances;
         size_t n_instances;
+        control_config control;
 } agent_config;
 
 /* Reads and checks path. Every fault is added to d; returns -EINVAL if there was

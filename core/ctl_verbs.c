@@ -55,6 +55,7 @@ static void v_status(ctl_request *q) {
                 (json_int_t)bs.delivered, "dropped", (json_int_t)bs.dropped, "subscriptions", (json_int_t)bs.n_subs,
                 "config_reloads", (json_int_t)a->config_reloads, "nats", "enabled", a->config->nats != NULL);
         json_object_set_new(r, "nats", bridge_status(a->bridge));
+        json_object_set_new(r, "control", control_status(a->control));
         ctl_reply_ok(q, r);
 }
 
@@ -345,18 +346,37 @@ static void v_bus_pub(ctl_request *q) {
         ctl_reply_ok(q, json_pack("{s:i}", "receivers", r));
 }
 
+/* A string from the bus as JSON: NATS lets subjects, origins and headers carry bytes
+ * that are not UTF-8, which JSON cannot; those bytes are written as \\xNN. */
+static json_t *json_bus_string(const char *s) {
+        if (!s)
+                return NULL;
+        json_t *j = json_string(s);
+        if (j)
+                return j;
+        _cleanup_free_ char *esc = str_escape_alloc(s, strlen(s), 0);
+        return esc ? json_string(esc) : NULL;
+}
+
 /* A message as the control socket shows it: the payload parsed when it is JSON. */
 static json_t *msg_to_json(const bus_msg *m) {
         json_error_t e;
         json_t *payload = m->m.len ? json_loadb(m->m.data, m->m.len, JSON_DECODE_ANY, &e) : NULL;
-        json_t *o = json_pack("{s:s, s:I, s:s?}", "subject", m->m.subject, "seq", (json_int_t)m->seq, "origin",
-                              m->m.origin);
+        json_t *o = json_pack("{s:o*, s:I, s:o*}", "subject", json_bus_string(m->m.subject), "seq", (json_int_t)m->seq,
+                              "origin", json_bus_string(m->m.origin));
+        if (!o) {
+                json_decref(payload);
+                return NULL;
+        }
         if (m->m.reply)
-                json_object_set_new(o, "reply", json_string(m->m.reply));
+                json_object_set_new(o, "reply", json_bus_string(m->m.reply));
         if (m->m.n_headers) {
                 json_t *h = json_object();
-                for (size_t i = 0; i < m->m.n_headers; i++)
-                        json_object_set_new(h, m->m.headers[i].key, json_string(m->m.headers[i].value));
+                for (size_t i = 0; i < m->m.n_headers; i++) {
+                        _cleanup_free_ char *key = str_escape_alloc(m->m.headers[i].key, strlen(m->m.headers[i].key), 0);
+                        if (key)
+                                json_object_set_new(h, key, json_bus_string(m->m.headers[i].value));
+                }
                 json_object_set_new(o, "headers", h);
         }
         if (payload)
@@ -642,7 +662,7 @@ static const ctl_verb verbs[] = {
         {"config.check", false, v_config_check},
         {"config.reload", true, v_config_reload},
         {"bus.pub", true, v_bus_pub},
-        {"bus.sub", false, v_bus_sub},
+        {"bus.sub", false, v_bus_sub, true},
         {"bus.request", true, v_bus_request},
         {"call", false, v_call}, /* checks the plugin verb's own flag */
         {"metrics", false, v_metrics},
