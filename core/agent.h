@@ -29,7 +29,7 @@ typedef struct agent {
         size_t n_instances;
         control *control;
         bridge *bridge;         /* NULL in embedded mode (no bus.nats) */
-        bool check_perms;       /* running as root: refuse unsafe plugin files */
+        bool check_perms;       /* refuse plugin files trust.c refuses (always set) */
         uint64_t started_us;
         uint64_t config_reloads;
         sd_event_source *metrics_timer;

@@ -40,6 +40,7 @@ static void help(void) {
                "Plugins:\n"
                "  plugin list                     instances with state, counters, drops\n"
                "  plugin info NAME                an instance (or a plugin file) with its config map and verbs\n"
+               "                                  (a plugin not loaded: root only, loading it runs its code)\n"
                "  plugin load NAME [--plugin P] [--path FILE.so] [--config JSON]\n"
                "                                  start a new instance (not written to the config)\n"
                "  plugin unload NAME --confirm    stop and remove an instance\n"
@@ -239,15 +240,43 @@ static void human_plugin_list(json_t *r) {
         table_free(t);
 }
 
+/* The ALLOWED cell of a config key: "0..200", ">= 1s", "<= 10s", "on|off", "hh:mm". */
+static const char *limits_cell(json_t *e, char *buf, size_t size) {
+        const char *min = json_string_value(json_object_get(e, "min"));
+        const char *max = json_string_value(json_object_get(e, "max"));
+        const char *format = json_string_value(json_object_get(e, "format"));
+        json_t *choices = json_object_get(e, "choices");
+        size_t o = 0;
+
+        buf[0] = '\0';
+        if (min && max)
+                o += (size_t)snprintf(buf + o, size - o, "%s..%s", min, max);
+        else if (min)
+                o += (size_t)snprintf(buf + o, size - o, ">= %s", min);
+        else if (max)
+                o += (size_t)snprintf(buf + o, size - o, "<= %s", max);
+        size_t i;
+        json_t *c;
+        json_array_foreach(choices, i, c) {
+                if (o >= size)
+                        break;
+                o += (size_t)snprintf(buf + o, size - o, "%s%s", i ? "|" : (o ? " " : ""), json_string_value(c));
+        }
+        if (format && o < size)
+                snprintf(buf + o, size - o, "%s%s", o ? " " : "", format);
+        return buf;
+}
+
 static void print_config_map(json_t *map, const char *prefix, table *t) {
         size_t i;
         json_t *e;
         json_array_foreach(map, i, e) {
-                char key[256], b[64];
+                char key[256], b[64], lim[256];
                 snprintf(key, sizeof key, "%s%s", prefix, json_string_value(json_object_get(e, "key")));
                 const char *row[] = {key, json_string_value(json_object_get(e, "type")),
                                      json_is_true(json_object_get(e, "required")) ? "yes" : "no",
-                                     cell(json_object_get(e, "default"), b), json_string_value(json_object_get(e, "help"))};
+                                     cell(json_object_get(e, "default"), b), limits_cell(e, lim, sizeof lim),
+                                     json_string_value(json_object_get(e, "help"))};
                 table_add_row(t, row);
                 json_t *children = json_object_get(e, "children");
                 if (children) {
@@ -279,7 +308,7 @@ static void human_plugin_info(json_t *r) {
         }
         json_t *map = json_object_get(r, "config_map");
         if (json_array_size(map)) {
-                static const char *const h[] = {"CONFIG KEY", "TYPE", "REQUIRED", "DEFAULT", "HELP"};
+                static const char *const h[] = {"CONFIG KEY", "TYPE", "REQUIRED", "DEFAULT", "ALLOWED", "HELP"};
                 table *t = table_new(ELEMENTSOF(h), h);
                 print_config_map(map, "", t);
                 putchar('\n');

@@ -1,13 +1,12 @@
-/* agentd.c — the daemon's entry point: options, `--check`, config permission checks,
- * signals, the sd-event loop, systemd notification. Everything else lives in agent.c. */
+/* agentd.c — the daemon's entry point: options, `--check`, signals, the sd-event
+ * loop, systemd notification. Everything else lives in agent.c. */
 #include <getopt.h>
-#include <libgen.h>
 #include <signal.h>
-#include <sys/stat.h>
+
+#include <organism/plugin.h>
 
 #include "agent.h"
 #include "isolate.h"
-#include "loader.h"
 #include "log.h"
 #include "notify.h"
 #include "org-build-config.h"
@@ -22,7 +21,9 @@ static void help(void) {
                "Options:\n"
                "  -c, --config FILE     configuration file (default %s)\n"
                "      --check           check the configuration, every plugin's config block\n"
-               "                        included, print each fault as FILE:LINE:COL and exit:\n"
+               "                        and the owners and modes of the files it names (config,\n"
+               "                        plugins, commands) included, print each fault as\n"
+               "                        FILE:LINE:COL and exit:\n"
                "                        0 when valid, 1 otherwise; nothing is started\n"
                "      --log-level LEVEL override agent.log_level (err|warning|notice|info|debug)\n"
                "      --version         print the version and exit\n"
@@ -35,23 +36,6 @@ static void help(void) {
                "Exit status: 0 clean stop or valid config, 1 invalid config or start failure,\n"
                "2 usage error.\n",
                ORG_DEFAULT_CONFIG);
-}
-
-/* As root, a config file (or its directory) that others may write would let them
- * choose which code runs as root: refuse it. */
-static int check_config_perms(const char *path) {
-        if (geteuid() != 0)
-                return 0;
-        struct stat st;
-        if (stat(path, &st) < 0)
-                return 0; /* config_load reports the missing file */
-        if (st.st_mode & S_IWOTH)
-                return log_error_errno(EPERM, "Refusing %s: it is writable by everyone (mode %04o).", path,
-                                       (unsigned)(st.st_mode & 07777));
-        _cleanup_free_ char *copy = strdup(path);
-        if (copy && stat(dirname(copy), &st) == 0 && (st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
-                return log_error_errno(EPERM, "Refusing %s: its directory is writable by everyone.", path);
-        return 0;
 }
 
 static int on_term(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -121,22 +105,16 @@ int main(int argc, char **argv) {
                 return 2;
         }
 
-        if (check_config_perms(config_path) < 0)
-                return 1;
-        int r = loader_init(NULL);
-        if (r < 0) {
-                log_error_errno(r, "Failed to create the plugin scratch directory: %m");
-                return 1;
-        }
-
+        /* config_load refuses a config file that others could have written (trust.h), the
+         * loader such plugin files, at start as at every reload */
         diag d;
         diag_init(&d, config_path);
         agent_config *cfg = NULL;
-        r = config_load(config_path, &cfg, &d);
+        int r = config_load(config_path, &cfg, &d);
         if (r >= 0)
-                r = agent_config_resolve(cfg, geteuid() == 0, &d);
+                r = agent_config_resolve(cfg, true, &d);
         else if (r == -EINVAL)
-                agent_config_check_blocks(config_path, geteuid() == 0, &d);
+                agent_config_check_blocks(config_path, true, &d);
         if (r < 0 || d.n > 0) {
                 if (d.n == 0)
                         diag_add(&d, 0, 0, "%s", strerror(-r));
@@ -144,7 +122,6 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "%s: %zu error%s.\n", config_path, d.n, d.n == 1 ? "" : "s");
                 diag_done(&d);
                 config_free(cfg);
-                loader_done();
                 return 1;
         }
         diag_done(&d);
@@ -152,7 +129,6 @@ int main(int argc, char **argv) {
                 printf("%s: valid (%zu plugin instance%s).\n", config_path, cfg->n_instances,
                        cfg->n_instances == 1 ? "" : "s");
                 config_free(cfg);
-                loader_done();
                 return 0;
         }
         log_set_max_level(level >= 0 ? level : cfg->log_level);
@@ -179,7 +155,6 @@ int main(int argc, char **argv) {
         if (r < 0) {
                 log_error_errno(r, "Failed to start: %m");
                 sd_event_unref(event);
-                loader_done();
                 return 1;
         }
         sd_event_add_signal(event, NULL, SIGTERM, on_term, a);
@@ -194,7 +169,6 @@ int main(int argc, char **argv) {
         r = sd_event_loop(event);
         agent_free(a);
         sd_event_unref(event);
-        loader_done();
         log_info("Stopped.");
         return r < 0 ? 1 : 0;
 }

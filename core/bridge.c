@@ -71,7 +71,7 @@ static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
         }
         uint64_t n = ++b->export_dropped;
         if ((n & (n - 1)) == 0) /* 1, 2, 4, 8...: the first and then ever rarer */
-                log_warning("NATS bridge: export of %s failed (%s); %llu dropped so far.", m->m.subject,
+                log_warning("NATS bridge: export of %s failed (%s); %llu dropped so far.", log_str(m->m.subject),
                             natsStatus_GetText(s), (unsigned long long)n);
 }
 
@@ -312,7 +312,7 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
                 return;
         }
         b->errors++;
-        log_error("NATS bridge: %s", nats_error_text(err));
+        log_error("NATS bridge: %s", log_str(nats_error_text(err))); /* may quote the server */
 }
 
 static void *rtt_loop(void *userdata) {

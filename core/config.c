@@ -15,6 +15,7 @@
 #include "duration.h"
 #include "log.h"
 #include "org-build-config.h"
+#include "trust.h"
 #include "util.h"
 
 static const org_config_entry agent_entries[] = {
@@ -102,10 +103,25 @@ static const org_config_entry instance_entries[] = {
         ORG_CONFIG_END,
 };
 
+/* Bounds of what control socket peers may hold (control.c). */
+static const org_config_entry control_entries[] = {
+        {"max_connections", ORG_CFG_INT, "64", false, "connections of all peers (the last 4 only for root)", NULL,
+         .min = "8", .max = "100000"},
+        {"max_connections_per_uid", ORG_CFG_INT, "16", false, "connections of each non-root uid", NULL, .min = "1",
+         .max = "100000"},
+        {"idle_timeout", ORG_CFG_DURATION, "60s", false, "a connection with nothing pending is closed after this",
+         NULL, .min = "1ms"},
+        {"send_timeout", ORG_CFG_DURATION, "30s", false, "a peer that reads none of its pending output is closed after this",
+         NULL, .min = "1ms"},
+        {"max_output", ORG_CFG_SIZE, "64MiB", false, "output buffered for all peers together", NULL, .min = "64KiB"},
+        ORG_CONFIG_END,
+};
+
 static const org_config_entry root_entries[] = {
         {"agent", ORG_CFG_OBJECT, "{}", false, "the agent itself", agent_entries},
         {"bus", ORG_CFG_OBJECT, NULL, false, "the bus bridge", bus_entries},
         {"plugins", ORG_CFG_DICT, NULL, false, "plugin instances by name", instance_entries},
+        {"control", ORG_CFG_OBJECT, "{}", false, "limits of the control socket", control_entries},
         ORG_CONFIG_END,
 };
 
@@ -185,6 +201,65 @@ static void check_agent(const ynode *agent, diag *d, bool *bad) {
                                  v->keys[i]->scalar, p->scalar);
                         *bad = true;
                 }
+}
+
+/* The programs of agent.commands run as agentd's user: the same trust rules as
+ * plugin files (trust.h). One missing is left to fail when it is run (the shipped
+ * config names qm, zfs and zpool, which a host may lack), unless it is missing from a
+ * directory others may write, where anyone could create it. Faults point at the key. */
+static void check_command_files(const ynode *agent, diag *d, bool *bad) {
+        const ynode *v = agent && agent->kind == YNODE_MAP ? ynode_get(agent, "commands", NULL) : NULL;
+
+        if (!v || v->kind != YNODE_MAP)
+                return;
+        for (size_t i = 0; i < v->n; i++) {
+                const ynode *k = v->keys[i], *p = v->values[i];
+                _cleanup_free_ char *reason = NULL;
+                if (p->kind != YNODE_SCALAR || ynode_is_null(p) || p->scalar[0] != '/')
+                        continue;
+                int r = trust_check_file(p->scalar, "command", &reason);
+                if (r >= 0 || r == -ENOENT || r == -ENOMEM)
+                        continue;
+                diag_add(d, k->line, k->col, "agent.commands.%s: refusing %s: %s", k->scalar, p->scalar,
+                         reason ? reason : strerror(-r));
+                *bad = true;
+        }
+}
+
+/* A plugin folder others may write is refused as a whole, before any plugin is taken
+ * from it (the loader refuses each file from it as well). One that does not exist is
+ * fine: the default one may not, on a host without packaged plugins. */
+static void check_plugin_dirs(const ynode *agent, diag *d, bool *bad) {
+        const ynode *v = agent && agent->kind == YNODE_MAP ? ynode_get(agent, "plugin_dirs", NULL) : NULL;
+
+        for (size_t i = 0; v && v->kind == YNODE_SEQ && i < v->n; i++) {
+                const ynode *p = v->values[i];
+                _cleanup_free_ char *reason = NULL;
+                if (p->kind != YNODE_SCALAR || ynode_is_null(p))
+                        continue;
+                int r = trust_check_dir(p->scalar, "plugin", &reason);
+                if (r >= 0 || r == -ENOENT || r == -ENOMEM)
+                        continue;
+                diag_add(d, p->line, p->col, "agent.plugin_dirs[%zu]: refusing %s: %s", i, p->scalar,
+                         reason ? reason : strerror(-r));
+                *bad = true;
+        }
+}
+
+/* Until the config_schema checks min/max itself, the control limits are checked here. */
+static void check_control(const ynode *control, diag *d, bool *bad) {
+        if (!control || control->kind != YNODE_MAP)
+                return;
+        check_int_min(control, "max_connections", 8, "control", d, bad);
+        check_int_min(control, "max_connections_per_uid", 1, "control", d, bad);
+        check_positive_duration(control, "idle_timeout", "control", d, bad);
+        check_positive_duration(control, "send_timeout", "control", d, bad);
+        const ynode *v = scalar_value(control, "max_output");
+        uint64_t bytes;
+        if (v && parse_size(v->scalar, &bytes) >= 0 && bytes < 65536) {
+                diag_add(d, v->line, v->col, "control.max_output: must be at least 64KiB");
+                *bad = true;
+        }
 }
 
 static void check_nats(const ynode *bus, diag *d, bool *bad) {
@@ -353,6 +428,14 @@ static int fill_agent(agent_config *c, json_t *agent) {
         return 0;
 }
 
+static void fill_control(control_config *cc, json_t *o) {
+        cc->max_connections = (size_t)json_integer_value(json_object_get(o, "max_connections"));
+        cc->max_connections_per_uid = (size_t)json_integer_value(json_object_get(o, "max_connections_per_uid"));
+        cc->idle_timeout_ms = (uint64_t)json_integer_value(json_object_get(o, "idle_timeout"));
+        cc->send_timeout_ms = (uint64_t)json_integer_value(json_object_get(o, "send_timeout"));
+        cc->max_output = (size_t)json_integer_value(json_object_get(o, "max_output"));
+}
+
 static int fill_instances(agent_config *c, json_t *plugins) {
         const ynode *pn = ynode_get(c->root, "plugins", NULL);
 
@@ -394,7 +477,10 @@ static int fill_instances(agent_config *c, json_t *plugins) {
         return 0;
 }
 
-int config_load_string(const char *text, size_t len, const char *name, agent_config **ret, diag *d) {
+/* check_files: also check the files the config names (agent.commands, plugin_dirs),
+ * for a config read from disk; never for one from memory (the fuzzers, tests). */
+static int load_text(const char *text, size_t len, const char *name, bool check_files, agent_config **ret,
+                     diag *d) {
         _cleanup_(config_freep) agent_config *c = NULL;
         json_t *root_json = NULL;
         bool bad = false;
@@ -418,7 +504,12 @@ int config_load_string(const char *text, size_t len, const char *name, agent_con
                 return r;
         if (c->root->kind == YNODE_MAP) {
                 check_agent(ynode_get(c->root, "agent", NULL), d, &bad);
+                if (check_files) {
+                        check_command_files(ynode_get(c->root, "agent", NULL), d, &bad);
+                        check_plugin_dirs(ynode_get(c->root, "agent", NULL), d, &bad);
+                }
                 check_nats(ynode_get(c->root, "bus", NULL), d, &bad);
+                check_control(ynode_get(c->root, "control", NULL), d, &bad);
                 check_instances(ynode_get(c->root, "plugins", NULL), d, &bad);
         }
         if (r < 0 || bad) {
@@ -432,6 +523,7 @@ int config_load_string(const char *text, size_t len, const char *name, agent_con
         if (r >= 0) {
                 c->nats = json_object_get(json_object_get(root_json, "bus"), "nats");
                 json_incref(c->nats);
+                fill_control(&c->control, json_object_get(root_json, "control"));
         }
         json_decref(root_json);
         if (r < 0)
@@ -440,15 +532,31 @@ int config_load_string(const char *text, size_t len, const char *name, agent_con
         return 0;
 }
 
+int config_load_string(const char *text, size_t len, const char *name, agent_config **ret, diag *d) {
+        return load_text(text, len, name, false, ret, d);
+}
+
 int config_load(const char *path, agent_config **ret, diag *d) {
-        _cleanup_free_ char *text = NULL;
+        _cleanup_free_ char *text = NULL, *reason = NULL;
+        _cleanup_close_ int fd = -1;
         size_t len;
         int r;
 
-        r = read_full_file(path, &text, &len);
+        /* The file decides which code runs as root: it must pass the same rules as a
+         * plugin, at start and at every reload. Opened once, without following a last
+         * symlink and without blocking: a FIFO is refused, never waited on. */
+        r = trust_open(path, "config", &fd, &reason);
+        if (r < 0) {
+                if (!d->file)
+                        d->file = path;
+                if (reason)
+                        diag_add(d, 0, 0, "%s", reason);
+                return r;
+        }
+        r = read_full_fd(fd, &text, &len);
         if (r < 0)
                 return r;
-        return config_load_string(text, len, path, ret, d);
+        return load_text(text, len, path, true, ret, d);
 }
 
 const instance_config *config_find_instance(const agent_config *c, const char *name) {

@@ -3,6 +3,8 @@
  *   agent:   {name, plugin_dirs, state_dir, control_socket, sysroot, dry_run, log_level,
  *             metrics_textfile, metrics_interval, queue_max, commands: {name: path}}
  *   bus:     {nats: {...}}
+ *   control: {max_connections, max_connections_per_uid, idle_timeout, send_timeout,
+ *             max_output}
  *   plugins: {<instance>: {plugin, path, enabled, interval, dry_run, log_level,
  *             queue_max, isolate, hook_timeout, max_restarts, config: {...}}}
  *
@@ -43,6 +45,15 @@ typedef struct instance_config {
         json_t *config_json;     /* set once the block is checked against its plugin */
 } instance_config;
 
+/* Limits of the control socket (control.c reads them at each use: a reload applies). */
+typedef struct control_config {
+        size_t max_connections;          /* all peers together; the last few are root's */
+        size_t max_connections_per_uid;  /* each non-root uid */
+        uint64_t idle_timeout_ms;        /* a connection with nothing pending and no input */
+        uint64_t send_timeout_ms;        /* unsent output and no progress */
+        size_t max_output;               /* bytes of output buffered, all connections */
+} control_config;
+
 typedef struct agent_config {
         char *path;
         ynode *root;
@@ -61,12 +72,16 @@ typedef struct agent_config {
         json_t *nats;            /* bus.nats, checked and normalised; NULL when absent */
         instance_config *instances;
         size_t n_instances;
+        control_config control;
 } agent_config;
 
 /* Reads and checks path. Every fault is added to d; returns -EINVAL if there was
- * any (and *ret is not written), -errno when the file cannot be read. */
+ * any (and *ret is not written), -errno when the file cannot be read. The file, the
+ * directories above it and the programs of agent.commands must pass trust.c's rules
+ * (-EPERM, the reason in d; a file that is not a regular one: -EINVAL, never opened
+ * for reading). */
 int config_load(const char *path, agent_config **ret, diag *d);
-/* The same from memory; name is used in messages. */
+/* The same from memory, without looking at any file; name is used in messages. */
 int config_load_string(const char *text, size_t len, const char *name, agent_config **ret, diag *d);
 void config_free(agent_config *c); /* accepts NULL */
 

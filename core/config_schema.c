@@ -5,8 +5,15 @@
  * filled in (parsed through the same checker, so a default can never be of the wrong
  * type), durations as integer milliseconds, sizes as integer bytes. An explicit null
  * (`key:` or `key: ~`) counts as absent, so a plugin never reads a null where its map
- * promised a value. */
+ * promised a value.
+ *
+ * Entries carry limits (min, max, choices, format): a value outside them is a fault at
+ * its own position ("swappiness: 300 is above the maximum 200"); a built-in default
+ * outside them, or a limit that does not parse, is the plugin's bug and is said to be.
+ * A plugin's tables are walked with the entry size its descriptor declares, so a table
+ * built against the first, shorter org_config_entry is read without its limits. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,8 +25,41 @@
 
 typedef struct checker {
         diag *d;
-        int error; /* 0, -EINVAL after a reported fault, -ENOMEM */
+        int error;    /* 0, -EINVAL after a reported fault, -ENOMEM */
+        size_t esize; /* stride of the tables: the plugin's sizeof(org_config_entry) */
+        /* Checking a built-in default: limit faults go to this diag at this position,
+         * worded as the plugin's bug (NULL while checking the user's values). */
+        diag *bug_d;
+        int bug_line, bug_col;
+        unsigned bugs; /* limit faults reported through bug_d */
 } checker;
+
+#define ENTRY_HAS(size, f) ((size) >= offsetof(org_config_entry, f) + sizeof(((org_config_entry *)0)->f))
+
+const org_config_entry *config_entry_next(const org_config_entry *e, size_t entry_size) {
+        return (const org_config_entry *)(const void *)((const char *)e + entry_size);
+}
+
+void config_entry_limits(const org_config_entry *e, size_t entry_size, config_limits *ret) {
+        *ret = (config_limits){
+                .min = ENTRY_HAS(entry_size, min) ? e->min : NULL,
+                .max = ENTRY_HAS(entry_size, max) ? e->max : NULL,
+                .choices = ENTRY_HAS(entry_size, choices) ? e->choices : NULL,
+                .format = ENTRY_HAS(entry_size, format) ? e->format : NULL,
+        };
+}
+
+int config_entry_size(const org_plugin *desc, size_t *ret_size) {
+        size_t size = CONFIG_ENTRY_SIZE_V1;
+        if (desc->struct_size >= offsetof(org_plugin, config_entry_size) + sizeof(desc->config_entry_size))
+                size = desc->config_entry_size;
+        /* A stride shorter than the first release, or one that misaligns the next entry,
+         * cannot describe a table: refuse rather than read garbage. */
+        if (size < CONFIG_ENTRY_SIZE_V1 || size % _Alignof(org_config_entry) != 0 || size > CONFIG_ENTRY_SIZE_MAX)
+                return -EPROTO;
+        *ret_size = size;
+        return 0;
+}
 
 static void fault(checker *c) {
         if (c->error == 0)
@@ -115,6 +155,43 @@ static void type_error(checker *c, const ynode *v, const char *path, org_config_
         fault(c);
 }
 
+/* The plugin's own fault (a limit that does not parse, a default outside its range),
+ * reported where it shows: at the value, or at the key a default fills. */
+static void plugin_bug(checker *c, const ynode *v, const char *path, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+static void plugin_bug(checker *c, const ynode *v, const char *path, const char *fmt, ...) {
+        char msg[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        if (c->bug_d) {
+                diag_add(c->bug_d, c->bug_line, c->bug_col, "%s: %s (a bug of the plugin)", path, msg);
+                c->bugs++;
+        } else
+                diag_add(c->d, v->line, v->col, "%s: %s (a bug of the plugin)", path, msg);
+        fault(c);
+}
+
+/* A value outside the entry's limits: the user's fault, or the plugin's for a default. */
+static void limit_error(checker *c, const ynode *v, const char *path, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+static void limit_error(checker *c, const ynode *v, const char *path, const char *fmt, ...) {
+        char msg[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        if (c->bug_d) {
+                diag_add(c->bug_d, c->bug_line, c->bug_col,
+                         "%s: the built-in default is outside the plugin's own limits: %s (a bug of the plugin)",
+                         path, msg);
+                c->bugs++;
+        } else
+                diag_add(c->d, v->line, v->col, "%s: %s", path, msg);
+        fault(c);
+}
+
 static char *join_path(const char *where, const char *key) {
         char *s = NULL;
         if (asprintf(&s, "%s%s%s", isempty(where) ? "" : where, isempty(where) ? "" : ".", key) < 0)
@@ -199,6 +276,251 @@ static json_t *check_scalar(checker *c, org_config_type t, const ynode *v, const
         return NULL;
 }
 
+/* --- limits: min, max, choices, format ------------------------------------------- */
+
+static bool type_has_range(org_config_type t) {
+        return t == ORG_CFG_INT || t == ORG_CFG_DOUBLE || t == ORG_CFG_SIZE || t == ORG_CFG_DURATION ||
+               t == ORG_CFG_INT_LIST;
+}
+
+static bool type_has_choices(org_config_type t) {
+        return t == ORG_CFG_STRING || t == ORG_CFG_STRING_LIST || t == ORG_CFG_STRING_DICT;
+}
+
+/* A bound's YAML text read by the value's own parser ("1s" for a duration, "64MiB" for a
+ * size), so a bound means what a value written the same way means. */
+static json_t *parse_bound(checker *c, org_config_type t, const char *text) {
+        diag ignored;
+        diag_init(&ignored, NULL);
+        checker sub = {.d = &ignored, .esize = c->esize};
+        ynode n = {.kind = YNODE_SCALAR, .scalar = (char *)text, .plain = true};
+        json_t *j = check_scalar(&sub, t, &n, "bound");
+        if (sub.error == -ENOMEM)
+                oom(c);
+        diag_done(&ignored);
+        return j;
+}
+
+/* <0, 0, >0 as a is below, equal to, above b (both numbers). */
+static int compare_numbers(const json_t *a, const json_t *b) {
+        if (json_is_integer(a) && json_is_integer(b)) {
+                json_int_t x = json_integer_value(a), y = json_integer_value(b);
+                return x < y ? -1 : x > y;
+        }
+        double x = json_number_value(a), y = json_number_value(b);
+        return x < y ? -1 : x > y;
+}
+
+/* Checks the number j (the value v of type t) against the entry's min and max. */
+static bool check_range(checker *c, const config_limits *l, org_config_type t, const ynode *v, const json_t *j,
+                        const char *path) {
+        json_t *lo = NULL, *hi = NULL;
+        bool ok = false;
+
+        if (l->min && !(lo = parse_bound(c, t, l->min))) {
+                plugin_bug(c, v, path, "its minimum \"%s\" is not %s", l->min, type_expectation(t));
+                goto out;
+        }
+        if (l->max && !(hi = parse_bound(c, t, l->max))) {
+                plugin_bug(c, v, path, "its maximum \"%s\" is not %s", l->max, type_expectation(t));
+                goto out;
+        }
+        if (lo && hi && compare_numbers(lo, hi) > 0) {
+                plugin_bug(c, v, path, "its minimum %s is above its maximum %s", l->min, l->max);
+                goto out;
+        }
+        if (lo && compare_numbers(j, lo) < 0)
+                limit_error(c, v, path, "%s is below the minimum %s", v->scalar, l->min);
+        else if (hi && compare_numbers(j, hi) > 0)
+                limit_error(c, v, path, "%s is above the maximum %s", v->scalar, l->max);
+        else
+                ok = true;
+out:
+        json_decref(lo);
+        json_decref(hi);
+        return ok;
+}
+
+static bool all_digits(const char *s, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (s[i] < '0' || s[i] > '9')
+                        return false;
+        return n > 0;
+}
+
+static bool all_hex(const char *s, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                char ch = s[i];
+                if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
+                        return false;
+        }
+        return n > 0;
+}
+
+/* "hh:mm" or "hh:mm:ss", 00:00 to 23:59:59, two digits each. */
+static bool is_clock(const char *s) {
+        size_t n = strlen(s);
+        if ((n != 5 && n != 8) || s[2] != ':' || (n == 8 && s[5] != ':'))
+                return false;
+        for (size_t i = 0; i < n; i += 3)
+                if (!all_digits(s + i, 2))
+                        return false;
+        int hh = (s[0] - '0') * 10 + (s[1] - '0'), mm = (s[3] - '0') * 10 + (s[4] - '0');
+        int ss = n == 8 ? (s[6] - '0') * 10 + (s[7] - '0') : 0;
+        return hh < 24 && mm < 60 && ss < 60;
+}
+
+static bool parse_cpu(const char **p, unsigned long *ret) {
+        const char *s = *p;
+        size_t n = 0;
+        while (s[n] >= '0' && s[n] <= '9' && n < 6)
+                n++;
+        if (n == 0 || (s[n] >= '0' && s[n] <= '9'))
+                return false; /* no digits, or past 999999: no such CPU */
+        unsigned long v = 0;
+        for (size_t i = 0; i < n; i++)
+                v = v * 10 + (unsigned long)(s[i] - '0');
+        *ret = v;
+        *p = s + n;
+        return true;
+}
+
+/* The kernel's cpulist: "0-3,8,10-11", a range optionally with a stride ("0-7:2"). */
+static bool is_cpulist(const char *s) {
+        const char *p = s;
+        for (;;) {
+                unsigned long a, b, step;
+                if (!parse_cpu(&p, &a))
+                        return false;
+                if (*p == '-') {
+                        p++;
+                        if (!parse_cpu(&p, &b) || b < a)
+                                return false;
+                        if (*p == ':') {
+                                p++;
+                                if (!parse_cpu(&p, &step) || step == 0)
+                                        return false;
+                        }
+                }
+                if (*p == '\0')
+                        return true;
+                if (*p++ != ',')
+                        return false;
+        }
+}
+
+/* "[dddd:]bb:dd[.f]" in hex, device 00-1f, function 0-7 (no function: the whole
+ * device, as qm's hostpci takes it). */
+static bool is_pci_address(const char *s) {
+        size_t n = strlen(s);
+        const char *p = s;
+        if (n >= 5 && s[4] == ':') {
+                if (!all_hex(s, 4))
+                        return false;
+                p = s + 5;
+                n -= 5;
+        }
+        if (n != 5 && n != 7)
+                return false;
+        if (!all_hex(p, 2) || p[2] != ':' || !all_hex(p + 3, 2))
+                return false;
+        if (strtoul((char[]){p[3], p[4], '\0'}, NULL, 16) > 0x1f)
+                return false;
+        return n == 5 || (p[5] == '.' && p[6] >= '0' && p[6] <= '7');
+}
+
+/* What a value of the named format looks like, for messages; NULL: no such format. */
+static const char *format_expectation(const char *format) {
+        if (streq(format, "hh:mm"))
+                return "a time of day hh:mm (or hh:mm:ss), 00:00 to 23:59";
+        if (streq(format, "cpulist"))
+                return "a CPU list (e.g. 0-3,8,10-11)";
+        if (streq(format, "pci_address"))
+                return "a PCI address [dddd:]bb:dd[.f] (e.g. 0000:01:00.0)";
+        if (streq(format, "identifier"))
+                return "an identifier (1 to 64 letters, digits, '_' or '-')";
+        return NULL;
+}
+
+static bool format_matches(const char *format, const char *s) {
+        if (streq(format, "hh:mm"))
+                return is_clock(s);
+        if (streq(format, "cpulist"))
+                return is_cpulist(s);
+        if (streq(format, "pci_address"))
+                return is_pci_address(s);
+        return name_is_valid(s); /* "identifier" */
+}
+
+/* Checks the string value v against the entry's choices and format. */
+static bool check_string_limits(checker *c, const config_limits *l, const ynode *v, const char *path) {
+        char got[96];
+        if (l->format && !format_expectation(l->format)) {
+                plugin_bug(c, v, path, "it declares an unknown format \"%s\"", l->format);
+                return false;
+        }
+        if (l->choices && !l->choices[0]) {
+                plugin_bug(c, v, path, "it declares an empty list of choices");
+                return false;
+        }
+        if (l->choices) {
+                char list[400];
+                size_t o = 0;
+                for (const char *const *ch = l->choices; *ch; ch++) {
+                        if (streq(*ch, v->scalar))
+                                goto format;
+                }
+                list[0] = '\0';
+                for (const char *const *ch = l->choices; *ch && o < sizeof list; ch++)
+                        o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", o ? ", " : "", *ch);
+                describe(v, got, sizeof got);
+                limit_error(c, v, path, "%s is not one of: %s", got, list);
+                return false;
+        }
+format:
+        if (l->format && !format_matches(l->format, v->scalar)) {
+                describe(v, got, sizeof got);
+                limit_error(c, v, path, "%s is not %s", got, format_expectation(l->format));
+                return false;
+        }
+        return true;
+}
+
+/* j (stolen) once it passed the entry's limits as a value of type t (the entry's own
+ * type, or the type of its items); NULL after reporting why not. */
+static json_t *limited(checker *c, const org_config_entry *e, org_config_type t, const ynode *v, const char *path,
+                       json_t *j) {
+        config_limits l;
+        bool ok = true;
+
+        if (!j)
+                return NULL;
+        config_entry_limits(e, c->esize, &l);
+        if ((l.min || l.max) && type_has_range(e->type))
+                ok = check_range(c, &l, t, v, j, path);
+        if (ok && (l.choices || l.format) && type_has_choices(e->type))
+                ok = check_string_limits(c, &l, v, path);
+        if (ok)
+                return j;
+        json_decref(j);
+        return NULL;
+}
+
+/* Limits the entry's type cannot have are the plugin's mistake, said at the value. */
+static bool limits_fit_type(checker *c, const org_config_entry *e, const ynode *v, const char *path) {
+        config_limits l;
+        config_entry_limits(e, c->esize, &l);
+        if ((l.min || l.max) && !type_has_range(e->type)) {
+                plugin_bug(c, v, path, "it declares min/max on a %s key", config_type_name(e->type));
+                return false;
+        }
+        if ((l.choices || l.format) && !type_has_choices(e->type)) {
+                plugin_bug(c, v, path, "it declares choices/format on a %s key", config_type_name(e->type));
+                return false;
+        }
+        return true;
+}
+
 /* Stores j (stolen) in container under key, or appends it when key is NULL; j NULL
  * means a fault already reported. False when it could not be stored. */
 static bool put(checker *c, json_t *container, const char *key, json_t *j) {
@@ -219,7 +541,9 @@ static json_t *finish(json_t *container, bool ok) {
         return NULL;
 }
 
-static json_t *check_list(checker *c, org_config_type t, org_config_type item, const ynode *v, const char *path) {
+static json_t *check_list(checker *c, const org_config_entry *e, org_config_type item, const ynode *v,
+                          const char *path) {
+        org_config_type t = e->type;
         json_t *a;
         bool ok = true;
 
@@ -239,7 +563,8 @@ static json_t *check_list(checker *c, org_config_type t, org_config_type item, c
                         ok = false;
                         break;
                 }
-                if (!put(c, a, NULL, check_scalar(c, item, v->values[i], p)))
+                const ynode *it = v->values[i];
+                if (!put(c, a, NULL, limited(c, e, item, it, p, check_scalar(c, item, it, p))))
                         ok = false;
         }
         return finish(a, ok);
@@ -267,7 +592,8 @@ static json_t *check_object_list(checker *c, const org_config_entry *e, const yn
                 if (item->kind != YNODE_MAP)
                         type_error(c, item, p, ORG_CFG_OBJECT, NULL);
                 else
-                        j = e->children ? check_map(c, e->children, item, p, item->line, item->col) : ynode_to_json(item);
+                        j = e->children ? check_map(c, e->children, item, p, item->line, item->col)
+                                        : ynode_to_json(item);
                 if (!put(c, a, NULL, j))
                         ok = false;
         }
@@ -298,7 +624,7 @@ static json_t *check_dict(checker *c, const org_config_entry *e, const ynode *v,
                         break;
                 }
                 if (e->type == ORG_CFG_STRING_DICT)
-                        j = check_scalar(c, ORG_CFG_STRING, val, p);
+                        j = limited(c, e, ORG_CFG_STRING, val, p, check_scalar(c, ORG_CFG_STRING, val, p));
                 else if (e->children)
                         j = check_map(c, e->children, val, p, k->line, k->col);
                 else if (val->kind == YNODE_MAP || ynode_is_null(val))
@@ -319,6 +645,8 @@ static json_t *check_value(checker *c, const org_config_entry *e, const ynode *v
                            int kcol) {
         json_t *j;
 
+        if (!limits_fit_type(c, e, v, path))
+                return NULL;
         switch (e->type) {
         case ORG_CFG_STRING:
         case ORG_CFG_INT:
@@ -327,13 +655,13 @@ static json_t *check_value(checker *c, const org_config_entry *e, const ynode *v
         case ORG_CFG_DURATION:
         case ORG_CFG_SIZE:
         case ORG_CFG_PATTERN:
-                return check_scalar(c, e->type, v, path);
+                return limited(c, e, e->type, v, path, check_scalar(c, e->type, v, path));
         case ORG_CFG_STRING_LIST:
-                return check_list(c, e->type, ORG_CFG_STRING, v, path);
+                return check_list(c, e, ORG_CFG_STRING, v, path);
         case ORG_CFG_INT_LIST:
-                return check_list(c, e->type, ORG_CFG_INT, v, path);
+                return check_list(c, e, ORG_CFG_INT, v, path);
         case ORG_CFG_PATTERN_LIST:
-                return check_list(c, e->type, ORG_CFG_PATTERN, v, path);
+                return check_list(c, e, ORG_CFG_PATTERN, v, path);
         case ORG_CFG_OBJECT:
                 if (v->kind != YNODE_MAP) {
                         type_error(c, v, path, e->type, NULL);
@@ -361,7 +689,8 @@ static json_t *check_value(checker *c, const org_config_entry *e, const ynode *v
 }
 
 /* A default is YAML text written by a programmer: parse and check it like a user's
- * value, so it is normalised the same way; a bad one is reported at the key it fills. */
+ * value, so it is normalised the same way; a bad one, or one outside the entry's own
+ * limits, is reported at the key it fills as the plugin's bug. */
 static json_t *check_default(checker *c, const org_config_entry *e, const char *path, int line, int col) {
         diag tmp;
         checker sub;
@@ -375,7 +704,12 @@ static json_t *check_default(checker *c, const org_config_entry *e, const char *
                 return check_map(c, e->children, NULL, path, line, col);
 
         diag_init(&tmp, "default");
-        sub = (checker){.d = &tmp};
+        /* limit faults of a default nested in a default go to the outermost key */
+        sub = (checker){.d = &tmp,
+                        .esize = c->esize,
+                        .bug_d = c->bug_d ? c->bug_d : c->d,
+                        .bug_line = c->bug_d ? c->bug_line : line,
+                        .bug_col = c->bug_d ? c->bug_col : col};
         r = ynode_parse_string(e->default_value, strlen(e->default_value), &n, &tmp);
         if (r == -ENOMEM) {
                 oom(c);
@@ -389,8 +723,12 @@ static json_t *check_default(checker *c, const org_config_entry *e, const char *
                 oom(c);
                 json_decref(j);
                 j = NULL;
-        } else if (!j) {
-                diag_add(c->d, line, col, "%s: invalid built-in default \"%s\"", path, e->default_value);
+        } else if (!j || sub.error < 0) {
+                json_decref(j);
+                j = NULL;
+                /* said already when the only faults were against its limits */
+                if (sub.bugs == 0 || tmp.n > 0)
+                        diag_add(c->d, line, col, "%s: invalid built-in default \"%s\"", path, e->default_value);
                 fault(c);
         }
 out:
@@ -432,7 +770,7 @@ static json_t *check_map(checker *c, const org_config_entry *table, const ynode 
         for (size_t i = 0; node && i < node->n; i++) {
                 const org_config_entry *e = table;
                 while (e && e->key && !streq(e->key, node->keys[i]->scalar))
-                        e++;
+                        e = config_entry_next(e, c->esize);
                 if (e && e->key)
                         continue;
                 _cleanup_free_ char *p = join_path(where, node->keys[i]->scalar);
@@ -445,7 +783,7 @@ static json_t *check_map(checker *c, const org_config_entry *table, const ynode 
                 fault(c);
                 ok = false;
         }
-        for (const org_config_entry *e = table; e && e->key; e++) {
+        for (const org_config_entry *e = table; e && e->key; e = config_entry_next(e, c->esize)) {
                 const ynode *k = NULL, *v = ynode_get(node, e->key, &k);
                 _cleanup_free_ char *p = join_path(where, e->key);
                 json_t *j;
@@ -454,9 +792,13 @@ static json_t *check_map(checker *c, const org_config_entry *table, const ynode 
                         ok = false;
                         break;
                 }
-                if (v && !ynode_is_null(v))
+                if (v && !ynode_is_null(v)) {
                         j = check_value(c, e, v, p, k->line, k->col);
-                else if (e->default_value)
+                        /* The plugin's default must hold even where the user overrides
+                         * it: a default outside its own range is a bug to be told of. */
+                        if (e->default_value && !(e->type == ORG_CFG_OBJECT && e->children))
+                                json_decref(check_default(c, e, p, k->line, k->col));
+                } else if (e->default_value)
                         j = check_default(c, e, p, k ? k->line : mline, k ? k->col : mcol);
                 else if (e->required) {
                         diag_add(c->d, k ? k->line : mline, k ? k->col : mcol, "%s: missing required key", p);
@@ -471,9 +813,9 @@ static json_t *check_map(checker *c, const org_config_entry *table, const ynode 
         return finish(o, ok);
 }
 
-int config_schema_check(const org_config_entry *map, const ynode *node, const char *where, int parent_line,
-                        int parent_col, json_t **ret, diag *d) {
-        checker c = {.d = d};
+int config_schema_check_sized(const org_config_entry *map, size_t entry_size, const ynode *node, const char *where,
+                              int parent_line, int parent_col, json_t **ret, diag *d) {
+        checker c = {.d = d, .esize = entry_size};
         json_t *j = check_map(&c, map, node, where ? where : "", parent_line, parent_col);
 
         if (!j || c.error < 0) {
@@ -482,6 +824,24 @@ int config_schema_check(const org_config_entry *map, const ynode *node, const ch
         }
         *ret = j;
         return 0;
+}
+
+int config_schema_check(const org_config_entry *map, const ynode *node, const char *where, int parent_line,
+                        int parent_col, json_t **ret, diag *d) {
+        return config_schema_check_sized(map, sizeof(org_config_entry), node, where, parent_line, parent_col, ret, d);
+}
+
+int config_schema_check_plugin(const org_plugin *desc, const ynode *node, const char *where, int parent_line,
+                               int parent_col, json_t **ret, diag *d) {
+        size_t size;
+        if (config_entry_size(desc, &size) < 0) {
+                diag_add(d, parent_line, parent_col,
+                         "%s: the plugin declares config entries of %u bytes, not a multiple of %zu from %zu to %zu",
+                         isempty(where) ? "config" : where, (unsigned)desc->config_entry_size,
+                         (size_t)_Alignof(org_config_entry), (size_t)CONFIG_ENTRY_SIZE_V1, (size_t)CONFIG_ENTRY_SIZE_MAX);
+                return -EINVAL;
+        }
+        return config_schema_check_sized(desc->config_map, size, node, where, parent_line, parent_col, ret, d);
 }
 
 json_t *config_json_path(json_t *root, const char *path) {

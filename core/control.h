@@ -20,6 +20,24 @@
 #define CTL_PROTOCOL 1
 #define CTL_MAX_LINE (1u << 20)      /* a request line larger than this is refused */
 #define CTL_MAX_OUTPUT (8u << 20)    /* stream events beyond this much unsent output are dropped */
+/* A request's id is echoed in its answer and in every event of its stream: an integer
+ * or a string of at most this many bytes, or the request is refused (EINVAL). */
+#define CTL_MAX_ID 256
+/* Streams (bus.sub) open at once: each holds a bus subscription and its queue. Enough
+ * for any operator's terminals; beyond it EBUSY. */
+#define CTL_MAX_STREAMS_CONN 16
+#define CTL_MAX_STREAMS_UID 64
+/* Requests of one connection awaiting their answer (streams, calls, bus requests):
+ * beyond it no further line is read until one ends (back-pressure, not an error). */
+#define CTL_MAX_PENDING 64
+/* Connections only root (or agentd's own uid) may take, out of control.max_connections,
+ * so that a crowd of read-only peers never locks the administrator out. */
+#define CTL_ROOT_RESERVED 4
+/* Work for one peer in one wake-up of the loop: then back to the loop (ticks, bus,
+ * other peers, the watchdog ping), and the rest in a later turn. */
+#define CTL_LINES_PER_WAKEUP 64
+#define CTL_USEC_PER_WAKEUP 2000
+#define CTL_READ_CHUNK (64u << 10)
 
 typedef struct ctl_conn ctl_conn;
 typedef struct ctl_request ctl_request;
@@ -39,6 +57,7 @@ struct ctl_request {
         void *data;
         void (*on_close)(ctl_request *q);
         ctl_request *next;
+        bool stream;                 /* counted against CTL_MAX_STREAMS_* */
 };
 
 int control_new(agent *a, const char *path, control **ret);
@@ -58,11 +77,15 @@ void ctl_request_free(ctl_request *q);
  * agents (through the NATS bridge). admin: mutating verbs allowed too. */
 int control_remote_start(control *c, bool admin);
 
+/* Figures for `agentctl status`: connections open, output bytes buffered, refused. */
+json_t *control_status(const control *c);
+
 /* ctl_verbs.c: the verbs. */
 typedef struct ctl_verb {
         const char *name;
         bool mutating;
         void (*run)(ctl_request *q);
+        bool stream;                 /* answers with a stream that lasts (bus.sub) */
 } ctl_verb;
 const ctl_verb *ctl_verb_find(const char *name);
 /* Sends q to agent `target` over the bus (agentctl --agent). */

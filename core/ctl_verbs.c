@@ -56,6 +56,7 @@ static void v_status(ctl_request *q) {
                 (json_int_t)bs.delivered, "dropped", (json_int_t)bs.dropped, "subscriptions", (json_int_t)bs.n_subs,
                 "config_reloads", (json_int_t)a->config_reloads, "nats", "enabled", a->config->nats != NULL);
         json_object_set_new(r, "nats", bridge_status(a->bridge));
+        json_object_set_new(r, "control", control_status(a->control));
         ctl_reply_ok(q, r);
 }
 
@@ -66,16 +67,33 @@ static void v_plugin_list(ctl_request *q) {
         ctl_reply_ok(q, arr);
 }
 
-static json_t *config_map_to_json(const org_config_entry *map) {
+/* The table as documentation, walked with the plugin's own entry size; each limit the
+ * entry declares is shown as the YAML text the plugin wrote. */
+static json_t *config_map_to_json(const org_config_entry *map, size_t entry_size) {
         json_t *arr = json_array();
-        for (size_t i = 0; map && map[i].key; i++) {
-                const org_config_entry *e = &map[i];
+        for (const org_config_entry *e = map; e && e->key; e = config_entry_next(e, entry_size)) {
+                config_limits l;
                 json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "key", e->key, "type", config_type_name(e->type),
                                       "required", e->required, "help", e->help ? e->help : "");
+                if (!o)
+                        continue;
                 if (e->default_value)
                         json_object_set_new(o, "default", json_string(e->default_value));
+                config_entry_limits(e, entry_size, &l);
+                if (l.min)
+                        json_object_set_new(o, "min", json_string(l.min));
+                if (l.max)
+                        json_object_set_new(o, "max", json_string(l.max));
+                if (l.choices) {
+                        json_t *ch = json_array();
+                        for (const char *const *c = l.choices; *c; c++)
+                                json_array_append_new(ch, json_string(*c));
+                        json_object_set_new(o, "choices", ch);
+                }
+                if (l.format)
+                        json_object_set_new(o, "format", json_string(l.format));
                 if (e->children)
-                        json_object_set_new(o, "children", config_map_to_json(e->children));
+                        json_object_set_new(o, "children", config_map_to_json(e->children, entry_size));
                 json_array_append_new(arr, o);
         }
         return arr;
@@ -92,13 +110,19 @@ static json_t *verbs_to_json(const org_verb *verbs) {
 
 static json_t *descriptor_to_json(const plugin_so *so) {
         const org_plugin *d = so->desc;
+        size_t esize;
+        /* an impossible entry size: no table rather than garbage read as one */
+        json_t *map = config_entry_size(d, &esize) < 0 ? json_null() : config_map_to_json(d->config_map, esize);
         return json_pack("{s:s, s:s, s:s, s:s, s:i, s:o, s:o}", "plugin", d->name, "version",
                          d->version ? d->version : "", "summary", d->summary ? d->summary : "", "file", so->path,
-                         "abi_version", (int)d->abi_version, "config_map", config_map_to_json(d->config_map), "verbs",
+                         "abi_version", (int)d->abi_version, "config_map", map, "verbs",
                          verbs_to_json(d->verbs));
 }
 
-/* Info on an instance, or on a plugin file by name (documentation without running it). */
+/* Info on an instance, or on a plugin file by name. The descriptor of a plugin that is
+ * not loaded can only be read by loading it, which runs its constructors as agentd's
+ * user: only an admin peer may cause that; a read-only peer gets the instance without
+ * the descriptor, or EPERM for a plugin with no instance. */
 static void v_plugin_info(ctl_request *q) {
         const char *name = arg_str(q, "name");
         if (!name || !name_is_valid(name))
@@ -115,7 +139,15 @@ static void v_plugin_info(ctl_request *q) {
         plugin_so *so = NULL;
         if (in && in->so)
                 json_object_update_new(r, descriptor_to_json(in->so));
-        else if (path && loader_open(path, q->agent->check_perms, &so, &err) >= 0) {
+        else if (path && !q->admin) {
+                static const char why[] = "not loaded: reading the descriptor of a plugin means loading it, "
+                                          "which only root may cause";
+                if (!in) {
+                        json_decref(r);
+                        return ctl_reply_error(q, EPERM, "permission denied: plugin %s is %s", name, why);
+                }
+                json_object_set_new(r, "load_error", json_string(why));
+        } else if (path && loader_open(path, q->agent->check_perms, &so, &err) >= 0) {
                 json_object_update_new(r, descriptor_to_json(so));
                 loader_close(so);
         } else if (err)
@@ -205,6 +237,11 @@ static void v_config_check(ctl_request *q) {
          * may point it at another file */
         if (path && !q->admin)
                 return ctl_reply_error(q, EPERM, "permission denied: checking another file than the running config needs root");
+        /* an admin of another agent is not root here: over NATS only the running config */
+        if (path && q->reply_subject)
+                return ctl_reply_error(q, EPERM,
+                                       "permission denied: config check FILE is refused over NATS (remote peers may "
+                                       "check the running config only; run agentctl on this host)");
         if (!path)
                 path = q->agent->config_path;
         if (!path)
@@ -310,18 +347,37 @@ static void v_bus_pub(ctl_request *q) {
         ctl_reply_ok(q, json_pack("{s:i}", "receivers", r));
 }
 
+/* A string from the bus as JSON: NATS lets subjects, origins and headers carry bytes
+ * that are not UTF-8, which JSON cannot; those bytes are written as \\xNN. */
+static json_t *json_bus_string(const char *s) {
+        if (!s)
+                return NULL;
+        json_t *j = json_string(s);
+        if (j)
+                return j;
+        _cleanup_free_ char *esc = str_escape_alloc(s, strlen(s), 0);
+        return esc ? json_string(esc) : NULL;
+}
+
 /* A message as the control socket shows it: the payload parsed when it is JSON. */
 static json_t *msg_to_json(const bus_msg *m) {
         json_error_t e;
         json_t *payload = m->m.len ? json_loadb(m->m.data, m->m.len, JSON_DECODE_ANY, &e) : NULL;
-        json_t *o = json_pack("{s:s, s:I, s:s?}", "subject", m->m.subject, "seq", (json_int_t)m->seq, "origin",
-                              m->m.origin);
+        json_t *o = json_pack("{s:o*, s:I, s:o*}", "subject", json_bus_string(m->m.subject), "seq", (json_int_t)m->seq,
+                              "origin", json_bus_string(m->m.origin));
+        if (!o) {
+                json_decref(payload);
+                return NULL;
+        }
         if (m->m.reply)
-                json_object_set_new(o, "reply", json_string(m->m.reply));
+                json_object_set_new(o, "reply", json_bus_string(m->m.reply));
         if (m->m.n_headers) {
                 json_t *h = json_object();
-                for (size_t i = 0; i < m->m.n_headers; i++)
-                        json_object_set_new(h, m->m.headers[i].key, json_string(m->m.headers[i].value));
+                for (size_t i = 0; i < m->m.n_headers; i++) {
+                        _cleanup_free_ char *key = str_escape_alloc(m->m.headers[i].key, strlen(m->m.headers[i].key), 0);
+                        if (key)
+                                json_object_set_new(h, key, json_bus_string(m->m.headers[i].value));
+                }
                 json_object_set_new(o, "headers", h);
         }
         if (payload)
@@ -607,7 +663,7 @@ static const ctl_verb verbs[] = {
         {"config.check", false, v_config_check},
         {"config.reload", true, v_config_reload},
         {"bus.pub", true, v_bus_pub},
-        {"bus.sub", false, v_bus_sub},
+        {"bus.sub", false, v_bus_sub, true},
         {"bus.request", true, v_bus_request},
         {"call", false, v_call}, /* checks the plugin verb's own flag */
         {"metrics", false, v_metrics},

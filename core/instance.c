@@ -252,9 +252,18 @@ fail:
 
 static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         instance *in = userdata;
-        uint64_t period = in->cfg.interval_ms * USEC_PER_MSEC;
-        /* next tick from the scheduled time, so ticks do not drift by their own cost */
-        sd_event_source_set_time(s, usec + period);
+        uint64_t period = in->cfg.interval_ms * USEC_PER_MSEC, now = usec, next = usec + period;
+        /* Next tick from the scheduled time, so ticks do not drift by their own cost. But
+         * missed ticks are coalesced: when the loop (or this tick's predecessor) stalled
+         * past a whole period, this one late tick stands for all that were missed, and
+         * the next comes a period from now, not in a burst to catch up. */
+        if (sd_event_now(sd_event_source_get_event(s), CLOCK_MONOTONIC, &now) < 0)
+                now = usec;
+        if (period > 0 && next <= now) {
+                in->ticks_skipped += (now - usec) / period;
+                next = now + period;
+        }
+        sd_event_source_set_time(s, next);
         sd_event_source_set_enabled(s, SD_EVENT_ON);
         int (*tick)(void *) = PLUGIN_HOOK(in->so, tick);
         if (!tick || in->run_state != INSTANCE_RUNNING)
@@ -308,7 +317,7 @@ static int load_checked(instance *in, const instance_config *ic, const char *so_
                 return -ENOMEM;
         }
         json_t *cj = NULL;
-        r = config_schema_check(so->desc->config_map, ic->config, where, ic->line, ic->col, &cj, &d);
+        r = config_schema_check_plugin(so->desc, ic->config, where, ic->line, ic->col, &cj, &d);
         if (r < 0) {
                 *ret_error = diag_join(&d);
                 diag_done(&d);
@@ -614,6 +623,7 @@ json_t *instance_to_json(const instance *in, bool detailed) {
                               (json_int_t)in->reloads, "generation", (json_int_t)in->generation);
         if (!o)
                 return NULL;
+        json_object_set_new(o, "ticks_skipped", json_integer((json_int_t)in->ticks_skipped));
         if (in->so) {
                 json_object_set_new(o, "version", json_string(in->so->desc->version ? in->so->desc->version : ""));
                 json_object_set_new(o, "path", json_string(in->so->path));

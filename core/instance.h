@@ -48,6 +48,7 @@ struct instance {
         uint64_t loaded_at_us;
         uint64_t ticks, handled, calls, hook_errors;
         uint64_t tick_us_last, tick_us_max;
+        uint64_t ticks_skipped;  /* missed while the loop stalled, coalesced into one */
         uint64_t reloads;
         struct isolate *iso;     /* isolate: true — the child process side (isolate.h), else NULL */
 };

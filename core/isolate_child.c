@@ -900,10 +900,6 @@ static int child_run(int argc, char **argv) {
                 send_ready(rr, err ? err : strerror(-rr));
                 return 1;
         }
-        /* nothing else is opened here: the scratch link can go now */
-        if (C.so->link)
-                unlink(C.so->link);
-        loader_done();
 
         C.host = host_table;
         C.host.publish = c_publish;

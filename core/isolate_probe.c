@@ -104,9 +104,6 @@ static int probe_child_run(int argc, char **argv) {
         plugin_so *so = NULL;
         char *err = NULL;
         int r = loader_open(argv[3], streq(argv[4], "1"), &so, &err);
-        if (r >= 0 && so->link) /* the mapping stays; the scratch directory need not */
-                unlink(so->link);
-        loader_done();
         json_t *o = r < 0 ? json_pack("{s:s, s:i}", "error", err ? err : strerror(-r), "errno", -r) : desc_to_json(so);
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (!text)
@@ -223,6 +220,7 @@ static int probe_build(const char *path, json_t *j, plugin_so **ret, char **ret_
         }
         p->json = j;
         p->so.path = strdup(path);
+        p->so.fd = -1;
         p->so.desc = &p->desc;
         org_plugin *d = &p->desc;
         d->abi_version = ORG_PLUGIN_ABI_VERSION;
@@ -390,7 +388,7 @@ int plugin_open(const char *path, bool check_perms, bool isolated, plugin_so **r
 }
 
 void plugin_close(plugin_so *so) {
-        if (so && !so->dl && !so->link) /* a stand-in from isolate_probe */
+        if (so && !so->dl) /* a stand-in from isolate_probe (loader_open always maps) */
                 probe_free((probe_so *)so);
         else
                 loader_close(so);

@@ -1,47 +1,19 @@
-/* loader.c — dlopen of plugin files through unique symlinks, descriptor checks and the
- * root-only permission checks on plugin files and directories. */
+/* loader.c — opening plugin files: the file is opened once (after trust.c's checks
+ * when agentd checks permissions), dlopen'ed through /proc/<pid>/fd/N so the inode
+ * checked is the inode loaded, and its descriptor checked before any field is read. */
 #include <dlfcn.h>
-#include <stdarg.h>
 #include <fcntl.h>
-#include <libgen.h>
+#include <link.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <sys/stat.h>
 
 #include "loader.h"
+#include "trust.h"
 #include "util.h"
-
-static char *scratch_dir;
-static unsigned long long open_counter;
 
 /* The smallest descriptor this agentd accepts: everything up to and including fini. */
 #define DESC_MIN_SIZE (offsetof(org_plugin, fini) + sizeof(((org_plugin *)0)->fini))
-
-int loader_init(const char *base) {
-        if (scratch_dir)
-                return 0;
-        if (!base)
-                base = getenv("TMPDIR");
-        if (isempty(base))
-                base = "/tmp";
-        char *t = NULL;
-        if (asprintf(&t, "%s/agentd-so.XXXXXX", base) < 0)
-                return -ENOMEM;
-        if (!mkdtemp(t)) {
-                int r = -errno;
-                free(t);
-                return r;
-        }
-        scratch_dir = t;
-        return 0;
-}
-
-void loader_done(void) {
-        if (!scratch_dir)
-                return;
-        rmdir(scratch_dir); /* links are removed as objects close; leftovers keep it */
-        free(scratch_dir);
-        scratch_dir = NULL;
-}
 
 int loader_find(char *const *dirs, const char *name, char **ret_path) {
         if (!name_is_valid(name))
@@ -59,35 +31,42 @@ int loader_find(char *const *dirs, const char *name, char **ret_path) {
         return -ENOENT;
 }
 
-static int check_one(const char *what, const char *path, char **ret_reason) {
-        struct stat st;
-        if (stat(path, &st) < 0) {
-                if (asprintf(ret_reason, "cannot stat %s %s: %s", what, path, strerror(errno)) < 0)
-                        *ret_reason = NULL;
-                return -errno;
-        }
-        if (st.st_uid != 0) {
-                if (asprintf(ret_reason, "%s %s is owned by uid %u, not root", what, path, (unsigned)st.st_uid) < 0)
-                        *ret_reason = NULL;
-                return -EPERM;
-        }
-        if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-                if (asprintf(ret_reason, "%s %s is writable by %s (mode %04o)", what, path,
-                             (st.st_mode & S_IWOTH) ? "everyone" : "its group", (unsigned)(st.st_mode & 07777)) < 0)
-                        *ret_reason = NULL;
-                return -EPERM;
+int loader_check_perms(const char *path, char **ret_reason) {
+        return trust_check_file(path, "plugin", ret_reason);
+}
+
+typedef struct name_query {
+        const char *name;
+        bool found;
+} name_query;
+
+static int match_name(struct dl_phdr_info *info, size_t size, void *userdata) {
+        name_query *q = userdata;
+        if (info->dlpi_name && streq(info->dlpi_name, q->name)) {
+                q->found = true;
+                return 1;
         }
         return 0;
 }
 
-int loader_check_perms(const char *path, char **ret_reason) {
-        _cleanup_free_ char *copy = strdup(path);
-        if (!copy)
-                return -ENOMEM;
-        int r = check_one("plugin file", path, ret_reason);
-        if (r < 0)
-                return r;
-        return check_one("plugin directory", dirname(copy), ret_reason);
+/* glibc hands back an object already loaded under the same name without opening the
+ * file: a descriptor number whose name an object still loaded carries (one dlclose
+ * could not unload) must not be reused. The name holds the pid, not "self", so that a
+ * debugger or symbolizer in another process finds the same file. */
+static int unique_fd_name(int *fd, char *name, size_t size) {
+        for (int tries = 0; tries < 1024; tries++) {
+                snprintf(name, size, "/proc/%d/fd/%d", (int)getpid(), *fd);
+                name_query q = {name, false};
+                dl_iterate_phdr(match_name, &q);
+                if (!q.found)
+                        return 0;
+                int nfd = fcntl(*fd, F_DUPFD_CLOEXEC, *fd + 1);
+                if (nfd < 0)
+                        return -errno;
+                close(*fd);
+                *fd = nfd;
+        }
+        return -EMFILE;
 }
 
 static int fail(char **ret_error, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -103,16 +82,12 @@ static int fail(char **ret_error, int r, const char *fmt, ...) {
 }
 
 int loader_open(const char *path, bool check_perms, plugin_so **ret, char **ret_error) {
+        _cleanup_close_ int fd = -1;
         int r;
-        if (!scratch_dir && (r = loader_init(NULL)) < 0)
-                return fail(ret_error, r, "cannot create the plugin scratch directory: %s", strerror(-r));
 
-        _cleanup_free_ char *abspath = realpath(path, NULL);
-        if (!abspath)
-                return fail(ret_error, -errno, "%s: %s", path, strerror(errno));
         if (check_perms) {
                 char *reason = NULL;
-                r = loader_check_perms(abspath, &reason);
+                r = trust_open(path, "plugin", &fd, &reason);
                 if (r < 0) {
                         if (ret_error)
                                 *ret_error = reason;
@@ -120,62 +95,59 @@ int loader_open(const char *path, bool check_perms, plugin_so **ret, char **ret_
                                 free(reason);
                         return r;
                 }
+        } else {
+                fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+                if (fd < 0)
+                        return fail(ret_error, -errno, "%s: %s", path, strerror(errno));
         }
         struct stat st;
-        if (stat(abspath, &st) < 0)
-                return fail(ret_error, -errno, "%s: %s", abspath, strerror(errno));
+        if (fstat(fd, &st) < 0)
+                return fail(ret_error, -errno, "%s: %s", path, strerror(errno));
         if (!S_ISREG(st.st_mode))
-                return fail(ret_error, -EINVAL, "%s is not a regular file", abspath);
+                return fail(ret_error, -EINVAL, "%s is not a regular file", path);
 
-        _cleanup_free_ char *link = NULL;
-        const char *base = strrchr(abspath, '/') + 1;
-        if (asprintf(&link, "%s/%llu-%s", scratch_dir, ++open_counter, base) < 0)
-                return -ENOMEM;
-        if (symlink(abspath, link) < 0)
-                return fail(ret_error, -errno, "cannot link %s: %s", link, strerror(errno));
-
-        void *dl = dlopen(link, RTLD_NOW | RTLD_LOCAL);
+        char name[64];
+        r = unique_fd_name(&fd, name, sizeof name);
+        if (r < 0)
+                return fail(ret_error, r, "%s: %s", path, strerror(-r));
+        void *dl = dlopen(name, RTLD_NOW | RTLD_LOCAL);
         if (!dl) {
                 const char *e = dlerror();
-                unlink(link);
-                return fail(ret_error, -ENOEXEC, "%s", e ? e : "dlopen failed");
+                return fail(ret_error, -ENOEXEC, "%s: %s%s", path, e ? e : "dlopen failed",
+                            access(name, F_OK) < 0 ? " (plugins are loaded through /proc: is it mounted?)" : "");
         }
         const uint32_t *head = dlsym(dl, ORG_PLUGIN_SYMBOL);
         if (!head) {
                 dlclose(dl);
-                unlink(link);
                 return fail(ret_error, -ENOEXEC, "%s does not export the symbol \"%s\": not an organism plugin",
-                            abspath, ORG_PLUGIN_SYMBOL);
+                            path, ORG_PLUGIN_SYMBOL);
         }
         /* Only the first two words may be read before they are checked. */
         if (head[0] != ORG_PLUGIN_ABI_VERSION || head[1] < DESC_MIN_SIZE) {
                 uint32_t v = head[0], sz = head[1];
                 dlclose(dl);
-                unlink(link);
                 if (v != ORG_PLUGIN_ABI_VERSION)
                         return fail(ret_error, -EPROTO,
-                                    "%s was built for plugin ABI version %u, this agentd speaks version %u", abspath,
+                                    "%s was built for plugin ABI version %u, this agentd speaks version %u", path,
                                     v, ORG_PLUGIN_ABI_VERSION);
-                return fail(ret_error, -EPROTO, "%s has a descriptor of %u bytes, ABI %u needs at least %zu", abspath,
+                return fail(ret_error, -EPROTO, "%s has a descriptor of %u bytes, ABI %u needs at least %zu", path,
                             sz, v, (size_t)DESC_MIN_SIZE);
         }
         const org_plugin *desc = (const org_plugin *)head;
         if (!desc->name || !name_is_valid(desc->name) || !desc->init) {
                 dlclose(dl);
-                unlink(link);
-                return fail(ret_error, -EINVAL, "%s: descriptor lacks a valid name or an init hook", abspath);
+                return fail(ret_error, -EINVAL, "%s: descriptor lacks a valid name or an init hook", path);
         }
 
         plugin_so *so = new0(plugin_so, 1);
         if (!so) {
                 dlclose(dl);
-                unlink(link);
                 return -ENOMEM;
         }
         so->dl = dl;
         so->desc = desc;
+        so->fd = TAKE_FD(fd);
         so->path = strdup(path);
-        so->link = TAKE_PTR(link);
         so->dev = st.st_dev;
         so->ino = st.st_ino;
         if (!so->path) {
@@ -191,9 +163,9 @@ void loader_close(plugin_so *so) {
                 return;
         if (so->dl)
                 dlclose(so->dl);
-        if (so->link)
-                unlink(so->link);
-        free(so->link);
+        /* after dlclose: while the object is loaded, its name keeps this number taken */
+        if (so->fd >= 0)
+                close(so->fd);
         free(so->path);
         free(so);
 }

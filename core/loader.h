@@ -1,11 +1,12 @@
 /* loader.h — finding and opening plugin `.so` files.
  *
+ * The file is opened once and dlopen'ed through /proc/<pid>/fd/N, so the inode that
+ * was checked is the one that runs and a name can never bring back an old object: a
+ * rebuilt file renamed over the old one loads as new code while the old stays loaded.
  * The descriptor's ABI version and size are checked before any other field is read.
- * Every open goes through a uniquely named symlink in a private scratch directory:
- * glibc returns an already loaded object when dlopen is given the same name again, so
- * without a fresh name a reload would get the old code back. When agentd runs as root
- * it refuses a plugin file, or the directory holding it, that is writable by group or
- * others or not owned by root. */
+ * With check_perms the file and every directory above it must pass trust.c's rules
+ * (owned by root, or by agentd's euid when it is not root; not writable by group or
+ * others; see trust.h). /proc must be mounted. */
 #ifndef CORE_LOADER_H
 #define CORE_LOADER_H
 
@@ -18,7 +19,7 @@ typedef struct plugin_so {
         void *dl;
         const org_plugin *desc;
         char *path;          /* the file as configured/found */
-        char *link;          /* the scratch symlink that was dlopen'ed */
+        int fd;              /* the file, open while loaded: its /proc name was dlopen'ed */
         unsigned long long dev, ino;
 } plugin_so;
 
@@ -27,15 +28,11 @@ typedef struct plugin_so {
 #define PLUGIN_HOOK(so, f)                                                                   \
         ((so)->desc->struct_size >= offsetof(org_plugin, f) + sizeof((so)->desc->f) ? (so)->desc->f : NULL)
 
-/* Creates the scratch directory (mode 0700) under base (NULL: $TMPDIR or /tmp). */
-int loader_init(const char *base);
-void loader_done(void);
-
 /* Looks for <name>.so in dirs (NULL-terminated). */
 int loader_find(char *const *dirs, const char *name, char **ret_path);
 
-/* Checks ownership and modes of path and its directory (only meaningful as root).
- * On refusal returns -EPERM and a malloc'd reason. */
+/* Checks path by trust.c's rules (trust_check_file). On refusal returns -EPERM and a
+ * malloc'd reason. */
 int loader_check_perms(const char *path, char **ret_reason);
 
 /* Opens path. On failure returns a negative errno and, when ret_error is not NULL, a

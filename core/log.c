@@ -1,5 +1,6 @@
 /* log.c — journald when stderr is the journal's stream (JOURNAL_STREAM matches), plain
- * "agentd[plugin:instance] level: message" lines on stderr otherwise. */
+ * "agentd[plugin:instance] level: message" lines on stderr otherwise; the escaping of
+ * peer strings and the rate limiting of messages peers can trigger. */
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <systemd/sd-journal.h>
@@ -56,9 +57,11 @@ int log_internalv(int level, int error, const char *plugin, const char *instance
         if (level > max_level)
                 return -error;
 
-        char msg[2048];
+        char raw[2048], msg[2048];
         errno = error; /* for %m */
-        vsnprintf(msg, sizeof msg, fmt, ap);
+        vsnprintf(raw, sizeof raw, fmt, ap);
+        /* the net under every call site: no escape code reaches a terminal or the journal */
+        str_escape(raw, strlen(raw), ESCAPE_CONTROLS | ESCAPE_KEEP_NEWLINE, msg, sizeof msg);
 
         if (use_journal) {
                 char prio[16];
@@ -89,4 +92,24 @@ int log_internal(int level, int error, const char *plugin, const char *instance,
         int r = log_internalv(level, error, plugin, instance, fmt, ap);
         va_end(ap);
         return r;
+}
+
+const char *log_escape(const char *s, char *buf, size_t size) {
+        str_escape(s, s ? strlen(s) : 0, ESCAPE_CONTROLS, buf, size);
+        return buf;
+}
+
+bool log_ratelimit_test(log_ratelimit *rl, uint64_t now_us, unsigned long long *ret_suppressed) {
+        if (rl->begin_us == 0 || now_us - rl->begin_us >= rl->interval_us) {
+                rl->begin_us = now_us;
+                rl->n = 0;
+        }
+        if (rl->n >= rl->burst) {
+                rl->suppressed++;
+                return false;
+        }
+        rl->n++;
+        *ret_suppressed = rl->suppressed;
+        rl->suppressed = 0;
+        return true;
 }

@@ -104,8 +104,24 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 
 /* Reads a whole file into a malloc'd NUL-terminated buffer. */
 int read_full_file(const char *path, char **ret, size_t *ret_len);
+/* The same from an open descriptor (read to its end, not closed). */
+int read_full_fd(int fd, char **ret, size_t *ret_len);
 
 /* Valid names for agents and instances: [A-Za-z0-9_-], 1..64 characters. */
 bool name_is_valid(const char *s);
+
+/* Escaping of strings that came from a peer, so they cannot forge output: every byte
+ * that is not part of valid UTF-8 becomes \xNN; with ESCAPE_CONTROLS so do control
+ * characters (C0 including newline, DEL, and the C1 range U+0080..U+009F, which
+ * terminals obey too); ESCAPE_KEEP_NEWLINE lets '\n' through. */
+#define ESCAPE_CONTROLS 1u
+#define ESCAPE_KEEP_NEWLINE 2u
+/* len bytes of s into buf (size >= 1; always NUL-terminated; cut before a character
+ * that does not fit). Returns the length written. */
+size_t str_escape(const char *s, size_t len, unsigned flags, char *buf, size_t size);
+/* The same into a malloc'd string (never cut); NULL when out of memory. */
+char *str_escape_alloc(const char *s, size_t len, unsigned flags);
+/* true when len bytes of s are valid UTF-8 (what JSON strings must be). */
+bool utf8_is_valid(const char *s, size_t len);
 
 #endif

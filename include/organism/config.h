@@ -55,7 +55,8 @@ typedef struct org_config_entry {
                                            * "cpulist", "pci_address", "identifier"; NULL = any */
 } org_config_entry;
 
-/* `.choices = ORG_CHOICES("on", "off")` */
+/* `.choices = ORG_CHOICES("on", "off")`, in a table at file scope (a compound literal is
+ * a constant there only). */
 #define ORG_CHOICES(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 #define ORG_CONFIG_END { .key = NULL }

@@ -3,6 +3,7 @@
 #define ORGANISM_ORGANISM_H
 
 #include <organism/config.h>
+#include <organism/cpuset.h>
 #include <organism/host.h>
 #include <organism/msg.h>
 #include <organism/plugin.h>

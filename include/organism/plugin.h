@@ -8,7 +8,9 @@
  * Lifecycle, all on the daemon's loop thread:
  *   init(host, ctx, &state)  → subscribe, start timers; a non-zero return marks the
  *                              instance failed, with the reason logged.
- *   tick(state)              → every `interval` of the instance (coalesced).
+ *   tick(state)              → every `interval` of the instance (coalesced: after a stall
+ *                              one late tick, not a burst; the rest count in
+ *                              ticks_skipped_total).
  *   handle(state, msg)       → each bus message matching the instance's subscriptions.
  *   call(state, verb, req)   → `agentctl call INSTANCE VERB`; answer with host->respond.
  *   verify(state, &json)     → desired vs actual for `agentctl audit`.

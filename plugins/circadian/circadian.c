@@ -54,6 +54,7 @@ typedef struct circadian_view {
 
 static const org_config_entry circadian_action_entries[] = {
         {.key = "governor", .type = ORG_CFG_STRING,
+         .choices = ORG_CHOICES("performance", "powersave", "schedutil", "ondemand", "conservative", "userspace"),
          .help = "CPU frequency governor written to every cpu*/cpufreq/scaling_governor on entering the phase"},
         {.key = "gpu_cache_sync", .type = ORG_CFG_BOOL, .default_value = "false",
          .help = "publish gpu.cache.sync {gpu: all} on entering the phase"},
@@ -62,6 +63,7 @@ static const org_config_entry circadian_action_entries[] = {
 
 static const org_config_entry circadian_config_map[] = {
         {.key = "phases", .type = ORG_CFG_STRING_DICT, .default_value = "{day: \"07:00\", night: \"22:00\"}",
+         .format = "hh:mm",
          .help = "phase name -> local start time \"HH:MM\" (or \"HH:MM:SS\"); a phase lasts until the next one starts"},
         {.key = "actions", .type = ORG_CFG_DICT, .children = circadian_action_entries,
          .help = "phase name -> what to do on entering it: {governor, gpu_cache_sync}; none by default"},

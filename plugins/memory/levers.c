@@ -4,10 +4,15 @@
  * The two file levers are read before every write and written only when they differ
  * (the host's write_file checks again and logs before → after); a missing file disables
  * its lever only. The balloon goes through `qm` from the agent's command table, by argv
- * and asynchronously: `qm status VMID` first, then `qm balloon VMID MB` when the VM
- * runs or `qm set VMID --balloon MB` when it does not. qm has no cheap read of the live
- * target, so the plugin remembers what it last set successfully (a restart re-applies
- * it once). One call chain at a time: a tick that finds one in flight leaves it be.
+ * and asynchronously, reading before it writes: `qm config VMID` (a VM with PCI
+ * passthrough, hostpciN, has its RAM pinned, and one with `balloon: 0` has ballooning
+ * off: the lever is refused once, saying why, and never touched), then `qm status VMID
+ * --verbose` (running: the live `balloon:` in bytes; stopped: the config's `balloon:` in
+ * MiB), and only when that differs from the target `qm balloon VMID MB` (running) or
+ * `qm set VMID --balloon MB` (stopped). The chain runs when the target differs from
+ * what the plugin last set or found, so a restart with the balloon already right
+ * writes nothing and journals nothing. One call chain at a time: a tick that finds one
+ * in flight leaves it be.
  * Under dry_run nothing is written and mutating qm calls are skipped by the host; each
  * change that would have been made is journalled once, not on every tick. */
 #include <errno.h>
@@ -121,14 +126,14 @@ static void on_balloon_set(org_ctx *ctx, const org_exec_result *res, void *userd
         b->fails = 0;
         b->busy = false;
         char before[24], after[24], detail[96];
-        if (b->has_set)
-                snprintf(before, sizeof before, "%" PRId64, b->set_mb);
+        bool had = b->has_seen || b->has_set;
+        if (had)
+                snprintf(before, sizeof before, "%" PRId64, b->has_seen ? b->seen_mb : b->set_mb);
         snprintf(after, sizeof after, "%" PRId64, b->target_mb);
         if (strcmp(verb, "qm balloon") == 0)
                 snprintf(detail, sizeof detail, "qm balloon %s %s", b->vmid_text, after);
         else
                 snprintf(detail, sizeof detail, "qm set %s --balloon %s", b->vmid_text, after);
-        bool had = b->has_set;
         if (res->dry_run) {
                 b->dry_pending = true;
                 b->dry_mb = b->target_mb;
@@ -141,6 +146,76 @@ static void on_balloon_set(org_ctx *ctx, const org_exec_result *res, void *userd
                                                   .after = after, .detail = detail, .dry_run = res->dry_run});
 }
 
+/* The value of "KEY: value" at the start of a line of qm's output, trimmed, into buf
+ * (indented lines are sub-fields, as in ballooninfo:, and never match). */
+static bool qm_field(const char *out, const char *key, char *buf, size_t size) {
+        size_t kl = strlen(key);
+        for (const char *line = out; line && *line;) {
+                const char *nl = strchr(line, '\n');
+                size_t len = nl ? (size_t)(nl - line) : strlen(line);
+                if (len > kl && strncmp(line, key, kl) == 0 && line[kl] == ':') {
+                        const char *v = line + kl + 1;
+                        size_t vl = len - kl - 1;
+                        while (vl > 0 && (*v == ' ' || *v == '\t')) {
+                                v++;
+                                vl--;
+                        }
+                        while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t' || v[vl - 1] == '\r'))
+                                vl--;
+                        if (vl >= size)
+                                return false;
+                        memcpy(buf, v, vl);
+                        buf[vl] = '\0';
+                        return true;
+                }
+                line = nl ? nl + 1 : NULL;
+        }
+        return false;
+}
+
+/* The first passthrough key (hostpci0..hostpci15) of `qm config`, into buf. */
+static bool qm_passthrough(const char *out, char *buf, size_t size) {
+        for (const char *line = out; line && *line;) {
+                const char *nl = strchr(line, '\n');
+                size_t n = strlen("hostpci"), d = 0;
+                if (strncmp(line, "hostpci", n) == 0) {
+                        while (line[n + d] >= '0' && line[n + d] <= '9')
+                                d++;
+                        if (d > 0 && line[n + d] == ':' && n + d < size) {
+                                memcpy(buf, line, n + d);
+                                buf[n + d] = '\0';
+                                return true;
+                        }
+                }
+                line = nl ? nl + 1 : NULL;
+        }
+        return false;
+}
+
+static bool parse_i64(const char *text, int64_t *ret) {
+        uint64_t v;
+        const char *p = text;
+        if (memory_parse_u64(text, &v) < 0 || v > INT64_MAX)
+                return false;
+        while (*p == ' ' || *p == '\t')
+                p++;
+        while (*p >= '0' && *p <= '9')
+                p++;
+        if (*p != '\0')
+                return false;
+        *ret = (int64_t)v;
+        return true;
+}
+
+/* The VM must never be ballooned: say why once, and leave it alone from now on. */
+static void balloon_refuse(memory *m, const char *why) {
+        memory_balloon *b = &m->balloon;
+        b->busy = false;
+        b->enabled = false;
+        snprintf(b->refused, sizeof b->refused, "%s", why);
+        m->host->log(m->ctx, ORG_LOG_WARNING, "VM %s: %s: the balloon lever is refused", b->vmid_text, why);
+}
+
 static void on_balloon_status(org_ctx *ctx, const org_exec_result *res, void *userdata) {
         memory *m = userdata;
         memory_balloon *b = &m->balloon;
@@ -148,20 +223,34 @@ static void on_balloon_status(org_ctx *ctx, const org_exec_result *res, void *us
                 balloon_failed(m, "qm status", 0, res);
                 return;
         }
-        /* "status: running" (qm prints one line; tolerate more) */
+        /* "status: running" among the other lines of --verbose */
         b->vm_status[0] = '\0';
-        const char *s = res->out ? strstr(res->out, "status:") : NULL;
-        if (s) {
-                s += strlen("status:");
-                while (*s == ' ' || *s == '\t')
-                        s++;
-                size_t n = 0;
-                while (s[n] && s[n] != '\n' && s[n] != ' ' && n + 1 < sizeof b->vm_status)
-                        n++;
-                memcpy(b->vm_status, s, n);
-                b->vm_status[n] = '\0';
-        }
+        if (res->out && !qm_field(res->out, "status", b->vm_status, sizeof b->vm_status))
+                b->vm_status[0] = '\0';
         bool running = strcmp(b->vm_status, "running") == 0;
+        /* what the VM has now: the live balloon of a running VM (bytes), the config's
+         * target of a stopped one (MiB); unknown when qm does not say */
+        char text[32];
+        int64_t have = -1, bytes;
+        if (running) {
+                if (res->out && qm_field(res->out, "balloon", text, sizeof text) && parse_i64(text, &bytes))
+                        have = (bytes + (1 << 19)) >> 20; /* to the nearest MiB */
+        } else
+                have = b->config_mb;
+        b->has_seen = have >= 0;
+        b->seen_mb = have;
+        if (have == b->target_mb) {
+                /* already so: nothing to write, nothing to journal */
+                if (b->fails > 0)
+                        m->host->log(m->ctx, ORG_LOG_NOTICE, "qm works again for VM %s", b->vmid_text);
+                b->fails = 0;
+                b->busy = false;
+                b->has_set = true;
+                b->set_mb = have;
+                b->dry_pending = false;
+                m->host->log(m->ctx, ORG_LOG_DEBUG, "VM %s balloon already %" PRId64 " MiB", b->vmid_text, have);
+                return;
+        }
         char mb[24];
         snprintf(mb, sizeof mb, "%" PRId64, b->target_mb);
         const char *argv_run[] = {"qm", "balloon", b->vmid_text, mb, NULL};
@@ -175,6 +264,44 @@ static void on_balloon_status(org_ctx *ctx, const org_exec_result *res, void *us
                 balloon_disable(m, r);
         else if (r < 0)
                 balloon_failed(m, running ? "qm balloon" : "qm set", r, NULL);
+}
+
+static void on_balloon_config(org_ctx *ctx, const org_exec_result *res, void *userdata) {
+        memory *m = userdata;
+        memory_balloon *b = &m->balloon;
+        if (res->status != 0 || res->timed_out) {
+                balloon_failed(m, "qm config", 0, res);
+                return;
+        }
+        const char *out = res->out ? res->out : "";
+        char key[24], text[32], why[128];
+        int64_t mb;
+        /* SPEC §6: a passthrough VM's RAM is pinned; ballooning it does nothing but harm */
+        if (qm_passthrough(out, key, sizeof key)) {
+                snprintf(why, sizeof why, "it has PCI passthrough (%s), its RAM is pinned", key);
+                balloon_refuse(m, why);
+                return;
+        }
+        b->config_mb = -1;
+        if (qm_field(out, "balloon", text, sizeof text)) {
+                if (!parse_i64(text, &mb)) {
+                        balloon_failed(m, "qm config", -EBADMSG, NULL);
+                        return;
+                }
+                if (mb == 0) {
+                        /* the operator turned ballooning off (e.g. hugepages): not ours to undo */
+                        balloon_refuse(m, "its config says balloon: 0 (ballooning off)");
+                        return;
+                }
+                b->config_mb = mb;
+        }
+        const char *argv[] = {"qm", "status", b->vmid_text, "--verbose", NULL};
+        org_exec_spec spec = {.argv = argv, .timeout_ms = m->qm_timeout_ms, .capture_max = 65536};
+        int r = m->host->exec(m->ctx, &spec, on_balloon_status, m, &b->exec_id);
+        if (r == -ENOENT || r == -EPERM)
+                balloon_disable(m, r);
+        else if (r < 0)
+                balloon_failed(m, "qm status", r, NULL);
 }
 
 static void apply_balloon(memory *m, int64_t want, const char *reason) {
@@ -192,14 +319,14 @@ static void apply_balloon(memory *m, int64_t want, const char *reason) {
         b->busy = true;
         b->target_mb = want;
         snprintf(b->reason, sizeof b->reason, "%s", reason);
-        const char *argv[] = {"qm", "status", b->vmid_text, NULL};
-        org_exec_spec spec = {.argv = argv, .timeout_ms = m->qm_timeout_ms, .capture_max = 4096};
+        const char *argv[] = {"qm", "config", b->vmid_text, NULL};
+        org_exec_spec spec = {.argv = argv, .timeout_ms = m->qm_timeout_ms, .capture_max = 65536};
         /* the callback may run before exec returns (it does in the tests' fake host) */
-        int r = m->host->exec(m->ctx, &spec, on_balloon_status, m, &b->exec_id);
+        int r = m->host->exec(m->ctx, &spec, on_balloon_config, m, &b->exec_id);
         if (r == -ENOENT || r == -EPERM)
                 balloon_disable(m, r);
         else if (r < 0)
-                balloon_failed(m, "qm status", r, NULL);
+                balloon_failed(m, "qm config", r, NULL);
 }
 
 void memory_levers_apply(memory *m, const memory_profile *p, const char *reason) {
@@ -236,11 +363,15 @@ json_t *memory_levers_verify(memory *m, const memory_profile *p, bool *ret_ok) {
         snprintf(want, sizeof want, "%" PRId64, p->balloon_mb);
         if (!b->configured)
                 json_array_append_new(a, check("balloon", want, "no vmid (lever disabled)", true));
+        else if (b->refused[0])
+                json_array_append_new(a, check("balloon", want, b->refused, true)); /* left alone on purpose */
         else if (!b->enabled)
                 json_array_append_new(a, check("balloon", want, "qm not runnable (lever disabled)", true));
         else {
                 if (b->has_set)
                         snprintf(have, sizeof have, "%" PRId64, b->set_mb);
+                else if (b->has_seen)
+                        snprintf(have, sizeof have, "%" PRId64, b->seen_mb); /* read, not yet set */
                 else
                         snprintf(have, sizeof have, "unknown");
                 bool ok = b->has_set && b->set_mb == p->balloon_mb;
@@ -267,6 +398,8 @@ json_t *memory_levers_json(memory *m, const memory_profile *p) {
                                     b->vm_status[0] ? json_string(b->vm_status) : json_null(), "would_set",
                                     b->dry_pending ? json_integer((json_int_t)b->dry_mb) : json_null(), "failures",
                                     (json_int_t)b->fails);
+        if (balloon && b->refused[0])
+                json_object_set_new(balloon, "refused", json_string(b->refused));
         return json_pack("{s:o, s:o, s:o}", "arc_max", file_json(&m->arc, memory_rules_arc_want(m, p)), "swappiness",
                          file_json(&m->swappiness, (uint64_t)p->swappiness), "balloon", balloon);
 }

@@ -21,14 +21,17 @@
 #define HISTORY_MAX 1000
 
 static const org_config_entry profile_entries[] = {
-        {.key = "arc_max", .type = ORG_CFG_SIZE, .help = "ZFS ARC ceiling (zfs_arc_max) in this phase, never below arc_floor"},
-        {.key = "balloon_mb", .type = ORG_CFG_INT, .help = "balloon target of the VM in MiB"},
-        {.key = "swappiness", .type = ORG_CFG_INT, .help = "vm.swappiness, 0 to 200"},
+        {.key = "arc_max", .type = ORG_CFG_SIZE, .min = "1",
+         .help = "ZFS ARC ceiling (zfs_arc_max) in this phase, never below arc_floor"},
+        {.key = "balloon_mb", .type = ORG_CFG_INT, .min = "1", .max = "1073741824",
+         .help = "balloon target of the VM in MiB"},
+        {.key = "swappiness", .type = ORG_CFG_INT, .min = "0", .max = "200", .help = "vm.swappiness, 0 to 200"},
         ORG_CONFIG_END,
 };
 
 static const org_config_entry config_map[] = {
-        {.key = "vmid", .type = ORG_CFG_INT, .help = "Proxmox VM whose balloon is steered; absent: no balloon lever"},
+        {.key = "vmid", .type = ORG_CFG_INT, .min = "1",
+         .help = "Proxmox VM whose balloon is steered; absent: no balloon lever"},
         {.key = "mem_low", .type = ORG_CFG_SIZE, .default_value = "3GiB",
          .help = "MemAvailable below this: alert (sys.mem.alert) and the alert profile"},
         {.key = "mem_ok", .type = ORG_CFG_SIZE, .default_value = "6GiB",
@@ -44,15 +47,15 @@ static const org_config_entry config_map[] = {
          .help = "profile applied while MemAvailable is low"},
         {.key = "psi_trigger", .type = ORG_CFG_BOOL, .default_value = "true",
          .help = "arm a PSI trigger on /proc/pressure/memory (real sysroot only) to act between ticks"},
-        {.key = "psi_stall", .type = ORG_CFG_DURATION, .default_value = "150ms",
+        {.key = "psi_stall", .type = ORG_CFG_DURATION, .default_value = "150ms", .min = "1ms", .max = "10s",
          .help = "PSI trigger: stall time of some tasks within the window"},
-        {.key = "psi_window", .type = ORG_CFG_DURATION, .default_value = "1s",
+        {.key = "psi_window", .type = ORG_CFG_DURATION, .default_value = "1s", .min = "500ms", .max = "10s",
          .help = "PSI trigger window (500ms to 10s; unprivileged: rounded up to a multiple of 2s)"},
         {.key = "psi_min_gap", .type = ORG_CFG_DURATION, .default_value = "200ms",
          .help = "at most one evaluation per this gap on PSI events"},
-        {.key = "qm_timeout", .type = ORG_CFG_DURATION, .default_value = "30s",
+        {.key = "qm_timeout", .type = ORG_CFG_DURATION, .default_value = "30s", .min = "1ms",
          .help = "time-out of each qm call"},
-        {.key = "journal_keep", .type = ORG_CFG_INT, .default_value = "10000",
+        {.key = "journal_keep", .type = ORG_CFG_INT, .default_value = "10000", .min = "1",
          .help = "newest actions kept in the journal"},
         ORG_CONFIG_END,
 };
@@ -423,7 +426,7 @@ static int memory_verify(void *state, char **ret_json) {
 }
 
 /* A reload keeps the phase (circadian publishes it only on change), the alert and the
- * balloon target last set, which qm cannot tell us cheaply. */
+ * balloon target last set (so the new instance need not ask qm again). */
 static int memory_save(void *state, void **ret_blob, size_t *ret_len) {
         memory *m = state;
         json_t *o = json_pack("{s:s, s:s, s:b, s:o}", "phase", m->phase, "phase_source", m->phase_source, "alert",

@@ -90,6 +90,10 @@ typedef struct memory_balloon {
         bool dry_pending;
         int64_t dry_mb;
         char vm_status[24]; /* from the last `qm status` */
+        bool has_seen;
+        int64_t seen_mb;    /* what the last read found (live balloon or config), before a write */
+        int64_t config_mb;  /* `balloon:` of the last `qm config`, -1 when absent */
+        char refused[160];  /* why the lever is refused for good (passthrough...), "" if not */
         unsigned fails;
         uint64_t retry_at_us; /* back-off after a failed call */
 } memory_balloon;

@@ -92,14 +92,14 @@ class Agent:
             f.write(text)
         os.chmod(self.config, 0o644)
 
-    def start(self, expect_ready=True, timeout=15.0):
+    def start(self, expect_ready=True, timeout=15.0, env=None):
         ns_path = os.path.join(self.tmp, "notify.sock")
         if os.path.exists(ns_path):
             os.unlink(ns_path)
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         ns.bind(ns_path)
         ns.settimeout(timeout)
-        env = dict(os.environ, NOTIFY_SOCKET=ns_path)
+        env = dict(os.environ, NOTIFY_SOCKET=ns_path, **(env or {}))
         env.pop("JOURNAL_STREAM", None)
         self.logf = open(self.log, "ab")
         self.proc = subprocess.Popen([AGENTD, "-c", self.config], stdout=self.logf, stderr=self.logf, env=env)

@@ -3,16 +3,17 @@
 cpufreq4 fixture sysroot (4 CPUs, governor "schedutil"): the phase published at start
 and at an exact boundary a few seconds ahead (a real wall-clock timer, no polling),
 governors following the phase, the manual override (set with expiry, clear, kept
-across a restart), dry_run, audit reporting drift, and a bad config refused at init.
+across a restart), dry_run, audit reporting drift, and a bad config refused by --check (or at init).
 
 The real clock decides which phase holds when a test runs: tests read it from
 `agentctl circadian status` and expect the governor of that phase."""
 import calendar
 import os
 import shutil
+import subprocess
 import time
 
-from harness import Agent, Control, run_tests, wait_for
+from harness import AGENTD, Agent, Control, run_tests, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "..", "fixtures", "sysroots", "cpufreq4")
@@ -192,19 +193,36 @@ def test_audit_reports_drift(tmp, agents):
     assert a.ok("audit")["ok"] is True
 
 
-def test_bad_config_fails_init(tmp, agents):
-    a, root = start(tmp, agents, plugins="  circadian:\n    config:\n      phases: {day: \"7:00\", night: \"22:00\"}\n")
+def test_bad_config_refused(tmp, agents):
+    # a start time of the wrong form is a FILE:LINE:COL error of --check (the map's
+    # format "hh:mm"), and agentd does not start on it
+    root = sysroot(tmp)
+    a = Agent(tmp, "  circadian:\n    config:\n      phases: {day: \"7:00\", night: \"22:00\"}\n",
+              agent_extra="  sysroot: %s\n" % root)
+    agents.append(a)
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p
+    assert '%s:11:21: plugins.circadian.config.phases.day: "7:00" is not a time of day hh:mm' % a.config \
+        in p.stderr, p.stderr
+    assert a.start(expect_ready=False) == 1
+    assert governors(root) == ["schedutil"] * CPUS
+    # a governor outside the fixed choices, at its own line and column
+    a.write_config("  circadian:\n    config:\n      actions:\n        day: {governor: turbo}\n",
+                   "  sysroot: %s\n" % root)
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p
+    assert '%s:12:25: plugins.circadian.config.actions.day.governor: "turbo" is not one of: performance,' % a.config \
+        in p.stderr, p.stderr
+    # what only init can tell (two phases at the same time) still fails the instance
+    a.write_config("  circadian:\n    config:\n      phases: {day: \"07:00\", morning: \"07:00\"}\n",
+                   "  sysroot: %s\n" % root)
+    a.start()
     inst = wait_for(lambda: a.instance("circadian"), what="the instance")
     assert inst["state"] == "failed", inst
-    assert 'phases.day: "7:00" is not a local start time HH:MM' in a.logtext(), a.logtext()
+    assert "two phases cannot start at the same time" in a.logtext(), a.logtext()
     rc, _, err = a.ctl("circadian", "status")
     assert rc == 1 and "failed" in err, err
     assert governors(root) == ["schedutil"] * CPUS
-    # two phases at the same time
-    a.write_config("  circadian:\n    config:\n      phases: {day: \"07:00\", morning: \"07:00\"}\n",
-                   "  sysroot: %s\n" % root)
-    a.ok("config", "reload")
-    wait_for(lambda: "two phases cannot start at the same time" in a.logtext(), what="the duplicate-time error")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
-from harness import Agent, Control, Skip, run_tests, wait_for
+from harness import AGENTD, Agent, Control, Skip, run_tests, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "fixtures")
@@ -79,11 +80,44 @@ def wait_day_profile(a, balloon=True):
         wait_for(lambda: status(a)["levers"]["balloon"]["have"] == 24576, timeout=10, what="the balloon recorded")
 
 
+def test_out_of_range_config_refused_by_check(tmp, agents):
+    """swappiness: 300 is a FILE:LINE:COL fault of `agentd --check` (the plugin's map
+    says 0 to 200), not an init failure at run time; agentd does not start on it."""
+    config = "\n      vmid: 100\n      psi_window: 20s\n      profiles:\n        day: {swappiness: 300}\n"
+    a = setup(tmp, agents, config=config, start=False)
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p
+    lines = [l for l in p.stderr.splitlines() if re.match(re.escape(a.config) + r":\d+:\d+: ", l)]
+    assert "%s:15:19: plugins.memory.config.psi_window: 20s is above the maximum 10s" % a.config in lines, p.stderr
+    assert "%s:17:27: plugins.memory.config.profiles.day.swappiness: 300 is above the maximum 200" % a.config \
+        in lines, p.stderr
+    assert len(lines) == 2, p.stderr
+    assert a.start(expect_ready=False) == 1
+    assert "swappiness: 300 is above the maximum 200" in a.logtext()
+    assert qm_log(a) == [] and read(a, SWAPPINESS) != "300"
+    # the limits are documented by plugin info, as the table and as JSON
+    a.write_config("  memory:\n    plugin: memory\n    config: {vmid: 100}\n", "  sysroot: %s\n  commands: {qm: %s}\n"
+                   % (a.root, os.path.join(tmp, "qm")))
+    a.start()
+    info = a.ok("plugin", "info", "memory")
+    keys = {e["key"]: e for e in info["config_map"]}
+    assert keys["psi_window"]["min"] == "500ms" and keys["psi_window"]["max"] == "10s", keys["psi_window"]
+    sw = [c for c in keys["profiles"]["children"] if c["key"] == "swappiness"][0]
+    assert (sw["min"], sw["max"]) == ("0", "200"), sw
+    assert "min" not in keys["mem_low"], keys["mem_low"]
+    rc, out, _ = a.ctl("plugin", "info", "memory", as_json=False)
+    assert rc == 0 and "ALLOWED" in out, out
+    row = [l for l in out.splitlines() if l.startswith("profiles.<name>.swappiness")]
+    assert row and "0..200" in row[0], out
+    row = [l for l in out.splitlines() if l.startswith("psi_window")]
+    assert row and "500ms..10s" in row[0], out
+
+
 def test_levers_follow_memory_with_hysteresis(tmp, agents):
     a = setup(tmp, agents)
     # at start, MemAvailable 12 GiB: the day profile
     wait_day_profile(a)
-    assert qm_log(a)[:2] == ["status 100", "balloon 100 24576"], qm_log(a)
+    assert qm_log(a)[:3] == ["config 100", "status 100 --verbose", "balloon 100 24576"], qm_log(a)
 
     # a subscriber for the alert, live before memory drops
     c = Control(a.sock)
@@ -95,7 +129,9 @@ def test_levers_follow_memory_with_hysteresis(tmp, agents):
     set_mem_available(a, 2 * 1024 * 1024)
     wait_for(lambda: read(a, ARC_MAX) == str(4 * GIB), timeout=5, what="the ARC ceiling lowered")
     wait_for(lambda: "balloon 100 16384" in qm_log(a)[n_qm:], timeout=5, what="qm balloon 100 16384")
-    assert qm_log(a)[n_qm:] == ["status 100", "balloon 100 16384"], qm_log(a)
+    assert qm_log(a)[n_qm:] == ["config 100", "status 100 --verbose", "balloon 100 16384"], qm_log(a)
+    # qm has logged its call; wait for its answer to be taken in (journalled) too
+    wait_for(lambda: status(a)["levers"]["balloon"]["have"] == 16384, timeout=5, what="the night balloon recorded")
     ev = c.read()["event"]
     assert ev["subject"] == "sys.mem.alert" and ev["payload"]["mem_available"] == 2 * GIB, ev
     assert ev["payload"]["ts"].endswith("Z"), ev
@@ -109,12 +145,14 @@ def test_levers_follow_memory_with_hysteresis(tmp, agents):
     actions = status(a)["actions"]
     evaluations_pass(a)
     assert read(a, ARC_MAX) == str(4 * GIB)
-    assert len(qm_log(a)) == n_qm and status(a)["actions"] == actions
+    assert len(qm_log(a)) == n_qm, qm_log(a)[n_qm - 3:]
+    assert status(a)["actions"] == actions, (actions, a.ok("memory", "history"))
 
     # above mem_ok: back to the phase's profile (day)
     set_mem_available(a, 12 * 1024 * 1024)
     wait_for(lambda: read(a, ARC_MAX) == str(8 * GIB), timeout=5, what="the ARC ceiling raised")
-    wait_for(lambda: qm_log(a)[n_qm:] == ["status 100", "balloon 100 24576"], timeout=5, what="qm balloon back")
+    wait_for(lambda: qm_log(a)[n_qm:] == ["config 100", "status 100 --verbose", "balloon 100 24576"], timeout=5,
+             what="qm balloon back")
     wait_for(lambda: status(a)["alert"] is False, timeout=5, what="the alert over")
 
     # the band from above: nothing moves either
@@ -134,7 +172,8 @@ def test_levers_follow_memory_with_hysteresis(tmp, agents):
     assert arc == [(str(16 * GIB), str(8 * GIB), "start"), (str(8 * GIB), str(4 * GIB), "mem_low"),
                    (str(4 * GIB), str(8 * GIB), "mem_ok")], arc
     bal = [(r["before"], r["after"], r["reason"], r["detail"]) for r in reversed(rows) if r["lever"] == "balloon"]
-    assert bal == [(None, "24576", "start", "qm balloon 100 24576"),
+    # before: what qm status --verbose read (the fake VM starts at its memory, 32 GiB)
+    assert bal == [("32768", "24576", "start", "qm balloon 100 24576"),
                    ("24576", "16384", "mem_low", "qm balloon 100 16384"),
                    ("16384", "24576", "mem_ok", "qm balloon 100 24576")], bal
     sw = [(r["before"], r["after"]) for r in rows if r["lever"] == "swappiness"]
@@ -174,6 +213,50 @@ def test_levers_follow_memory_with_hysteresis(tmp, agents):
     inst = a.ok("plugin", "info", "memory")
     print("# memory tick inside agentd: last %s us, max %s us over %s ticks" % (
         inst.get("tick_us_last"), inst.get("tick_us_max"), inst.get("ticks")))
+
+
+def test_restart_reads_balloon_before_writing(tmp, agents):
+    """Read before write across restarts: the first start sets the balloon; the next two
+    find it already at the target (qm status --verbose) and neither write nor journal."""
+    a = setup(tmp, agents)
+    wait_day_profile(a)
+    actions = status(a)["actions"]
+    assert qm_log(a) == ["config 100", "status 100 --verbose", "balloon 100 24576"], qm_log(a)
+    for _ in range(2):
+        a.stop()
+        n_qm = len(qm_log(a))
+        a.start()
+        wait_for(lambda: status(a)["levers"]["balloon"]["have"] == 24576 and not status(a)["levers"]["balloon"]["busy"],
+                 timeout=10, what="the balloon read after the restart")
+        evaluations_pass(a)
+        assert qm_log(a)[n_qm:] == ["config 100", "status 100 --verbose"], qm_log(a)
+        h = a.ok("memory", "history", "50")
+        assert h["count"] == actions, h
+        assert [r["lever"] for r in h["actions"]].count("balloon") == 1, h
+    assert a.ok("audit")["ok"] is True
+
+
+def test_passthrough_vm_never_ballooned(tmp, agents):
+    """SPEC §6: a VM with PCI passthrough has its RAM pinned: the balloon lever is refused
+    once, saying why; the other levers go on."""
+    a = setup(tmp, agents, start=False)
+    with open(os.path.join(tmp, "qm.conf"), "w") as f:
+        f.write("balloon: 8192\nhostpci0: 0000:03:00,pcie=1\nmemory: 16384\n")
+    a.start()
+    wait_for(lambda: status(a)["levers"]["balloon"].get("refused"), timeout=10, what="the balloon refused")
+    wait_day_profile(a, balloon=False)
+    set_mem_available(a, 1024 * 1024)
+    wait_for(lambda: read(a, ARC_MAX) == str(4 * GIB), timeout=5, what="the ARC lowered")
+    evaluations_pass(a)
+    assert qm_log(a) == ["config 100"], qm_log(a)
+    assert "PCI passthrough (hostpci0)" in status(a)["levers"]["balloon"]["refused"], status(a)
+    assert a.logtext().count("the balloon lever is refused") == 1, a.logtext()[-3000:]
+    assert "balloon" not in [r["lever"] for r in a.ok("memory", "history", "50")["actions"]]
+    with open(os.path.join(tmp, "qm.conf")) as f:
+        assert "balloon: 8192" in f.read()
+    inst = [i for i in a.ok("audit")["instances"] if i["instance"] == "memory"][0]
+    bal = [c for c in inst["checks"] if c["what"] == "balloon"][0]
+    assert bal["ok"] is True and "RAM is pinned" in bal["have"], bal
 
 
 def test_stopped_vm_gets_qm_set(tmp, agents):
@@ -294,7 +377,8 @@ def test_dry_run_writes_nothing(tmp, agents):
     wait_for(lambda: status(a)["actions"] == 3, timeout=10, what="three actions that would be taken")
     evaluations_pass(a)
     assert read(a, ARC_MAX) == str(16 * GIB) and read(a, SWAPPINESS) == "60"
-    assert all(l == "status 100" for l in qm_log(a)) and qm_log(a), qm_log(a)
+    # reads only: qm config and qm status, never a write
+    assert qm_log(a) and all(l in ("config 100", "status 100 --verbose") for l in qm_log(a)), qm_log(a)
     log = a.logtext()
     assert "dry_run, would write %s" % ARC_MAX in log, log[-3000:]
     assert "dry_run, would run" in log and "balloon 100 24576" in log, log[-3000:]
@@ -307,7 +391,8 @@ def test_dry_run_writes_nothing(tmp, agents):
     set_mem_available(a, 1024 * 1024)
     wait_for(lambda: status(a)["actions"] == 5, timeout=5, what="the night profile announced")
     evaluations_pass(a)
-    assert read(a, ARC_MAX) == str(16 * GIB) and all(l == "status 100" for l in qm_log(a))
+    assert read(a, ARC_MAX) == str(16 * GIB)
+    assert all(l in ("config 100", "status 100 --verbose") for l in qm_log(a)), qm_log(a)
 
 
 def psi_fds(pid):

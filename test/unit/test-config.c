@@ -3,6 +3,7 @@
  * dotted key path, several at once; then a plugin's own config map (DICT children,
  * defaults, sizes normalised, missing required keys). */
 #include <errno.h>
+#include <fcntl.h>
 #include <syslog.h>
 
 #include "config.h"
@@ -547,8 +548,11 @@ static void test_fingerprint(void) {
 }
 
 static void test_file(void) {
-        char path[] = "/tmp/test-config-XXXXXX";
-        int fd = mkstemp(path);
+        /* in a folder of our own: a file right in the sticky /tmp is refused (trust.h) */
+        char dir[] = "/tmp/test-config-XXXXXX", path[64];
+        CHECK(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/agentd.yaml", dir);
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         CHECK(fd >= 0);
         const char *text = "agent:\n  name: filehost\n  bogus: 1\n";
         CHECK_INT(write(fd, text, strlen(text)), (long long)strlen(text));
@@ -570,6 +574,7 @@ static void test_file(void) {
         CHECK_INT(config_load(path, &c, &d), -ENOENT);
         CHECK(c == NULL);
         diag_done(&d);
+        rmdir(dir);
 }
 
 int main(void) {

@@ -1,8 +1,11 @@
 /* test-loader.c — the loader against real .so files built by the test suite: a good
  * plugin, one of another ABI, one without a descriptor, a rebuilt file dropped in by
- * rename (must load as new code while the old is still open), and the root-only
- * ownership and mode checks. */
+ * rename (must load as new code while the old is still open), the /proc name it is
+ * loaded under (never one an object still loaded carries), and the ownership and mode
+ * checks. */
+#include <dlfcn.h>
 #include <fcntl.h>
+#include <link.h>
 #include <sys/stat.h>
 
 #include "loader.h"
@@ -74,6 +77,29 @@ static void test_reload_by_rename(void) {
         unlink(path);
 }
 
+/* The object is loaded under /proc/<pid>/fd/<its fd>; an object that dlclose could
+ * not unload keeps its name, and a later file given the same descriptor number must
+ * not come back as that old object. */
+static void test_proc_name(void) {
+        plugin_so *a = NULL, *b = NULL;
+        char *err = NULL, want[64];
+        CHECK_INT(loader_open(so_example, false, &a, &err), 0);
+        struct link_map *lm = NULL;
+        CHECK_INT(dlinfo(a->dl, RTLD_DI_LINKMAP, &lm), 0);
+        snprintf(want, sizeof want, "/proc/%d/fd/%d", (int)getpid(), a->fd);
+        CHECK_STR(lm->l_name, want);
+        int n = a->fd;
+        /* pin it as a plugin built with -z nodelete would be */
+        void *pin = dlopen(want, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
+        CHECK(pin != NULL);
+        dlclose(pin);
+        loader_close(a); /* stays mapped under its name; fd n is free again */
+        CHECK_INT(loader_open(so_v2, false, &b, &err), 0);
+        CHECK_STR(b->desc->version, "2.0.0"); /* the new file, not the pinned old one */
+        CHECK(b->fd != n);
+        loader_close(b);
+}
+
 static void test_perms(void) {
         if (geteuid() != 0) {
                 printf("# perms: not root, ownership checks not exercised\n");
@@ -131,14 +157,13 @@ int main(void) {
         snprintf(so_badabi, sizeof so_badabi, "%s/test/plugins/badabi/example.so", b);
         snprintf(so_nodesc, sizeof so_nodesc, "%s/test/plugins/nodesc/example.so", b);
         CHECK(mkdtemp(tmpdir));
-        CHECK_INT(loader_init(tmpdir), 0);
         RUN(test_good);
         RUN(test_bad_abi);
         RUN(test_no_descriptor);
         RUN(test_reload_by_rename);
+        RUN(test_proc_name);
         RUN(test_perms);
         RUN(test_find);
-        loader_done();
         rmdir(tmpdir);
         return 0;
 }

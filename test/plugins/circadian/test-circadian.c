@@ -27,8 +27,9 @@ extern const org_plugin organism_plugin;
 static char sysroot[] = "/tmp/circadian-test-XXXXXX";
 
 static void write_text(const char *rel, const char *text) {
-        char path[512];
-        snprintf(path, sizeof path, "%s%s", sysroot, rel);
+        char path[600];
+        int n = snprintf(path, sizeof path, "%s%s", sysroot, rel);
+        CHECK(n > 0 && (size_t)n < sizeof path); /* a cut path would write somewhere else */
         FILE *f = fopen(path, "we");
         CHECK(f);
         fputs(text, f);

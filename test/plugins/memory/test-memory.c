@@ -152,11 +152,13 @@ static void test_hysteresis_and_levers(void) {
         fake_fire_timers(&e.ctx);
         CHECK_STR(fx_read(e.root, ARC_MAX), "8589934592");
         CHECK_STR(fx_read(e.root, SWAPPINESS), "10");
-        CHECK_INT(e.ctx.n_execs, 2);
-        CHECK_STR(exec_line(&e.ctx, 0), "qm status 100");
+        CHECK_INT(e.ctx.n_execs, 3); /* read (config, status) before the write */
+        CHECK_STR(exec_line(&e.ctx, 0), "qm config 100");
         CHECK(!e.ctx.execs[0].mutating);
-        CHECK_STR(exec_line(&e.ctx, 1), "qm balloon 100 24576");
-        CHECK(e.ctx.execs[1].mutating);
+        CHECK_STR(exec_line(&e.ctx, 1), "qm status 100 --verbose");
+        CHECK(!e.ctx.execs[1].mutating);
+        CHECK_STR(exec_line(&e.ctx, 2), "qm balloon 100 24576");
+        CHECK(e.ctx.execs[2].mutating);
         CHECK_INT(count_published(&e.ctx, "membrain.action"), 3);
         CHECK_CONTAINS(fake_last_published(&e.ctx, "membrain.action"), "\"lever\":\"balloon\"");
         CHECK_CONTAINS(fake_last_published(&e.ctx, "membrain.action"), "\"ts\":\"");
@@ -169,7 +171,7 @@ static void test_hysteresis_and_levers(void) {
 
         /* a tick with nothing new: nothing written, no qm */
         CHECK_INT(organism_plugin.tick(e.state), 0);
-        CHECK_INT(e.ctx.n_execs, 2);
+        CHECK_INT(e.ctx.n_execs, 3);
         CHECK_INT(count_published(&e.ctx, "membrain.action"), 3);
         CHECK_INT(count_published(&e.ctx, "sys.mem.state"), 2);
 
@@ -184,8 +186,8 @@ static void test_hysteresis_and_levers(void) {
         fx_mem_available(e.root, 2 * GIB_KIB);
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_STR(fx_read(e.root, ARC_MAX), "4294967296");
-        CHECK_INT(e.ctx.n_execs, 4);
-        CHECK_STR(exec_line(&e.ctx, 3), "qm balloon 100 16384");
+        CHECK_INT(e.ctx.n_execs, 6);
+        CHECK_STR(exec_line(&e.ctx, 5), "qm balloon 100 16384");
         CHECK_INT(count_published(&e.ctx, "sys.mem.alert"), 1);
         CHECK_CONTAINS(fake_last_published(&e.ctx, "membrain.action"), "\"reason\":\"mem_low\"");
         CHECK(fake_metric(&e.ctx, "mem_alert") == 1);
@@ -197,21 +199,21 @@ static void test_hysteresis_and_levers(void) {
         /* still low: the alert is not repeated and nothing moves */
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_INT(count_published(&e.ctx, "sys.mem.alert"), 1);
-        CHECK_INT(e.ctx.n_execs, 4);
+        CHECK_INT(e.ctx.n_execs, 6);
 
         /* inside the band: hold the night profile */
         fx_mem_available(e.root, 4608 * 1024);
         size_t actions = count_published(&e.ctx, "membrain.action");
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_STR(fx_read(e.root, ARC_MAX), "4294967296");
-        CHECK_INT(e.ctx.n_execs, 4);
+        CHECK_INT(e.ctx.n_execs, 6);
         CHECK_INT(count_published(&e.ctx, "membrain.action"), actions);
 
         /* above mem_ok: back to the day profile */
         fx_mem_available(e.root, 7 * GIB_KIB);
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_STR(fx_read(e.root, ARC_MAX), "8589934592");
-        CHECK_STR(exec_line(&e.ctx, 5), "qm balloon 100 24576");
+        CHECK_STR(exec_line(&e.ctx, 8), "qm balloon 100 24576");
         CHECK_CONTAINS(fake_last_published(&e.ctx, "membrain.action"), "\"reason\":\"mem_ok\"");
         CHECK(fake_metric(&e.ctx, "mem_alert") == 0);
 
@@ -219,7 +221,7 @@ static void test_hysteresis_and_levers(void) {
         fx_mem_available(e.root, 4608 * 1024);
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_STR(fx_read(e.root, ARC_MAX), "8589934592");
-        CHECK_INT(e.ctx.n_execs, 6);
+        CHECK_INT(e.ctx.n_execs, 9);
 
         /* someone changed the ARC ceiling behind our back: verify says so, a tick fixes it */
         fx_write(e.root, ARC_MAX, "1234\n");
@@ -339,7 +341,7 @@ static void test_nozfs_sources_logged_once(void) {
         fake_fire_timers(&e.ctx);
         CHECK_STR(fx_read(e.root, SWAPPINESS), "10");
         CHECK(!fx_read(e.root, ARC_MAX));
-        CHECK_STR(exec_line(&e.ctx, 1), "qm balloon 100 24576"); /* the balloon does not need ZFS */
+        CHECK_STR(exec_line(&e.ctx, 2), "qm balloon 100 24576"); /* the balloon does not need ZFS */
         unsigned logs = e.ctx.logs;
         for (int i = 0; i < 5; i++)
                 CHECK_INT(organism_plugin.tick(e.state), 0);
@@ -375,16 +377,16 @@ static void test_dry_run(void) {
         fake_fire_timers(&e.ctx);
         CHECK_STR(fx_read(e.root, ARC_MAX), "17179869184");
         CHECK_STR(fx_read(e.root, SWAPPINESS), "60");
-        CHECK_INT(e.ctx.n_execs, 2);
-        CHECK_STR(exec_line(&e.ctx, 1), "qm balloon 100 24576");
-        CHECK(e.ctx.execs[1].mutating); /* the host skips it under dry_run */
+        CHECK_INT(e.ctx.n_execs, 3);
+        CHECK_STR(exec_line(&e.ctx, 2), "qm balloon 100 24576");
+        CHECK(e.ctx.execs[2].mutating); /* the host skips it under dry_run */
         CHECK_INT(count_published(&e.ctx, "membrain.action"), 3);
         CHECK_CONTAINS(fake_last_published(&e.ctx, "membrain.action"), "\"dry_run\":true");
         /* said once: the next ticks do not repeat it */
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_INT(count_published(&e.ctx, "membrain.action"), 3);
-        CHECK_INT(e.ctx.n_execs, 2);
+        CHECK_INT(e.ctx.n_execs, 3);
         json_t *st = call_json(e.state, &e.ctx, "status", "{}");
         CHECK(json_is_true(json_object_get(st, "dry_run")));
         CHECK_INT(json_integer_value(json_object_get(json_object_get(json_object_get(st, "levers"), "arc_max"),
@@ -404,32 +406,131 @@ static void test_balloon_in_flight_and_stopped(void) {
         env_start(&e, "host32g", CONFIG_32G, true);
         fake_fire_timers(&e.ctx);
         CHECK_INT(e.ctx.n_execs, 1);
-        CHECK_STR(exec_line(&e.ctx, 0), "qm status 100");
-        /* ticks while qm status runs: no second call */
+        CHECK_STR(exec_line(&e.ctx, 0), "qm config 100");
+        /* ticks while qm config runs: no second call */
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_INT(e.ctx.n_execs, 1);
         json_t *st = call_json(e.state, &e.ctx, "status", "{}");
         CHECK(json_is_true(json_object_get(json_object_get(json_object_get(st, "levers"), "balloon"), "busy")));
         json_decref(st);
-        fake_exec_complete(&e.ctx, 0, "status: stopped\n");
+        fake_exec_complete(&e.ctx, 0, "memory: 32768\nballoon: 8192\n");
         CHECK_INT(e.ctx.n_execs, 2);
-        CHECK_STR(exec_line(&e.ctx, 1), "qm set 100 --balloon 24576");
+        CHECK_STR(exec_line(&e.ctx, 1), "qm status 100 --verbose");
+        fake_exec_complete(&e.ctx, 0, "maxmem: 34359738368\nstatus: stopped\n");
+        CHECK_INT(e.ctx.n_execs, 3);
+        CHECK_STR(exec_line(&e.ctx, 2), "qm set 100 --balloon 24576");
         /* memory drops while qm set runs: the tick leaves it be */
         fx_mem_available(e.root, 1 * GIB_KIB);
         CHECK_INT(organism_plugin.tick(e.state), 0);
-        CHECK_INT(e.ctx.n_execs, 2);
+        CHECK_INT(e.ctx.n_execs, 3);
         fake_exec_complete(&e.ctx, 0, "");
+        /* before: what qm config said, not a guess */
+        CHECK_CONTAINS(fake_last_published(&e.ctx, "membrain.action"), "\"before\":\"8192\"");
         CHECK_CONTAINS(fake_last_published(&e.ctx, "membrain.action"), "\"after\":\"24576\"");
-        /* the next tick catches up with the night target */
+        /* the next tick catches up with the night target: the VM runs now */
         CHECK_INT(organism_plugin.tick(e.state), 0);
-        CHECK_STR(exec_line(&e.ctx, 2), "qm status 100");
-        fake_exec_complete(&e.ctx, 0, "status: running\n");
-        CHECK_STR(exec_line(&e.ctx, 3), "qm balloon 100 16384");
+        CHECK_STR(exec_line(&e.ctx, 3), "qm config 100");
+        fake_exec_complete(&e.ctx, 0, "memory: 32768\nballoon: 24576\n");
+        CHECK_STR(exec_line(&e.ctx, 4), "qm status 100 --verbose");
+        fake_exec_complete(&e.ctx, 0, "balloon: 25769803776\nballooninfo:\n\tactual: 25769803776\nstatus: running\n");
+        CHECK_STR(exec_line(&e.ctx, 5), "qm balloon 100 16384");
         fake_exec_complete(&e.ctx, 0, "");
         CHECK_CONTAINS(fake_last_published(&e.ctx, "membrain.action"), "\"before\":\"24576\"");
         CHECK_INT(organism_plugin.tick(e.state), 0);
-        CHECK_INT(e.ctx.n_execs, 4);
+        CHECK_INT(e.ctx.n_execs, 6);
+        env_stop(&e);
+}
+
+/* Read before write: a balloon that already holds the target is not written, nor
+ * journalled; a VM with PCI passthrough, or with ballooning off, is refused once. */
+static void test_balloon_read_before_write(void) {
+        env e;
+        /* running, the live balloon already at the day target (24576 MiB, in bytes) */
+        env_start(&e, "host32g", CONFIG_32G, true);
+        fake_fire_timers(&e.ctx);
+        CHECK_STR(exec_line(&e.ctx, 0), "qm config 100");
+        fake_exec_complete(&e.ctx, 0, "memory: 32768\nballoon: 16384\n");
+        CHECK_STR(exec_line(&e.ctx, 1), "qm status 100 --verbose");
+        fake_exec_complete(&e.ctx, 0,
+                           "balloon: 25769803776\nballooninfo:\n\tactual: 1\nmaxmem: 34359738368\nstatus: running\n");
+        CHECK_INT(e.ctx.n_execs, 2); /* no qm balloon */
+        CHECK_INT(count_published(&e.ctx, "membrain.action"), 2); /* ARC and swappiness only */
+        json_t *st = call_json(e.state, &e.ctx, "status", "{}");
+        json_t *bl = json_object_get(json_object_get(st, "levers"), "balloon");
+        CHECK_INT(json_integer_value(json_object_get(bl, "have")), 24576);
+        CHECK(json_is_false(json_object_get(bl, "busy")));
+        json_decref(st);
+        char *v = NULL;
+        CHECK_INT(organism_plugin.verify(e.state, &v), 0);
+        CHECK_CONTAINS(v, "\"ok\":true");
+        free(v);
+        CHECK_INT(organism_plugin.tick(e.state), 0);
+        CHECK_INT(e.ctx.n_execs, 2);
+        env_stop(&e);
+
+        /* stopped, the config's balloon (MiB) already at the target */
+        env_start(&e, "host32g", CONFIG_32G, true);
+        fake_fire_timers(&e.ctx);
+        fake_exec_complete(&e.ctx, 0, "balloon: 24576\nmemory: 32768\n");
+        fake_exec_complete(&e.ctx, 0, "maxmem: 34359738368\nstatus: stopped\n");
+        CHECK_INT(e.ctx.n_execs, 2);
+        CHECK_INT(count_published(&e.ctx, "membrain.action"), 2);
+        /* a new target is written, with the balloon read as before */
+        fx_mem_available(e.root, 1 * GIB_KIB);
+        CHECK_INT(organism_plugin.tick(e.state), 0);
+        fake_exec_complete(&e.ctx, 0, "balloon: 24576\nmemory: 32768\n");
+        fake_exec_complete(&e.ctx, 0, "status: stopped\n");
+        CHECK_STR(exec_line(&e.ctx, 4), "qm set 100 --balloon 16384");
+        fake_exec_complete(&e.ctx, 0, "");
+        CHECK_CONTAINS(fake_last_published(&e.ctx, "membrain.action"), "\"before\":\"24576\"");
+        env_stop(&e);
+
+        /* PCI passthrough: the RAM is pinned; refused once, saying why, never touched */
+        env_start(&e, "host32g", CONFIG_32G, true);
+        fake_fire_timers(&e.ctx);
+        unsigned logs = e.ctx.logs;
+        fake_exec_complete(&e.ctx, 0,
+                           "balloon: 8192\nhostpci0: 0000:03:00,pcie=1\nhostpci1: 0000:04:00,pcie=1\nmemory: 16384\n");
+        CHECK_INT(e.ctx.n_execs, 1);
+        CHECK_INT(e.ctx.logs, logs + 1);
+        CHECK_INT(count_published(&e.ctx, "membrain.action"), 2);
+        st = call_json(e.state, &e.ctx, "status", "{}");
+        bl = json_object_get(json_object_get(st, "levers"), "balloon");
+        CHECK_CONTAINS(json_string_value(json_object_get(bl, "refused")), "PCI passthrough (hostpci0)");
+        CHECK(json_is_false(json_object_get(bl, "enabled")));
+        json_decref(st);
+        CHECK_INT(organism_plugin.verify(e.state, &v), 0);
+        CHECK_CONTAINS(v, "its RAM is pinned");
+        CHECK_CONTAINS(v, "\"ok\":true");
+        free(v);
+        /* neither ticks, nor low memory, nor a phase change bring qm back */
+        fx_mem_available(e.root, 1 * GIB_KIB);
+        CHECK_INT(organism_plugin.tick(e.state), 0);
+        CHECK_INT(fake_deliver(&organism_plugin, e.state, "circadian.phase", "{\"phase\":\"night\"}"), 0);
+        CHECK_INT(e.ctx.n_execs, 1); /* so no second refusal either: it is said at qm config only */
+        env_stop(&e);
+
+        /* balloon: 0 (ballooning off, e.g. hugepages): the operator's, not ours */
+        env_start(&e, "host32g", CONFIG_32G, true);
+        fake_fire_timers(&e.ctx);
+        fake_exec_complete(&e.ctx, 0, "balloon: 0\nmemory: 20480\nhugepages: 2\n");
+        CHECK_INT(e.ctx.n_execs, 1);
+        st = call_json(e.state, &e.ctx, "status", "{}");
+        CHECK_CONTAINS(json_string_value(json_object_get(json_object_get(json_object_get(st, "levers"), "balloon"),
+                                                         "refused")),
+                       "balloon: 0");
+        json_decref(st);
+        CHECK_INT(organism_plugin.tick(e.state), 0);
+        CHECK_INT(e.ctx.n_execs, 1);
+        env_stop(&e);
+
+        /* a running VM whose status says no balloon (no driver): unknown, so written */
+        env_start(&e, "host32g", CONFIG_32G, true);
+        fake_fire_timers(&e.ctx);
+        fake_exec_complete(&e.ctx, 0, "memory: 32768\n");
+        fake_exec_complete(&e.ctx, 0, "status: running\n");
+        CHECK_STR(exec_line(&e.ctx, 2), "qm balloon 100 24576");
         env_stop(&e);
 }
 
@@ -438,7 +539,7 @@ static void test_balloon_failure_backoff(void) {
         env_start(&e, "host32g", CONFIG_32G, false);
         e.ctx.exec_status = 2;
         fake_fire_timers(&e.ctx);
-        CHECK_INT(e.ctx.n_execs, 1); /* qm status failed: no balloon call */
+        CHECK_INT(e.ctx.n_execs, 1); /* qm config failed: no further call */
         CHECK_INT(count_published(&e.ctx, "membrain.action"), 2);
         CHECK_INT(organism_plugin.tick(e.state), 0);
         CHECK_INT(e.ctx.n_execs, 1); /* backing off */
@@ -451,8 +552,8 @@ static void test_balloon_failure_backoff(void) {
         CHECK_INT(e.ctx.n_execs, 2); /* the second failure doubled the wait */
         e.ctx.now_monotonic_us += 1000000;
         CHECK_INT(organism_plugin.tick(e.state), 0);
-        CHECK_INT(e.ctx.n_execs, 4);
-        CHECK_STR(exec_line(&e.ctx, 3), "qm balloon 100 24576");
+        CHECK_INT(e.ctx.n_execs, 5);
+        CHECK_STR(exec_line(&e.ctx, 4), "qm balloon 100 24576");
         char *v = NULL;
         CHECK_INT(organism_plugin.verify(e.state, &v), 0);
         CHECK_CONTAINS(v, "\"ok\":true");
@@ -587,6 +688,7 @@ int main(int argc, char **argv) {
         RUN(test_nozfs_sources_logged_once);
         RUN(test_dry_run);
         RUN(test_balloon_in_flight_and_stopped);
+        RUN(test_balloon_read_before_write);
         RUN(test_balloon_failure_backoff);
         RUN(test_verbs_state_and_restart);
         RUN(test_psi_trigger_real);
