@@ -7,6 +7,7 @@ the child is down are delivered to the next child, a crash loop ends in `failed`
 plugin reload, verbs, verify and the store work through the proxy."""
 import json
 import os
+import re
 import time
 
 from harness import TEST_PLUGINS, Agent, Control, install_plugin, plugin_file, run_tests, wait_for
@@ -254,6 +255,17 @@ def test_constructor_crash_never_reaches_agentd(tmp, agents):
     from harness import AGENTD
     p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "constructor" in p.stderr, p
+
+
+def test_check_of_an_isolated_config_uses_its_ranges(tmp, agents):
+    """The stand-in descriptor carries the plugin's choices and bounds: FILE:LINE:COL."""
+    import subprocess
+    from harness import AGENTD
+    a = Agent(tmp, crashy(crash_in="bogus", crash_tick=0))
+    p = subprocess.run([AGENTD, "--check", "-c", a.config], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p
+    assert re.search(r"agentd.yaml:\d+:\d+: plugins.cr.config.crash_in: \"bogus\" is not one of", p.stderr), p.stderr
+    assert "plugins.cr.config.crash_tick: 0 is below the minimum 1" in p.stderr, p.stderr
 
 
 def test_spin_in_init_and_abort_in_init(tmp, agents):
