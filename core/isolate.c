@@ -61,10 +61,11 @@ typedef struct iso_child {
         sd_event_source *io, *child_src, *watchdog;
         iso_shm *shm;
         iso_buf in, out;
-        org_ctx *pctx;   /* parent-side context: exec, store, requests, metrics */
-        uint64_t marker; /* first bus sid of this child's subscriptions */
-        uint64_t sent;   /* messages sent */
-        msgq ring;       /* sent, not acknowledged */
+        org_ctx *pctx;        /* parent-side context: exec, store, requests, metrics */
+        uint64_t marker;      /* first bus sid of this child's subscriptions */
+        uint64_t sent;        /* messages sent */
+        uint64_t errors_seen; /* the child's hook error count at its last ACK */
+        msgq ring;            /* sent, not acknowledged */
         sid_map *sids;
         sid_map *execs;     /* child exec id -> parent exec id */
         sid_map *consumers; /* child consumer id -> parent consumer id */
@@ -602,9 +603,14 @@ static bool dispatch(iso_child *c, uint32_t type, iso_rd *r) {
                 return true;
         }
         case ISO_C_ACK: {
-                uint64_t done = iso_get_u64(r);
-                if (r->bad || done > c->sent)
+                uint64_t done = iso_get_u64(r), errors = iso_get_u64(r);
+                uint64_t tick_last = iso_get_u64(r), tick_max = iso_get_u64(r);
+                if (r->bad || done > c->sent || errors < c->errors_seen)
                         return false;
+                in->hook_errors += errors - c->errors_seen;
+                c->errors_seen = errors;
+                in->tick_us_last = tick_last;
+                in->tick_us_max = MAX(in->tick_us_max, tick_max);
                 while (c->ring.n && q_front(&c->ring)->seq <= done) {
                         bus_msg_unref(q_front(&c->ring)->m);
                         q_pop(&c->ring);

@@ -56,6 +56,8 @@ static struct {
         c_pending *requests, *execs;
         c_wrap *wraps;
         uint64_t msgs_done, msgs_acked;
+        uint64_t hook_errors, tick_us_last, tick_us_max; /* reported with each ACK */
+        bool stats_dirty;
 } C;
 
 static void busy(unsigned kind) {
@@ -73,11 +75,16 @@ static _Noreturn void die(int status) {
 /* Every flush carries the count of messages done so far, after their output: what the
  * parent has acknowledged is exactly what it will not hand to the next child. */
 static void flush(void) {
-        if (C.msgs_done != C.msgs_acked) {
+        if (C.msgs_done != C.msgs_acked || C.stats_dirty) {
                 size_t at = iso_put_begin(&C.out, ISO_C_ACK);
                 iso_put_u64(&C.out, C.msgs_done);
-                if (iso_put_end(&C.out, at) >= 0)
+                iso_put_u64(&C.out, C.hook_errors);
+                iso_put_u64(&C.out, C.tick_us_last);
+                iso_put_u64(&C.out, C.tick_us_max);
+                if (iso_put_end(&C.out, at) >= 0) {
                         C.msgs_acked = C.msgs_done;
+                        C.stats_dirty = false;
+                }
         }
         if (C.out.len > C.out.off && iso_write_all(C.fd, &C.out, 600000) < 0)
                 _exit(1); /* the parent is gone or stuck: nothing left to do */
@@ -609,6 +616,13 @@ static void respond_error(const char *reply, const char *verb, int r) {
         c_respond(C.ctx, reply, text, strlen(text));
 }
 
+static void hook_result(int r) {
+        if (r < 0) {
+                C.hook_errors++;
+                C.stats_dirty = true;
+        }
+}
+
 static void msg_done(void) {
         C.msgs_done++;
         __atomic_store_n(&C.shm->msgs_done, C.msgs_done, __ATOMIC_RELEASE);
@@ -624,7 +638,7 @@ static void dispatch(uint32_t type, iso_rd *r) {
                 int (*handle)(void *, const org_msg *) = PLUGIN_HOOK(C.so, handle);
                 if (!r->bad && handle) {
                         busy(ISO_HOOK_HANDLE);
-                        handle(C.state, &m);
+                        hook_result(handle(C.state, &m));
                         busy(ISO_HOOK_NONE);
                 }
                 msg_done();
@@ -635,7 +649,7 @@ static void dispatch(uint32_t type, iso_rd *r) {
                 int (*handle)(void *, const org_msg *) = PLUGIN_HOOK(C.so, handle);
                 if (!r->bad && handle) {
                         busy(ISO_HOOK_HANDLE_DURABLE);
-                        handle(C.state, &m);
+                        hook_result(handle(C.state, &m));
                         busy(ISO_HOOK_NONE);
                 }
                 break;
@@ -649,6 +663,7 @@ static void dispatch(uint32_t type, iso_rd *r) {
                         C.ctx->call_replied = false;
                         busy(ISO_HOOK_CALL);
                         int rr = call(C.state, verb, &m);
+                        hook_result(rr);
                         busy(ISO_HOOK_NONE);
                         if (rr < 0 && !C.ctx->call_replied && m.reply)
                                 respond_error(m.reply, verb, rr);
@@ -660,9 +675,16 @@ static void dispatch(uint32_t type, iso_rd *r) {
         case ISO_P_TICK: {
                 int (*tick)(void *) = PLUGIN_HOOK(C.so, tick);
                 if (tick) {
+                        uint64_t t0 = now_monotonic_us();
                         busy(ISO_HOOK_TICK);
-                        tick(C.state);
+                        hook_result(tick(C.state));
                         busy(ISO_HOOK_NONE);
+                        C.tick_us_last = now_monotonic_us() - t0;
+                        C.tick_us_max = MAX(C.tick_us_max, C.tick_us_last);
+                        C.stats_dirty = true;
+                        if (C.tick_us_last > 50000) /* it blocks only this child, but it is late */
+                                log_internal(LOG_WARNING, 0, C.inst.cfg.plugin, C.inst.name, "tick took %llu ms",
+                                             (unsigned long long)(C.tick_us_last / 1000));
                 }
                 break;
         }

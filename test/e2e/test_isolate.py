@@ -92,7 +92,10 @@ def test_example_isolated_verbs_verify_store(tmp, agents):
     assert a.ok("call", "ex", "echo", '{"a": [1, 2]}') == {"echo": {"a": [1, 2]}}
     rc, out, err = a.ctl("call", "ex", "nosuchverb")
     assert rc != 0 and "unknown verb" in (json.dumps(out) + err), (rc, out, err)
+    # the child reports its hook errors (the unknown verb) and tick durations
+    wait_for(lambda: a.ok("plugin", "info", "ex")["hook_errors"] == 1, what="the hook error from the child")
     wait_for(lambda: ticks(a, "ex") >= 3, what="ticks of the isolated instance")
+    wait_for(lambda: a.ok("plugin", "info", "ex")["tick_us_max"] > 0, what="tick durations from the child")
     audit = a.ok("audit")
     ex_audit = [i for i in audit["instances"] if i["instance"] == "ex"][0]
     assert ex_audit["verified"] and ex_audit["ok"], ex_audit
