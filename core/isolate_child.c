@@ -859,6 +859,8 @@ static int child_run(int argc, char **argv) {
         signal(SIGHUP, SIG_IGN);
         signal(SIGPIPE, SIG_IGN);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        /* what it runs goes through agentd's exec, so nothing here needs to gain privileges */
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         if (getppid() == 1)
                 return 1;
         /* systemd talks to agentd alone */
