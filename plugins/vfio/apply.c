@@ -204,6 +204,8 @@ static vfio_job *job_new(vfio *v, job_kind kind, const char *reply) {
         return j;
 }
 
+static json_t *error_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Ends the job: answers o (stolen; NULL = no answer), refreshes the state. */
 static void job_finish(vfio_job *j, json_t *o) {
         vfio *v = j->v;
@@ -216,6 +218,15 @@ static void job_finish(vfio_job *j, json_t *o) {
         else
                 json_decref(o);
         vfio_job_free(j);
+        if (v->pending_reply && !v->job) {
+                char *reply = v->pending_reply;
+                int kind = v->pending_kind;
+                v->pending_reply = NULL;
+                int r = kind == 3 ? vfio_job_rollback(v, reply) : vfio_job_plan(v, reply, kind == 2, v->pending_replace);
+                if (r < 0)
+                        vfio_respond(v, reply, error_reply("cannot start: %s", strerror(-r)));
+                free(reply);
+        }
 }
 
 static json_t *error_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -526,9 +537,21 @@ static int start_config(vfio_job *j) {
         return 0;
 }
 
+/* A verb during the start refresh waits for it (one at most); otherwise busy. */
+static int job_defer(vfio *v, int kind, const char *reply, bool replace) {
+        if (!v->job || v->job->kind != JOB_REFRESH || v->pending_reply || !reply)
+                return -EBUSY;
+        v->pending_reply = strdup(reply);
+        if (!v->pending_reply)
+                return -ENOMEM;
+        v->pending_kind = kind;
+        v->pending_replace = replace;
+        return 0;
+}
+
 static int job_start(vfio *v, job_kind kind, const char *reply, bool replace) {
         if (v->job)
-                return -EBUSY;
+                return kind == JOB_REFRESH ? -EBUSY : job_defer(v, kind == JOB_APPLY ? 2 : 1, reply, replace);
         vfio_job *j = job_new(v, kind, reply);
         if (!j)
                 return -ENOMEM;
@@ -591,7 +614,7 @@ static json_t *merge_rows(json_t *rows) {
 
 int vfio_job_rollback(vfio *v, const char *reply_subject) {
         if (v->job)
-                return -EBUSY;
+                return job_defer(v, 3, reply_subject, false);
         if (!v->store_ok) {
                 vfio_respond(v, reply_subject, error_reply("the store is unavailable: nothing known to roll back"));
                 return 0;

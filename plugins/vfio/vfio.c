@@ -136,6 +136,7 @@ static void vfio_free(vfio *v) {
         if (!v)
                 return;
         vfio_job_free(v->job);
+        free(v->pending_reply);
         vfio_inventory_done(&v->inv);
         for (size_t i = 0; i < v->cfg.n_gpus; i++)
                 free(v->cfg.gpus[i]);

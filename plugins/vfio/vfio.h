@@ -83,6 +83,10 @@ typedef struct vfio {
         json_t *last_plan;          /* the last plan computed (owned) */
         char *last_state;           /* the last vfio.state payload published (without ts) */
         vfio_job *job;              /* the verb or start refresh in flight, at most one */
+        /* a verb that arrived during the start refresh runs after it */
+        char *pending_reply;
+        int pending_kind;           /* 1 plan, 2 apply, 3 rollback */
+        bool pending_replace;
         bool store_ok;
         int64_t active;             /* rows of the store not rolled back */
         uint64_t published;
