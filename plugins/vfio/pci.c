@@ -386,11 +386,15 @@ static void find_iommu(vfio *v, vfio_inventory *inv) {
                         size_t len = strcspn(t, " \t\n");
                         if (len == 0)
                                 break;
-                        bool want = (len >= 5 && strncmp(t, "iommu", 5) == 0) ||
-                                    strncmp(t, "intel_iommu=", len < 12 ? len : 12) == 0 ||
-                                    strncmp(t, "amd_iommu", len < 9 ? len : 9) == 0 ||
-                                    strncmp(t, "pcie_acs_override", len < 17 ? len : 17) == 0;
-                        if (want && len >= 5 && used + len + 2 < sizeof inv->cmdline) {
+                        static const char *const keys[] = {"iommu", "intel_iommu", "amd_iommu", "pcie_acs_override",
+                                                           NULL};
+                        bool want = false;
+                        for (size_t k = 0; keys[k]; k++) {
+                                size_t kl = strlen(keys[k]);
+                                want = want || (len >= kl && strncmp(t, keys[k], kl) == 0 &&
+                                                (len == kl || t[kl] == '=' || t[kl] == '.'));
+                        }
+                        if (want && used + len + 2 < sizeof inv->cmdline) {
                                 if (used)
                                         inv->cmdline[used++] = ' ';
                                 memcpy(inv->cmdline + used, t, len);

@@ -165,6 +165,8 @@ static void test_reference_plan(void) {
                 }
         }
         CHECK_STR(json_string_value(json_object_get(json_object_get(p, "root_disk"), "controller")), "0000:01:00.0");
+        CHECK_STR(json_string_value(json_object_get(json_object_get(p, "iommu"), "cmdline")), "intel_iommu=on iommu=pt");
+        CHECK_STR(json_string_value(json_object_get(json_object_get(p, "kernel"), "release")), "6.8.12-4-pve");
         CHECK_STR(json_string_value(json_object_get(json_object_get(p, "mgmt_nic"), "iface")), "vmbr0");
         CHECK_STR(json_string_value(json_object_get(json_object_get(p, "mgmt_nic"), "controller")), "0000:02:00.0");
         /* the boot display is said to stay with the host (a warning, it is not AMD's) */
