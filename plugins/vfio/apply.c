@@ -32,12 +32,12 @@ struct vfio_job {
         char *reply;
         bool replace;
         json_t *plan;
-        json_t *steps;    /* [{argv, record?}] still to run, in order */
+        json_t *steps; /* [{argv, record?}] still to run, in order */
         size_t next;
-        json_t *done;     /* what ran: [{argv, status}] */
-        json_t *written;  /* files written / removed */
-        json_t *rows;     /* rollback: the store's active rows, newest first */
-        char stamp[32];   /* 20261201T200102Z: the backups' suffix */
+        json_t *done;    /* what ran: [{argv, status}] */
+        json_t *written; /* files written / removed */
+        json_t *rows;    /* rollback: the store's active rows, newest first */
+        char stamp[32];  /* 20261201T200102Z: the backups' suffix */
 };
 
 static const char *const job_names[] = {"refresh", "plan", "apply", "rollback"};
@@ -156,7 +156,9 @@ int vfio_store_open(vfio *v) {
         return r;
 }
 
-bool vfio_store_active(vfio *v) { return v->active > 0; }
+bool vfio_store_active(vfio *v) {
+        return v->active > 0;
+}
 
 static int record(vfio_job *j, const char *kind, const char *target, const char *before, const char *after,
                   const char *backup) {
@@ -222,7 +224,8 @@ static void job_finish(vfio_job *j, json_t *o) {
                 char *reply = v->pending_reply;
                 int kind = v->pending_kind;
                 v->pending_reply = NULL;
-                int r = kind == 3 ? vfio_job_rollback(v, reply) : vfio_job_plan(v, reply, kind == 2, v->pending_replace);
+                int r = kind == 3 ? vfio_job_rollback(v, reply)
+                                  : vfio_job_plan(v, reply, kind == 2, v->pending_replace);
                 if (r < 0)
                         vfio_respond(v, reply, error_reply("cannot start: %s", strerror(-r)));
                 free(reply);
@@ -256,13 +259,14 @@ static void on_step(org_ctx *ctx, const org_exec_result *res, void *userdata) {
         json_t *argv = json_object_get(step, "argv");
         char line[512];
         argv_line(argv, line, sizeof line);
-        json_array_append_new(j->done, json_pack("{s:s, s:i, s:b}", "command", line, "status", res->status, "dry_run",
-                                                 res->dry_run));
+        json_array_append_new(
+                j->done, json_pack("{s:s, s:i, s:b}", "command", line, "status", res->status, "dry_run", res->dry_run));
         if (!res->dry_run && (res->status != 0 || res->timed_out)) {
                 char err[300];
-                snprintf(err, sizeof err, "%.*s", (int)strcspn(res->err ? res->err : "", "\n"), res->err ? res->err : "");
-                v->host->log(v->ctx, ORG_LOG_ERR, "%s failed (%s %d): %s", line, res->timed_out ? "timed out," : "status",
-                             res->status, err);
+                snprintf(err, sizeof err, "%.*s", (int)strcspn(res->err ? res->err : "", "\n"),
+                         res->err ? res->err : "");
+                v->host->log(v->ctx, ORG_LOG_ERR, "%s failed (%s %d): %s", line,
+                             res->timed_out ? "timed out," : "status", res->status, err);
                 json_t *o = error_reply("%s failed (%s %d): %s; what ran before is recorded (rollback takes it back)",
                                         line, res->timed_out ? "timed out," : "status", res->status, err);
                 json_object_set(o, "ran", j->done);
@@ -336,8 +340,8 @@ static int write_files(vfio_job *j, char *err, size_t err_size) {
                         continue;
                 if (dry) {
                         v->host->log(v->ctx, ORG_LOG_NOTICE, "dry_run, would %s %s", action, path);
-                        json_array_append_new(j->written, json_pack("{s:s, s:s, s:b}", "path", path, "action", action,
-                                                                    "dry_run", 1));
+                        json_array_append_new(
+                                j->written, json_pack("{s:s, s:s, s:b}", "path", path, "action", action, "dry_run", 1));
                         continue;
                 }
                 /* read before write: what is there now, not what the plan saw */
@@ -351,7 +355,8 @@ static int write_files(vfio_job *j, char *err, size_t err_size) {
                 if (have) {
                         for (int k = 0; k < 100; k++) {
                                 char *probe = NULL;
-                                snprintf(backup, sizeof backup, "%s.organism-%s%s%.0d.bak", path, j->stamp, k ? "-" : "", k);
+                                snprintf(backup, sizeof backup, "%s.organism-%s%s%.0d.bak", path, j->stamp,
+                                         k ? "-" : "", k);
                                 if (vfio_read(v, backup, &probe) == -ENOENT)
                                         break;
                                 free(probe);
@@ -382,7 +387,8 @@ static void build_steps(vfio_job *j) {
         json_t *vm = json_object_get(j->plan, "vm");
         bool changed = json_array_size(j->written) > 0;
         if (changed && j->v->cfg.initramfs)
-                json_array_append_new(j->steps, json_pack("{s:[s,s,s,s]}", "argv", "update-initramfs", "-u", "-k", "all"));
+                json_array_append_new(j->steps,
+                                      json_pack("{s:[s,s,s,s]}", "argv", "update-initramfs", "-u", "-k", "all"));
         json_t *lists[] = {json_object_get(vm, "delete"), json_object_get(vm, "assign")};
         for (size_t l = 0; l < 2; l++)
                 for (size_t i = 0; i < json_array_size(lists[l]); i++) {
@@ -390,12 +396,13 @@ static void build_steps(vfio_job *j) {
                         json_t *argv = json_object_get(a, "argv");
                         if (!argv)
                                 continue; /* already in the VM */
-                        json_array_append_new(j->steps,
-                                              json_pack("{s:O, s:{s:s, s:o, s:o}}", "argv", argv, "record", "target",
-                                                        json_string_value(json_object_get(a, "hostpci")), "before",
-                                                        json_incref(json_object_get(a, "before") ? json_object_get(a, "before")
-                                                                                                   : json_null()),
-                                                        "after", l == 0 ? json_null() : json_incref(json_object_get(a, "value"))));
+                        json_array_append_new(
+                                j->steps,
+                                json_pack("{s:O, s:{s:s, s:o, s:o}}", "argv", argv, "record", "target",
+                                          json_string_value(json_object_get(a, "hostpci")), "before",
+                                          json_incref(json_object_get(a, "before") ? json_object_get(a, "before")
+                                                                                   : json_null()),
+                                          "after", l == 0 ? json_null() : json_incref(json_object_get(a, "value"))));
                 }
 }
 
@@ -565,7 +572,9 @@ int vfio_job_plan(vfio *v, const char *reply_subject, bool apply, bool replace) 
         return job_start(v, apply ? JOB_APPLY : JOB_PLAN, reply_subject, replace);
 }
 
-int vfio_job_refresh(vfio *v) { return job_start(v, JOB_REFRESH, NULL, false); }
+int vfio_job_refresh(vfio *v) {
+        return job_start(v, JOB_REFRESH, NULL, false);
+}
 
 /* ---- rollback ---- */
 
@@ -588,7 +597,8 @@ static json_t *merge_rows(json_t *rows) {
                 json_t *r = json_array_get(rows, i);
                 char key[400];
                 snprintf(key, sizeof key, "%s|%s|%s", json_string_value(json_object_get(r, "kind")),
-                         json_string_value(json_object_get(r, "vmid")) ? json_string_value(json_object_get(r, "vmid")) : "",
+                         json_string_value(json_object_get(r, "vmid")) ? json_string_value(json_object_get(r, "vmid"))
+                                                                       : "",
                          json_string_value(json_object_get(r, "target")));
                 json_t *m = json_object_get(by, key);
                 if (!m) {
@@ -669,16 +679,18 @@ int vfio_job_rollback(vfio *v, const char *reply_subject) {
                 if (strcmp(kind, "file") == 0) {
                         files = true;
                         if (dry) {
-                                v->host->log(v->ctx, ORG_LOG_NOTICE, "dry_run, would %s %s", restore ? "restore" : "remove",
-                                             target);
-                                json_array_append_new(j->written, json_pack("{s:s, s:s, s:b}", "path", target, "action",
-                                                                            restore ? "restore" : "remove", "dry_run", 1));
+                                v->host->log(v->ctx, ORG_LOG_NOTICE, "dry_run, would %s %s",
+                                             restore ? "restore" : "remove", target);
+                                json_array_append_new(j->written,
+                                                      json_pack("{s:s, s:s, s:b}", "path", target, "action",
+                                                                restore ? "restore" : "remove", "dry_run", 1));
                                 continue;
                         }
                         /* from the backup when it still holds what was there, else the store's copy */
                         const char *backup = json_string_value(json_object_get(t, "backup"));
                         char *bak = NULL;
-                        bool from_backup = backup && restore && vfio_read(v, backup, &bak) >= 0 && strcmp(bak, restore) == 0;
+                        bool from_backup =
+                                backup && restore && vfio_read(v, backup, &bak) >= 0 && strcmp(bak, restore) == 0;
                         free(bak);
                         r = restore ? vfio_write_atomic(v, target, restore) : remove_file(v, target);
                         if (r < 0) {
@@ -695,10 +707,9 @@ int vfio_job_rollback(vfio *v, const char *reply_subject) {
                         v->host->store_exec(v->ctx, VFIO_SQL_UNDO_LIST, p, 1);
                         v->host->log(v->ctx, ORG_LOG_NOTICE, "%s %s%s", restore ? "restored" : "removed", target,
                                      restore ? (from_backup ? " from its backup" : " from the store's copy") : "");
-                        json_array_append_new(j->written,
-                                              json_pack("{s:s, s:s, s:o}", "path", target, "action",
-                                                        restore ? "restore" : "remove", "backup",
-                                                        from_backup ? json_string(backup) : json_null()));
+                        json_array_append_new(j->written, json_pack("{s:s, s:s, s:o}", "path", target, "action",
+                                                                    restore ? "restore" : "remove", "backup",
+                                                                    from_backup ? json_string(backup) : json_null()));
                 } else {
                         const char *vmid = json_string_value(json_object_get(t, "vmid"));
                         char opt[40];
@@ -711,7 +722,8 @@ int vfio_job_rollback(vfio *v, const char *reply_subject) {
                 }
         }
         if (files && v->cfg.initramfs)
-                json_array_insert_new(j->steps, 0, json_pack("{s:[s,s,s,s]}", "argv", "update-initramfs", "-u", "-k", "all"));
+                json_array_insert_new(j->steps, 0,
+                                      json_pack("{s:[s,s,s,s]}", "argv", "update-initramfs", "-u", "-k", "all"));
         json_decref(targets);
         if (!dry)
                 vfio_store_open(v);
@@ -719,8 +731,9 @@ int vfio_job_rollback(vfio *v, const char *reply_subject) {
         /* the VM's entries must still be what apply set: read qm config first */
         bool qm = false;
         for (size_t i = 0; i < json_array_size(j->steps); i++)
-                qm = qm || strcmp(json_string_value(json_array_get(json_object_get(json_array_get(j->steps, i), "argv"), 0)),
-                                  "qm") == 0;
+                qm = qm ||
+                     strcmp(json_string_value(json_array_get(json_object_get(json_array_get(j->steps, i), "argv"), 0)),
+                            "qm") == 0;
         if (!qm) {
                 run_next(j);
                 return 0;
@@ -731,4 +744,3 @@ int vfio_job_rollback(vfio *v, const char *reply_subject) {
                 run_next(j);
         return 0;
 }
-

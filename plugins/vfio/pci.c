@@ -52,7 +52,9 @@ __attribute__((format(printf, 1, 2))) static void on_pci_warning(char *msg, ...)
 
 __attribute__((format(printf, 1, 2))) static void on_pci_debug(char *msg, ...) {}
 
-static int dev_cmp(const void *a, const void *b) { return strcmp(((const vfio_dev *)a)->addr, ((const vfio_dev *)b)->addr); }
+static int dev_cmp(const void *a, const void *b) {
+        return strcmp(((const vfio_dev *)a)->addr, ((const vfio_dev *)b)->addr);
+}
 
 int vfio_pci_scan(const char *sysfs_path, vfio_dev **ret_devs, size_t *ret_n, char *err, size_t err_size) {
         struct pci_access *volatile a = NULL;

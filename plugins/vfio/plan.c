@@ -20,10 +20,12 @@
 #include "vfio.h"
 
 #define MODULES_LOAD_FILE "/modules-load.d/vfio.conf"
-#define MODPROBE_FILE "/modprobe.d/vfio.conf"
-#define UDEV_FILE "/udev/rules.d/70-organism-vfio.rules"
+#define MODPROBE_FILE     "/modprobe.d/vfio.conf"
+#define UDEV_FILE         "/udev/rules.d/70-organism-vfio.rules"
 
-static bool is_display(const vfio_dev *d) { return d->cls == 0x0300 || d->cls == 0x0302 || d->cls == 0x0380; }
+static bool is_display(const vfio_dev *d) {
+        return d->cls == 0x0300 || d->cls == 0x0302 || d->cls == 0x0380;
+}
 
 static void slot_of(const vfio_dev *d, char out[VFIO_ADDR_LEN]) {
         snprintf(out, VFIO_ADDR_LEN, "%04x:%02x:%02x", d->domain & 0xffffu, d->bus, d->dev);
@@ -33,7 +35,9 @@ static bool same_slot(const vfio_dev *a, const vfio_dev *b) {
         return a->domain == b->domain && a->bus == b->bus && a->dev == b->dev;
 }
 
-static void id_of(const vfio_dev *d, char out[10]) { snprintf(out, 10, "%04x:%04x", d->vendor, d->device); }
+static void id_of(const vfio_dev *d, char out[10]) {
+        snprintf(out, 10, "%04x:%04x", d->vendor, d->device);
+}
 
 static json_t *dev_json(const vfio_dev *d) {
         char id[10], cls[8];
@@ -153,7 +157,8 @@ static bool check_groups(vfio_inventory *inv, const vfio_dev *const *fns, size_t
                         else if (m->cls == 0x0604 && !(m->roles & VFIO_ROLE_UPSTREAM))
                                 why = "PCI bridge (stays with the host, not bound)";
                         json_object_set_new(mj, "ok", json_boolean(why != NULL));
-                        json_object_set_new(mj, "why", why ? json_string(why) : json_string(role ? role : "not selected"));
+                        json_object_set_new(mj, "why",
+                                            why ? json_string(why) : json_string(role ? role : "not selected"));
                         json_array_append_new(members, mj);
                         if (why)
                                 continue;
@@ -186,7 +191,9 @@ static bool check_groups(vfio_inventory *inv, const vfio_dev *const *fns, size_t
         return ok;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_str(const void *a, const void *b) {
+        return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 /* ---- the VM side: `qm config VMID` ---- */
 
@@ -195,7 +202,7 @@ typedef struct hostpci_entry {
         char value[256];
         char slots[8][VFIO_ADDR_LEN]; /* normalised slots it references */
         size_t n_slots;
-        char exact[VFIO_ADDR_LEN];    /* the short address when the entry is exactly "0000:BB:DD,pcie=1..." */
+        char exact[VFIO_ADDR_LEN]; /* the short address when the entry is exactly "0000:BB:DD,pcie=1..." */
 } hostpci_entry;
 
 /* One "hostpciN: VALUE" line → entry; the host part is "[host=]ADDR[;ADDR...]". */
@@ -256,7 +263,8 @@ static json_t *vm_plan(vfio *v, json_t *cards, const char *qm_config, const char
                 goto out;
         if (!qm_config) {
                 json_object_set_new(vm, "known", json_false());
-                add_error(errors, "VM %s: %s", v->cfg.vmid_text, qm_error && qm_error[0] ? qm_error : "qm config not read");
+                add_error(errors, "VM %s: %s", v->cfg.vmid_text,
+                          qm_error && qm_error[0] ? qm_error : "qm config not read");
         } else {
                 json_object_set_new(vm, "known", json_true());
                 for (const char *l = qm_config; *l;) {
@@ -302,17 +310,19 @@ static json_t *vm_plan(vfio *v, json_t *cards, const char *qm_config, const char
                                                 char key[24];
                                                 snprintf(key, sizeof key, "hostpci%d", entries[e].index);
                                                 done[c] = true;
-                                                json_object_set_new(json_array_get(cards, c), "hostpci", json_string(key));
+                                                json_object_set_new(json_array_get(cards, c), "hostpci",
+                                                                    json_string(key));
                                                 json_array_append_new(assign,
                                                                       json_pack("{s:s, s:s, s:s, s:b}", "slot", slot,
-                                                                                "hostpci", key, "value", entries[e].value,
-                                                                                "already", 1));
+                                                                                "hostpci", key, "value",
+                                                                                entries[e].value, "already", 1));
                                         } else
                                                 add_error(errors,
                                                           "VM %s: hostpci%d (%s) already passes %s, part of card %s: "
                                                           "a function must not be assigned twice (apply with "
                                                           "replace to rewrite the VM's hostpci entries)",
-                                                          v->cfg.vmid_text, entries[e].index, entries[e].value, slot, slot);
+                                                          v->cfg.vmid_text, entries[e].index, entries[e].value, slot,
+                                                          slot);
                                 }
                         }
                 }
@@ -347,8 +357,8 @@ static json_t *vm_plan(vfio *v, json_t *cards, const char *qm_config, const char
                         if (!used[entries[e].index]) {
                                 char key[24];
                                 snprintf(key, sizeof key, "hostpci%d", entries[e].index);
-                                json_array_append_new(del, json_pack("{s:s, s:s, s:[s,s,s,s,s]}", "hostpci", key, "before",
-                                                                     entries[e].value, "argv", "qm", "set",
+                                json_array_append_new(del, json_pack("{s:s, s:s, s:[s,s,s,s,s]}", "hostpci", key,
+                                                                     "before", entries[e].value, "argv", "qm", "set",
                                                                      v->cfg.vmid_text, "--delete", key));
                         }
         free(done);
@@ -356,7 +366,8 @@ static json_t *vm_plan(vfio *v, json_t *cards, const char *qm_config, const char
                 char names[512] = "";
                 for (size_t i = 0; i < json_array_size(left); i++) {
                         size_t u = strlen(names);
-                        snprintf(names + u, sizeof names - u, "%s%s", i ? ", " : "", json_string_value(json_array_get(left, i)));
+                        snprintf(names + u, sizeof names - u, "%s%s", i ? ", " : "",
+                                 json_string_value(json_array_get(left, i)));
                 }
                 add_error(errors,
                           "VM %s: a VM has at most %d hostpci slots (hostpci0-hostpci%d)%s; %zu card(s) left out: %s",
@@ -416,7 +427,8 @@ static json_t *file_entry(vfio *v, const char *rel, const char *want) {
 int vfio_plan_files(vfio *v, const vfio_inventory *inv, const json_t *cards, bool use_ids, const char *ids,
                     json_t **ret_files) {
         char mods[512] = "", modprobe[1024] = "", *udev = NULL;
-        bool virqfd = inv->kernel_major >= 0 && (inv->kernel_major < 6 || (inv->kernel_major == 6 && inv->kernel_minor < 2));
+        bool virqfd =
+                inv->kernel_major >= 0 && (inv->kernel_major < 6 || (inv->kernel_major == 6 && inv->kernel_minor < 2));
         snprintf(mods, sizeof mods,
                  "# Written by organism's vfio plugin (agentctl vfio rollback removes it).\n"
                  "# Kernel %s: %s\nvfio\nvfio_iommu_type1\nvfio_pci\n%s",
@@ -427,11 +439,12 @@ int vfio_plan_files(vfio *v, const vfio_inventory *inv, const json_t *cards, boo
                 "# Written by organism's vfio plugin (agentctl vfio rollback restores what was here).\n");
         if (use_ids)
                 appendf(modprobe, sizeof modprobe,
-                        "# Every function with these ids goes to the GPU-Pool VM.\noptions vfio-pci ids=%s disable_vga=1\n",
+                        "# Every function with these ids goes to the GPU-Pool VM.\noptions vfio-pci ids=%s "
+                        "disable_vga=1\n",
                         ids);
         else
-                appendf(modprobe, sizeof modprobe,
-                        "# Bound by address (udev rule %s%s): vfio-pci loads first.\n", v->cfg.etc_dir, UDEV_FILE);
+                appendf(modprobe, sizeof modprobe, "# Bound by address (udev rule %s%s): vfio-pci loads first.\n",
+                        v->cfg.etc_dir, UDEV_FILE);
         for (const char *const *s = softdeps(v->cfg.vendor); *s; s++)
                 appendf(modprobe, sizeof modprobe, "softdep %s pre: vfio-pci\n", *s);
         appendf(modprobe, sizeof modprobe, "softdep snd_hda_intel pre: vfio-pci\n");
@@ -454,8 +467,8 @@ int vfio_plan_files(vfio *v, const vfio_inventory *inv, const json_t *cards, boo
                                         json_string_value(json_object_get(json_array_get(fns, f), "pci")));
                 }
         }
-        json_t *files = json_pack("[o, o, o]", file_entry(v, MODULES_LOAD_FILE, mods), file_entry(v, MODPROBE_FILE, modprobe),
-                                  file_entry(v, UDEV_FILE, udev));
+        json_t *files = json_pack("[o, o, o]", file_entry(v, MODULES_LOAD_FILE, mods),
+                                  file_entry(v, MODPROBE_FILE, modprobe), file_entry(v, UDEV_FILE, udev));
         free(udev);
         if (!files)
                 return -ENOMEM;
@@ -469,10 +482,11 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
         for (size_t i = 0; i < inv->n_devs; i++)
                 inv->devs[i].selected = false;
         if (!inv->iommu_on)
-                add_error(errors,
-                          "the IOMMU is off (/sys/kernel/iommu_groups is empty): enable VT-d/AMD-Vi in the firmware and "
-                          "add intel_iommu=on iommu=pt (Intel) to the kernel command line, then reboot; nothing can be "
-                          "passed through safely without it");
+                add_error(
+                        errors,
+                        "the IOMMU is off (/sys/kernel/iommu_groups is empty): enable VT-d/AMD-Vi in the firmware and "
+                        "add intel_iommu=on iommu=pt (Intel) to the kernel command line, then reboot; nothing can be "
+                        "passed through safely without it");
         if (inv->acs_override)
                 add_error(warnings, "pcie_acs_override is on the kernel command line: the IOMMU groups shown may not "
                                     "isolate devices (the plugin never sets it)");
@@ -517,12 +531,13 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
                         if (!known)
                                 ids[n_ids++] = strdup(id);
                         if (!strstr(driver, d->driver[0] ? d->driver : "none"))
-                                appendf(driver, sizeof driver, "%s%s", driver[0] ? "," : "", d->driver[0] ? d->driver : "none");
+                                appendf(driver, sizeof driver, "%s%s", driver[0] ? "," : "",
+                                        d->driver[0] ? d->driver : "none");
                 }
-                json_t *card = json_pack("{s:I, s:s, s:s, s:o, s:o, s:s, s:s, s:o}", "gpu",
-                                         (json_int_t)json_array_size(cards), "pci", chosen[c]->addr, "slot", slot,
-                                         "functions", fa, "ids", card_ids, "driver", driver, "group", chosen[c]->group,
-                                         "hostpci", json_null());
+                json_t *card =
+                        json_pack("{s:I, s:s, s:s, s:o, s:o, s:s, s:s, s:o}", "gpu", (json_int_t)json_array_size(cards),
+                                  "pci", chosen[c]->addr, "slot", slot, "functions", fa, "ids", card_ids, "driver",
+                                  driver, "group", chosen[c]->group, "hostpci", json_null());
                 all_ok = check_groups(inv, fns, n_fn, card, errors) && all_ok;
                 json_array_append_new(cards, card);
         }
@@ -540,7 +555,8 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
                 id_of(&inv->devs[i], id);
                 for (size_t k = 0; k < n_ids; k++)
                         if (!inv->devs[i].selected && strcmp(ids[k], id) == 0)
-                                json_array_append_new(others, json_pack("{s:s, s:s}", "pci", inv->devs[i].addr, "id", id));
+                                json_array_append_new(others,
+                                                      json_pack("{s:s, s:s}", "pci", inv->devs[i].addr, "id", id));
         }
         for (size_t k = 0; k < n_ids; k++)
                 free(ids[k]);
@@ -555,7 +571,8 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
                 snprintf(why, sizeof why, "every function with ids %s is passed through", idlist);
         } else {
                 use_ids = false;
-                snprintf(why, sizeof why, "%s also carries an id of the list (%s) and stays with the host: bound by address",
+                snprintf(why, sizeof why,
+                         "%s also carries an id of the list (%s) and stays with the host: bound by address",
                          json_string_value(json_object_get(json_array_get(others, 0), "pci")),
                          json_string_value(json_object_get(json_array_get(others, 0), "id")));
                 if (v->cfg.binding == VFIO_BIND_IDS)
@@ -592,9 +609,9 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
         json_t *plan = json_pack(
                 "{s:b, s:o, s:o, s:{s:b, s:I, s:s, s:b}, s:{s:s, s:b}, s:{s:o, s:o, s:o}, s:{s:o, s:o, s:o}, s:o, "
                 "s:o, s:{s:s, s:s, s:o}, s:o, s:o, s:o, s:b}",
-                "ok", json_array_size(errors) == 0, "errors", errors, "warnings", warnings, "iommu", "on", inv->iommu_on,
-                "groups", (json_int_t)inv->n_groups, "cmdline", cmdline, "acs_override", inv->acs_override, "kernel",
-                "release", inv->kernel, "vfio_virqfd",
+                "ok", json_array_size(errors) == 0, "errors", errors, "warnings", warnings, "iommu", "on",
+                inv->iommu_on, "groups", (json_int_t)inv->n_groups, "cmdline", cmdline, "acs_override",
+                inv->acs_override, "kernel", "release", inv->kernel, "vfio_virqfd",
                 inv->kernel_major >= 0 && (inv->kernel_major < 6 || (inv->kernel_major == 6 && inv->kernel_minor < 2)),
                 "root_disk", "source", inv->root_source[0] ? json_string(inv->root_source) : json_null(), "controller",
                 inv->root_ctrl[0] ? json_string(inv->root_ctrl) : json_null(), "note",
@@ -602,8 +619,8 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
                 inv->nic_iface[0] ? json_string(inv->nic_iface) : json_null(), "controller",
                 inv->nic_ctrl[0] ? json_string(inv->nic_ctrl) : json_null(), "note",
                 inv->nic_note[0] ? json_string(inv->nic_note) : json_null(), "cards", cards, "groups_ok",
-                json_boolean(all_ok), "binding", "mode", use_ids ? "ids" : "driver_override", "why", why,
-                "ids_also_on", others, "files", files, "vm", vm, "commands", commands, "files_change", files_change);
+                json_boolean(all_ok), "binding", "mode", use_ids ? "ids" : "driver_override", "why", why, "ids_also_on",
+                others, "files", files, "vm", vm, "commands", commands, "files_change", files_change);
         if (!plan)
                 return -ENOMEM;
         json_object_set_new(plan, "ids", json_string(idlist));
@@ -628,19 +645,18 @@ json_t *vfio_state_json(vfio *v, const vfio_inventory *inv, const json_t *plan) 
         json_t *cards = plan ? json_object_get(plan, "cards") : NULL;
         for (size_t c = 0; c < json_array_size(cards); c++) {
                 json_t *card = json_array_get(cards, c);
-                json_array_append_new(gpus, json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O}", "gpu",
-                                                      json_object_get(card, "gpu"), "pci", json_object_get(card, "pci"),
-                                                      "slot", json_object_get(card, "slot"), "ids",
-                                                      json_object_get(card, "ids"), "driver",
-                                                      json_object_get(card, "driver"), "group",
-                                                      json_object_get(card, "group"), "group_ok",
-                                                      json_object_get(card, "group_ok"), "hostpci",
-                                                      json_object_get(card, "hostpci")));
+                json_array_append_new(
+                        gpus,
+                        json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O}", "gpu", json_object_get(card, "gpu"),
+                                  "pci", json_object_get(card, "pci"), "slot", json_object_get(card, "slot"), "ids",
+                                  json_object_get(card, "ids"), "driver", json_object_get(card, "driver"), "group",
+                                  json_object_get(card, "group"), "group_ok", json_object_get(card, "group_ok"),
+                                  "hostpci", json_object_get(card, "hostpci")));
         }
         bool applied = vfio_store_active(v);
         bool bound = vfio_all_bound(inv);
-        return json_pack("{s:o, s:b, s:b, s:b, s:{s:b, s:I}, s:s, s:o}", "gpus", gpus, "reboot_needed", applied && !bound,
-                         "applied", applied, "bound", bound, "iommu", "on", inv->iommu_on, "groups",
+        return json_pack("{s:o, s:b, s:b, s:b, s:{s:b, s:I}, s:s, s:o}", "gpus", gpus, "reboot_needed",
+                         applied && !bound, "applied", applied, "bound", bound, "iommu", "on", inv->iommu_on, "groups",
                          (json_int_t)inv->n_groups, "kernel", inv->kernel, "plan_ok",
                          plan ? json_incref(json_object_get(plan, "ok")) : json_null());
 }

@@ -17,35 +17,67 @@
 #define VFIO_VERSION "1.0.0"
 
 static const org_config_entry config_map[] = {
-        {.key = "vmid", .type = ORG_CFG_INT, .default_value = "200", .min = "0", .max = "999999999",
+        {.key = "vmid",
+         .type = ORG_CFG_INT,
+         .default_value = "200",
+         .min = "0",
+         .max = "999999999",
          .help = "the GPU-Pool VM the cards are planned for (hostpci entries); 0: no VM, files only"},
-        {.key = "gpus", .type = ORG_CFG_STRING_LIST, .default_value = "[]", .format = "pci_address",
+        {.key = "gpus",
+         .type = ORG_CFG_STRING_LIST,
+         .default_value = "[]",
+         .format = "pci_address",
          .help = "display functions to pass through, by address (0000:05:00.0); empty: every display function of "
                  "the vendor but the boot display"},
-        {.key = "vendor", .type = ORG_CFG_STRING, .default_value = "\"0x1002\"",
+        {.key = "vendor",
+         .type = ORG_CFG_STRING,
+         .default_value = "\"0x1002\"",
          .help = "PCI vendor id of the cards (0x1002 AMD); other vendors' displays stay with the host"},
-        {.key = "etc_dir", .type = ORG_CFG_STRING, .default_value = "/etc",
+        {.key = "etc_dir",
+         .type = ORG_CFG_STRING,
+         .default_value = "/etc",
          .help = "where modules-load.d, modprobe.d and udev/rules.d live (under agent.sysroot)"},
-        {.key = "mgmt_nic", .type = ORG_CFG_STRING, .default_value = "\"\"",
+        {.key = "mgmt_nic",
+         .type = ORG_CFG_STRING,
+         .default_value = "\"\"",
          .help = "the management interface (vmbr0, eno1); empty: the interface of the default route"},
-        {.key = "binding", .type = ORG_CFG_STRING, .default_value = "auto",
+        {.key = "binding",
+         .type = ORG_CFG_STRING,
+         .default_value = "auto",
          .choices = ORG_CHOICES("auto", "ids", "driver_override"),
          .help = "auto: vfio-pci ids= when every function with those ids is passed through, else by address"},
-        {.key = "initramfs", .type = ORG_CFG_BOOL, .default_value = "true",
+        {.key = "initramfs",
+         .type = ORG_CFG_BOOL,
+         .default_value = "true",
          .help = "run update-initramfs -u -k all after a binding file changed"},
-        {.key = "qm_timeout", .type = ORG_CFG_DURATION, .default_value = "30s", .min = "1s", .max = "10m",
+        {.key = "qm_timeout",
+         .type = ORG_CFG_DURATION,
+         .default_value = "30s",
+         .min = "1s",
+         .max = "10m",
          .help = "time-out of each qm call"},
-        {.key = "initramfs_timeout", .type = ORG_CFG_DURATION, .default_value = "10m", .min = "10s", .max = "2h",
+        {.key = "initramfs_timeout",
+         .type = ORG_CFG_DURATION,
+         .default_value = "10m",
+         .min = "10s",
+         .max = "2h",
          .help = "time-out of update-initramfs"},
         ORG_CONFIG_END,
 };
 
 static const org_verb verbs[] = {
         {.name = "status", .help = "IOMMU, kernel, root disk and NIC, the cards, their groups and drivers, files, VM"},
-        {.name = "plan", .args = "{\"replace\": bool}", .help = "the full plan: groups, files, qm set calls; changes nothing"},
-        {.name = "apply", .mutating = true, .args = "{\"confirm\": true, \"replace\": bool}",
-         .help = "write the binding files (backups kept), update-initramfs, qm set per card; without confirm: the plan"},
-        {.name = "rollback", .mutating = true, .args = "{\"confirm\": true}",
+        {.name = "plan",
+         .args = "{\"replace\": bool}",
+         .help = "the full plan: groups, files, qm set calls; changes nothing"},
+        {.name = "apply",
+         .mutating = true,
+         .args = "{\"confirm\": true, \"replace\": bool}",
+         .help = "write the binding files (backups kept), update-initramfs, qm set per card; without confirm: the "
+                 "plan"},
+        {.name = "rollback",
+         .mutating = true,
+         .args = "{\"confirm\": true}",
          .help = "restore the files apply replaced, remove the ones it created, undo its hostpci entries"},
         ORG_VERBS_END,
 };
@@ -80,8 +112,10 @@ static void update_metrics(vfio *v, const json_t *state) {
                 bound += d && strcmp(d, "vfio-pci") == 0;
                 refused += !json_is_true(json_object_get(g, "group_ok"));
         }
-        h->metric_set(v->ctx, "vfio_gpus", ORG_METRIC_GAUGE, (double)json_array_size(gpus), "cards selected for passthrough");
-        h->metric_set(v->ctx, "vfio_gpus_on_vfio", ORG_METRIC_GAUGE, (double)bound, "cards whose every function is on vfio-pci");
+        h->metric_set(v->ctx, "vfio_gpus", ORG_METRIC_GAUGE, (double)json_array_size(gpus),
+                      "cards selected for passthrough");
+        h->metric_set(v->ctx, "vfio_gpus_on_vfio", ORG_METRIC_GAUGE, (double)bound,
+                      "cards whose every function is on vfio-pci");
         h->metric_set(v->ctx, "vfio_groups_refused", ORG_METRIC_GAUGE, (double)refused,
                       "cards refused: their IOMMU group holds a device the host keeps");
         h->metric_set(v->ctx, "vfio_iommu_on", ORG_METRIC_GAUGE, v->inv.iommu_on ? 1 : 0, "1 when IOMMU groups exist");
@@ -286,8 +320,8 @@ static bool flag(const org_msg *req, const char *name) {
         json_t *f = json_object_get(o, name);
         if (f)
                 on = json_is_true(f) || (json_is_integer(f) && json_integer_value(f) == 1) ||
-                     (json_is_string(f) && (strcmp(json_string_value(f), "yes") == 0 ||
-                                            strcmp(json_string_value(f), "true") == 0));
+                     (json_is_string(f) &&
+                      (strcmp(json_string_value(f), "yes") == 0 || strcmp(json_string_value(f), "true") == 0));
         json_t *words = json_is_array(o) ? o : json_object_get(o, "args");
         for (size_t i = 0; i < json_array_size(words); i++) {
                 const char *w = json_string_value(json_array_get(words, i));
@@ -304,28 +338,28 @@ static json_t *status_json(vfio *v) {
         json_t *files = json_array();
         json_t *pf = json_object_get(plan, "files");
         for (size_t i = 0; i < json_array_size(pf); i++)
-                json_array_append_new(files, json_pack("{s:O, s:O}", "path", json_object_get(json_array_get(pf, i), "path"),
-                                                       "action", json_object_get(json_array_get(pf, i), "action")));
+                json_array_append_new(files,
+                                      json_pack("{s:O, s:O}", "path", json_object_get(json_array_get(pf, i), "path"),
+                                                "action", json_object_get(json_array_get(pf, i), "action")));
         json_t *vm = json_object_get(plan, "vm");
-        return json_pack("{s:o, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:o, s:o, s:b, s:b, s:I, s:I, s:o}", "state", state,
-                         "ok", json_object_get(plan, "ok") ? json_object_get(plan, "ok") : json_false(), "errors",
-                         json_object_get(plan, "errors") ? json_object_get(plan, "errors") : json_null(), "warnings",
-                         json_object_get(plan, "warnings") ? json_object_get(plan, "warnings") : json_null(), "iommu",
-                         json_object_get(plan, "iommu") ? json_object_get(plan, "iommu") : json_null(), "root_disk",
-                         json_object_get(plan, "root_disk") ? json_object_get(plan, "root_disk") : json_null(),
-                         "mgmt_nic", json_object_get(plan, "mgmt_nic") ? json_object_get(plan, "mgmt_nic") : json_null(),
-                         "binding", json_object_get(plan, "binding") ? json_object_get(plan, "binding") : json_null(),
-                         "files", files, "vm",
-                         vm ? json_pack("{s:O, s:O, s:O, s:O}", "vmid", json_object_get(vm, "vmid"), "known",
-                                        json_object_get(vm, "known") ? json_object_get(vm, "known") : json_false(),
-                                        "existing",
-                                        json_object_get(vm, "existing") ? json_object_get(vm, "existing") : json_null(),
-                                        "left_out",
-                                        json_object_get(vm, "left_out") ? json_object_get(vm, "left_out") : json_null())
-                            : json_null(),
-                         "busy", v->job != NULL, "dry_run", v->host->dry_run(v->ctx), "changes_recorded",
-                         (json_int_t)v->active, "enumerate_us", (json_int_t)v->inv.enumerate_us, "qm_error",
-                         v->qm_config ? json_null() : json_string(v->qm_error));
+        return json_pack(
+                "{s:o, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:o, s:o, s:b, s:b, s:I, s:I, s:o}", "state", state, "ok",
+                json_object_get(plan, "ok") ? json_object_get(plan, "ok") : json_false(), "errors",
+                json_object_get(plan, "errors") ? json_object_get(plan, "errors") : json_null(), "warnings",
+                json_object_get(plan, "warnings") ? json_object_get(plan, "warnings") : json_null(), "iommu",
+                json_object_get(plan, "iommu") ? json_object_get(plan, "iommu") : json_null(), "root_disk",
+                json_object_get(plan, "root_disk") ? json_object_get(plan, "root_disk") : json_null(), "mgmt_nic",
+                json_object_get(plan, "mgmt_nic") ? json_object_get(plan, "mgmt_nic") : json_null(), "binding",
+                json_object_get(plan, "binding") ? json_object_get(plan, "binding") : json_null(), "files", files, "vm",
+                vm ? json_pack("{s:O, s:O, s:O, s:O}", "vmid", json_object_get(vm, "vmid"), "known",
+                               json_object_get(vm, "known") ? json_object_get(vm, "known") : json_false(), "existing",
+                               json_object_get(vm, "existing") ? json_object_get(vm, "existing") : json_null(),
+                               "left_out",
+                               json_object_get(vm, "left_out") ? json_object_get(vm, "left_out") : json_null())
+                   : json_null(),
+                "busy", v->job != NULL, "dry_run", v->host->dry_run(v->ctx), "changes_recorded", (json_int_t)v->active,
+                "enumerate_us", (json_int_t)v->inv.enumerate_us, "qm_error",
+                v->qm_config ? json_null() : json_string(v->qm_error));
 }
 
 static int vfio_call(void *state, const char *verb, const org_msg *req) {
@@ -353,7 +387,8 @@ static int vfio_call(void *state, const char *verb, const org_msg *req) {
         } else
                 return -EOPNOTSUPP;
         if (r == -EBUSY)
-                vfio_respond(v, req->reply, json_pack("{s:s}", "error", "busy: another plan/apply/rollback is running"));
+                vfio_respond(v, req->reply,
+                             json_pack("{s:s}", "error", "busy: another plan/apply/rollback is running"));
         else if (r < 0)
                 vfio_respond(v, req->reply, json_pack("{s:s}", "error", strerror(-r)));
         return 0;
@@ -370,7 +405,8 @@ static int vfio_verify(void *state, char **ret_json) {
         json_t *checks = json_array();
         bool all = true, applied = v->active > 0;
         all = all && v->has_inv && v->inv.iommu_on;
-        json_array_append_new(checks, check("iommu", "on", v->has_inv ? (v->inv.iommu_on ? "on" : "off (no groups)") : "unknown",
+        json_array_append_new(checks, check("iommu", "on",
+                                            v->has_inv ? (v->inv.iommu_on ? "on" : "off (no groups)") : "unknown",
                                             v->has_inv && v->inv.iommu_on));
         json_t *files = json_object_get(v->last_plan, "files");
         for (size_t i = 0; i < json_array_size(files); i++) {
@@ -412,7 +448,9 @@ static int vfio_verify(void *state, char **ret_json) {
         return 0;
 }
 
-static void vfio_fini(void *state) { vfio_free(state); }
+static void vfio_fini(void *state) {
+        vfio_free(state);
+}
 
 ORG_PLUGIN_DEFINE(.name = "vfio", .version = VFIO_VERSION,
                   .summary = "GPU passthrough preparation: libpci inventory, IOMMU group safety, vfio-pci binding "

@@ -14,7 +14,7 @@
 #include <organism/plugin.h>
 
 #define VFIO_HOSTPCI_MAX 16
-#define VFIO_ADDR_LEN 16 /* "0000:03:00.0" + NUL */
+#define VFIO_ADDR_LEN    16 /* "0000:03:00.0" + NUL */
 
 /* What a device is to the host, for the loud flags and the bridge rule. */
 enum {
@@ -29,10 +29,10 @@ typedef struct vfio_dev {
         char addr[VFIO_ADDR_LEN];
         unsigned domain, bus, dev, func;
         uint16_t vendor, device;
-        uint16_t cls;          /* base class << 8 | subclass: 0x0300 VGA, 0x0403 audio, 0x0604 bridge */
-        char driver[32];       /* "" = none bound */
-        char group[16];        /* "" = no IOMMU group */
-        int boot_vga;          /* -1 = no boot_vga file */
+        uint16_t cls;    /* base class << 8 | subclass: 0x0300 VGA, 0x0403 audio, 0x0604 bridge */
+        char driver[32]; /* "" = none bound */
+        char group[16];  /* "" = no IOMMU group */
+        int boot_vga;    /* -1 = no boot_vga file */
         unsigned roles;
         bool selected;
 } vfio_dev;
@@ -40,15 +40,15 @@ typedef struct vfio_dev {
 typedef struct vfio_inventory {
         vfio_dev *devs; /* sorted by address */
         size_t n_devs;
-        bool iommu_on;          /* /sys/kernel/iommu_groups has entries */
+        bool iommu_on; /* /sys/kernel/iommu_groups has entries */
         size_t n_groups;
-        char cmdline[512];      /* the iommu-related tokens of /proc/cmdline, space-separated */
-        bool acs_override;      /* pcie_acs_override on the command line (never written by us) */
-        char kernel[64];        /* /proc/sys/kernel/osrelease, "" = unknown */
+        char cmdline[512]; /* the iommu-related tokens of /proc/cmdline, space-separated */
+        bool acs_override; /* pcie_acs_override on the command line (never written by us) */
+        char kernel[64];   /* /proc/sys/kernel/osrelease, "" = unknown */
         int kernel_major, kernel_minor;
-        char root_source[128];  /* the device of "/" in /proc/mounts */
+        char root_source[128]; /* the device of "/" in /proc/mounts */
         char root_ctrl[VFIO_ADDR_LEN];
-        char root_note[256];    /* why the controller is not known, when it is not */
+        char root_note[256]; /* why the controller is not known, when it is not */
         char nic_iface[32];
         char nic_ctrl[VFIO_ADDR_LEN];
         char nic_note[256];
@@ -58,13 +58,13 @@ typedef struct vfio_inventory {
 typedef enum vfio_binding_mode { VFIO_BIND_AUTO, VFIO_BIND_IDS, VFIO_BIND_OVERRIDE } vfio_binding_mode;
 
 typedef struct vfio_settings {
-        int64_t vmid;               /* 0 = no VM: no hostpci plan */
+        int64_t vmid; /* 0 = no VM: no hostpci plan */
         char vmid_text[24];
         uint16_t vendor;
-        char **gpus;                /* explicit list (normalised "0000:BB:DD.F"), NULL = auto */
+        char **gpus; /* explicit list (normalised "0000:BB:DD.F"), NULL = auto */
         size_t n_gpus;
-        char etc_dir[256];          /* as on the real system, under the sysroot */
-        char mgmt_nic[32];          /* "" = the default route's interface */
+        char etc_dir[256]; /* as on the real system, under the sysroot */
+        char mgmt_nic[32]; /* "" = the default route's interface */
         vfio_binding_mode binding;
         bool initramfs;
         uint64_t qm_timeout_ms, initramfs_timeout_ms;
@@ -78,17 +78,17 @@ typedef struct vfio {
         vfio_settings cfg;
         vfio_inventory inv;
         bool has_inv;
-        char *qm_config;            /* the last `qm config VMID` output, NULL = none */
-        char qm_error[256];         /* why there is none */
-        json_t *last_plan;          /* the last plan computed (owned) */
-        char *last_state;           /* the last vfio.state payload published (without ts) */
-        vfio_job *job;              /* the verb or start refresh in flight, at most one */
+        char *qm_config;    /* the last `qm config VMID` output, NULL = none */
+        char qm_error[256]; /* why there is none */
+        json_t *last_plan;  /* the last plan computed (owned) */
+        char *last_state;   /* the last vfio.state payload published (without ts) */
+        vfio_job *job;      /* the verb or start refresh in flight, at most one */
         /* a verb that arrived during the start refresh runs after it */
         char *pending_reply;
-        int pending_kind;           /* 1 plan, 2 apply, 3 rollback */
+        int pending_kind; /* 1 plan, 2 apply, 3 rollback */
         bool pending_replace;
         bool store_ok;
-        int64_t active;             /* rows of the store not rolled back */
+        int64_t active; /* rows of the store not rolled back */
         uint64_t published;
 } vfio;
 

@@ -20,8 +20,8 @@
 extern const org_plugin organism_plugin;
 extern char **environ;
 
-#define CONFIG                                                                                                     \
-        "{\"vmid\": 200, \"gpus\": [], \"vendor\": \"0x1002\", \"etc_dir\": \"/etc\", \"mgmt_nic\": \"\","           \
+#define CONFIG                                                                                                         \
+        "{\"vmid\": 200, \"gpus\": [], \"vendor\": \"0x1002\", \"etc_dir\": \"/etc\", \"mgmt_nic\": \"\","             \
         " \"binding\": \"auto\", \"initramfs\": true, \"qm_timeout\": 30000, \"initramfs_timeout\": 600000}"
 
 static uint64_t now_ns(void) {
@@ -37,8 +37,8 @@ static int cmp_u64(const void *a, const void *b) {
 
 static void report(const char *what, uint64_t *ns, int n) {
         qsort(ns, (size_t)n, sizeof *ns, cmp_u64);
-        printf("%-44s median %8.1f us   p99 %8.1f us   (%d runs)\n", what, ns[n / 2] / 1000.0, ns[n * 99 / 100] / 1000.0,
-               n);
+        printf("%-44s median %8.1f us   p99 %8.1f us   (%d runs)\n", what, ns[n / 2] / 1000.0,
+               ns[n * 99 / 100] / 1000.0, n);
 }
 
 int main(int argc, char **argv) {
@@ -130,8 +130,8 @@ int main(int argc, char **argv) {
         if (lspci) {
                 char opt[700];
                 snprintf(opt, sizeof opt, "sysfs.path=%s", sysfs);
-                char *args[] = {(char *)"lspci", (char *)"-A", (char *)"linux-sysfs", (char *)"-O", opt, (char *)"-nnk",
-                                NULL};
+                char *args[] = {(char *)"lspci", (char *)"-A", (char *)"linux-sysfs", (char *)"-O", opt,
+                                (char *)"-nnk",  NULL};
                 posix_spawn_file_actions_t fa;
                 posix_spawn_file_actions_init(&fa);
                 posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);

@@ -38,7 +38,9 @@ static inline int sr_copy_one(const char *path, const struct stat *st, int type,
         return r;
 }
 
-static inline int sr_rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw) { return remove(path); }
+static inline int sr_rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+        return remove(path);
+}
 
 /* A new sysroot for FIXTURES/<name>; returns its malloc'd path. */
 static inline char *sr_make(const char *fixtures, const char *name) {

@@ -31,7 +31,8 @@ typedef struct env {
 static void env_start(env *e, const char *fixture, const char *extra, const char *qm_out) {
         snprintf(e->config, sizeof e->config,
                  "{\"vmid\": 200, \"gpus\": [], \"vendor\": \"0x1002\", \"etc_dir\": \"/etc\", \"mgmt_nic\": \"\","
-                 " \"binding\": \"auto\", \"initramfs\": true, \"qm_timeout\": 30000, \"initramfs_timeout\": 600000%s%s}",
+                 " \"binding\": \"auto\", \"initramfs\": true, \"qm_timeout\": 30000, \"initramfs_timeout\": "
+                 "600000%s%s}",
                  extra && extra[0] ? ", " : "", extra ? extra : "");
         fake_ctx_init(&e->ctx, "vfio", e->config);
         e->root = fixture ? sr_make(fixtures, fixture) : NULL;
@@ -165,7 +166,8 @@ static void test_reference_plan(void) {
                 }
         }
         CHECK_STR(json_string_value(json_object_get(json_object_get(p, "root_disk"), "controller")), "0000:01:00.0");
-        CHECK_STR(json_string_value(json_object_get(json_object_get(p, "iommu"), "cmdline")), "intel_iommu=on iommu=pt");
+        CHECK_STR(json_string_value(json_object_get(json_object_get(p, "iommu"), "cmdline")),
+                  "intel_iommu=on iommu=pt");
         CHECK_STR(json_string_value(json_object_get(json_object_get(p, "kernel"), "release")), "6.8.12-4-pve");
         CHECK_STR(json_string_value(json_object_get(json_object_get(p, "mgmt_nic"), "iface")), "vmbr0");
         CHECK_STR(json_string_value(json_object_get(json_object_get(p, "mgmt_nic"), "controller")), "0000:02:00.0");
@@ -277,15 +279,16 @@ static void test_kernel_61_and_bound(void) {
         json_t *s = json_loads(fake_last_published(&e.ctx, "vfio.state"), 0, &err);
         CHECK(json_is_true(json_object_get(s, "bound")));
         CHECK(json_is_false(json_object_get(s, "reboot_needed")));
-        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(s, "gpus"), 3), "driver")), "vfio-pci");
+        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(s, "gpus"), 3), "driver")),
+                  "vfio-pci");
         json_decref(s);
         env_stop(&e);
 }
 
-#define HOSTPCI_12                                                                       \
-        "hostpci0: 0000:05:00,pcie=1\nhostpci1: 0000:06:00,pcie=1\nhostpci2: 0000:07:00,pcie=1\n"      \
-        "hostpci3: 0000:08:00,pcie=1\nhostpci4: 0000:09:00,pcie=1\nhostpci5: 0000:0a:00,pcie=1\n"      \
-        "hostpci6: 0000:0b:00,pcie=1\nhostpci7: 0000:0c:00,pcie=1\nhostpci8: 0000:0d:00,pcie=1\n"      \
+#define HOSTPCI_12                                                                                                     \
+        "hostpci0: 0000:05:00,pcie=1\nhostpci1: 0000:06:00,pcie=1\nhostpci2: 0000:07:00,pcie=1\n"                      \
+        "hostpci3: 0000:08:00,pcie=1\nhostpci4: 0000:09:00,pcie=1\nhostpci5: 0000:0a:00,pcie=1\n"                      \
+        "hostpci6: 0000:0b:00,pcie=1\nhostpci7: 0000:0c:00,pcie=1\nhostpci8: 0000:0d:00,pcie=1\n"                      \
         "hostpci9: 0000:0e:00,pcie=1\nhostpci10: 0000:0f:00,pcie=1\nhostpci11: 0000:10:00,pcie=1\n"
 
 static void test_apply_twice_and_rollback(void) {
@@ -308,7 +311,8 @@ static void test_apply_twice_and_rollback(void) {
         CHECK_STR(exec_line(&e.ctx, n0 + 13), "qm set 200 --hostpci11 0000:10:00,pcie=1");
         CHECK_INT(e.ctx.n_execs, n0 + 14);
         CHECK(e.ctx.execs[n0 + 2].mutating && !e.ctx.execs[n0].mutating);
-        CHECK_CONTAINS(sr_read(e.root, "/etc/modprobe.d/vfio.conf"), "options vfio-pci ids=1002:67df,1002:aaf0 disable_vga=1");
+        CHECK_CONTAINS(sr_read(e.root, "/etc/modprobe.d/vfio.conf"),
+                       "options vfio-pci ids=1002:67df,1002:aaf0 disable_vga=1");
         CHECK_CONTAINS(sr_read(e.root, "/etc/modules-load.d/vfio.conf"), "vfio_iommu_type1\n");
         /* the backup holds the user's file; no temp file is left behind */
         CHECK_INT(sr_count(e.root, "/etc/modprobe.d", "vfio.conf.organism-"), 1);
@@ -401,8 +405,8 @@ static void test_existing_hostpci(void) {
         p = call(&e, "plan", "{\"replace\": true}");
         cmds = json_object_get(p, "commands");
         CHECK_STR(json_string_value(json_array_get(json_array_get(cmds, 1), 3)), "--hostpci0");
-        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(json_object_get(p, "vm"), "assign"), 0),
-                                                    "before")),
+        CHECK_STR(json_string_value(json_object_get(
+                          json_array_get(json_object_get(json_object_get(p, "vm"), "assign"), 0), "before")),
                   "0000:20:00.0,pcie=1");
         json_decref(p);
         env_stop(&e);
@@ -461,9 +465,11 @@ static void test_bad_input(void) {
         CHECK_INT(count_execs(&e.ctx, "qm set"), 0);
         env_stop(&e);
         /* a bad address in the config: init refuses */
-        fake_ctx_init(&e.ctx, "vfio",
-                      "{\"vmid\": 200, \"gpus\": [\"05:00\"], \"vendor\": \"0x1002\", \"etc_dir\": \"/etc\", \"mgmt_nic\": \"\","
-                      " \"binding\": \"auto\", \"initramfs\": true, \"qm_timeout\": 30000, \"initramfs_timeout\": 600000}");
+        fake_ctx_init(
+                &e.ctx, "vfio",
+                "{\"vmid\": 200, \"gpus\": [\"05:00\"], \"vendor\": \"0x1002\", \"etc_dir\": \"/etc\", \"mgmt_nic\": "
+                "\"\","
+                " \"binding\": \"auto\", \"initramfs\": true, \"qm_timeout\": 30000, \"initramfs_timeout\": 600000}");
         e.state = NULL;
         CHECK_INT(organism_plugin.init(&fake_host, &e.ctx, &e.state), -EINVAL);
         fake_ctx_done(&e.ctx);
