@@ -11,6 +11,7 @@
  * needs (root disk controller, management NIC, boot display) is flagged loudly. Binding by
  * `vfio-pci ids=` only when every function carrying those ids is selected; otherwise by
  * address (driver_override, from a udev rule). Nothing here writes or runs anything. */
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -402,6 +403,45 @@ static void appendf(char *buf, size_t size, const char *fmt, ...) {
         va_end(ap);
 }
 
+/* Other modprobe.d files that also steer vfio-pci or the GPU drivers (the seed's
+ * vfio-pci-ids.conf, blacklist-amd-gpu.conf): left alone, but said, since modprobe
+ * merges them with ours. */
+static void other_modprobe(vfio *v, json_t *warnings) {
+        char dir[320], *full = NULL;
+        snprintf(dir, sizeof dir, "%s/modprobe.d", v->cfg.etc_dir);
+        if (v->host->sysroot_path(v->ctx, dir, &full) < 0)
+                return;
+        DIR *d = opendir(full);
+        free(full);
+        if (!d)
+                return;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+                size_t len = strlen(e->d_name);
+                if (len < 6 || len > 200 || strcmp(e->d_name + len - 5, ".conf") != 0 ||
+                    strcmp(e->d_name, "vfio.conf") == 0)
+                        continue;
+                char path[600], *text = NULL;
+                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+                if (vfio_read(v, path, &text) < 0)
+                        continue;
+                for (char *l = text, *next; l && *l; l = next) {
+                        next = strchr(l, '\n');
+                        if (next)
+                                *next++ = '\0';
+                        while (*l == ' ' || *l == '\t')
+                                l++;
+                        if (strncmp(l, "options vfio-pci", 16) == 0 || strncmp(l, "options vfio_pci", 16) == 0 ||
+                            strncmp(l, "blacklist amdgpu", 16) == 0 || strncmp(l, "blacklist radeon", 16) == 0 ||
+                            strncmp(l, "softdep amdgpu", 14) == 0)
+                                add_error(warnings, "%s also has \"%.120s\" (left alone; modprobe merges it with %s%s)",
+                                          path, l, v->cfg.etc_dir, MODPROBE_FILE);
+                }
+                free(text);
+        }
+        closedir(d);
+}
+
 static json_t *file_entry(vfio *v, const char *rel, const char *want) {
         char path[320];
         snprintf(path, sizeof path, "%s%s", v->cfg.etc_dir, rel);
@@ -592,6 +632,7 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
                         add_error(errors, "%s cannot be read",
                                   json_string_value(json_object_get(json_array_get(files, i), "path")));
         }
+        other_modprobe(v, warnings);
         json_t *vm = v->cfg.vmid > 0 ? vm_plan(v, cards, qm_config, qm_error, replace, errors, warnings) : json_null();
         json_t *commands = json_array();
         if (files_change && v->cfg.initramfs)

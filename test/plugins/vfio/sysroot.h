@@ -68,6 +68,22 @@ static inline char *sr_make(const char *fixtures, const char *name) {
         return strdup(tmpl);
 }
 
+/* Replaces root/proc (a link) by a copy of the fixture's, to edit /proc/mounts. */
+static inline void sr_own_proc(const char *root, const char *fixtures, const char *name) {
+        char link[1024];
+        snprintf(link, sizeof link, "%s/proc", root);
+        if (unlink(link) < 0) {
+                perror(link);
+                exit(1);
+        }
+        snprintf(sr_src, sizeof sr_src, "%s/%s/proc", fixtures, name);
+        snprintf(sr_dst, sizeof sr_dst, "%s/proc", root);
+        if (nftw(sr_src, sr_copy_one, 16, FTW_PHYS) != 0) {
+                fprintf(stderr, "cannot copy %s\n", sr_src);
+                exit(1);
+        }
+}
+
 /* Removes the sysroot (the links, not what they point to). */
 static inline void sr_remove(char *root) {
         nftw(root, sr_rm_one, 16, FTW_DEPTH | FTW_PHYS);

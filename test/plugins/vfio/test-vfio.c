@@ -475,6 +475,40 @@ static void test_bad_input(void) {
         fake_ctx_done(&e.ctx);
 }
 
+/* The root disk behind LVM (dm-0 on nvme0n1p3) is found; on ZFS it is not, and then
+ * every storage controller counts as the host's. Other modprobe files are said. */
+static void test_root_disk_lvm_zfs(void) {
+        env e;
+        env_start(&e, "vfio-ref", NULL, NULL);
+        sr_own_proc(e.root, fixtures, "vfio-ref");
+        sr_write(e.root, "/proc/mounts", "/dev/mapper/pve-root / ext4 rw,relatime 0 0\n");
+        sr_write(e.root, "/etc/modprobe.d/blacklist-amd-gpu.conf", "blacklist amdgpu\nblacklist radeon\n");
+        json_t *p = call(&e, "plan", "{}");
+        json_t *rd = json_object_get(p, "root_disk");
+        CHECK_STR(json_string_value(json_object_get(rd, "source")), "/dev/mapper/pve-root");
+        CHECK_STR(json_string_value(json_object_get(rd, "controller")), "0000:01:00.0");
+        json_t *w = json_object_get(p, "warnings");
+        bool said = false;
+        for (size_t i = 0; i < json_array_size(w); i++)
+                said = said || strstr(json_string_value(json_array_get(w, i)),
+                                      "/etc/modprobe.d/blacklist-amd-gpu.conf also has \"blacklist amdgpu\"");
+        CHECK(said);
+        json_decref(p);
+        env_stop(&e);
+
+        env_start(&e, "vfio-shared", NULL, NULL);
+        sr_own_proc(e.root, fixtures, "vfio-shared");
+        sr_write(e.root, "/proc/mounts", "rpool/ROOT/pve-1 / zfs rw,relatime,xattr,noacl 0 0\n");
+        p = call(&e, "plan", "{}");
+        rd = json_object_get(p, "root_disk");
+        CHECK(json_is_null(json_object_get(rd, "controller")));
+        CHECK_CONTAINS(json_string_value(json_object_get(rd, "note")), "rpool/ROOT/pve-1 (zfs) is not resolved");
+        CHECK(any_error(p, "DANGER: IOMMU group 5 holds 0000:01:00.0 (a storage controller (the root disk's controller "
+                           "is not resolved))"));
+        json_decref(p);
+        env_stop(&e);
+}
+
 /* libpci's default error handler exits: ours must fail the enumeration only. */
 static void test_unreadable_sysfs(void) {
         env e;
@@ -523,6 +557,7 @@ int main(int argc, char **argv) {
         RUN(test_rollback_refuses_changed_file);
         RUN(test_existing_hostpci);
         RUN(test_bad_input);
+        RUN(test_root_disk_lvm_zfs);
         RUN(test_unreadable_sysfs);
         RUN(test_dry_run);
         return 0;
