@@ -349,7 +349,11 @@ static json_t *vm_plan(vfio *v, json_t *cards, const char *qm_config, const char
                 json_t *a = json_pack("{s:s, s:s, s:s, s:b, s:[s,s,s,s,s]}", "slot", slot, "hostpci", key, "value",
                                       value, "already", 0, "argv", "qm", "set", v->cfg.vmid_text, opt, value);
                 const char *before = json_string_value(json_object_get(existing, key));
-                if (before)
+                if (before && strcmp(before, value) == 0) {
+                        /* replace found it there already: nothing to run */
+                        json_object_del(a, "argv");
+                        json_object_set_new(a, "already", json_true());
+                } else if (before)
                         json_object_set_new(a, "before", json_string(before));
                 json_array_append_new(assign, a);
         }

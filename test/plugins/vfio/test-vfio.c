@@ -410,6 +410,15 @@ static void test_existing_hostpci(void) {
                   "0000:20:00.0,pcie=1");
         json_decref(p);
         env_stop(&e);
+        /* replace on a VM that already has exactly our entries: nothing to run */
+        env_start(&e, "vfio-ref", NULL, QM_Q35 HOSTPCI_12 "hostpci12: 0000:30:00,pcie=1\n");
+        p = call(&e, "plan", "{\"replace\": true}");
+        cmds = json_object_get(p, "commands");
+        CHECK_INT(json_array_size(cmds), 2); /* update-initramfs, and the delete of hostpci12 */
+        CHECK_STR(json_string_value(json_array_get(json_array_get(cmds, 1), 4)), "hostpci12");
+        CHECK_STR(json_string_value(json_array_get(json_array_get(cmds, 1), 3)), "--delete");
+        json_decref(p);
+        env_stop(&e);
 
         /* 5 entries taken + 12 cards > 16 slots: the card left out is named */
         env_start(&e, "vfio-ref", NULL,
