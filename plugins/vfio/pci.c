@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <pci/pci.h>
 
@@ -451,6 +452,18 @@ int vfio_inventory_take(vfio *v, vfio_inventory *inv, char *err, size_t err_size
                                 d->roles |= VFIO_ROLE_BOOT_DISPLAY;
                 }
                 free(text);
+                text = NULL;
+                snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/reset_method", d->addr);
+                if (v->host->read_file(v->ctx, path, &text, NULL) >= 0) {
+                        text[strcspn(text, "\n")] = '\0';
+                        snprintf(d->reset_method, sizeof d->reset_method, "%.47s", text);
+                }
+                free(text);
+        }
+        char *mod = NULL;
+        if (v->host->sysroot_path(v->ctx, "/sys/module/vendor_reset", &mod) >= 0) {
+                inv->vendor_reset = access(mod, F_OK) == 0;
+                free(mod);
         }
         find_iommu(v, inv);
         find_kernel(v, inv);

@@ -28,6 +28,18 @@ static bool is_display(const vfio_dev *d) {
         return d->cls == 0x0300 || d->cls == 0x0302 || d->cls == 0x0380;
 }
 
+/* Polaris 10/11/12 and relatives (RX 470-590, 540-560, WX): the cards vendor-reset serves. */
+static bool is_polaris(const vfio_dev *d) {
+        static const uint16_t ids[] = {0x67c0, 0x67c2, 0x67c4, 0x67c7, 0x67df, 0x67e0, 0x67e3, 0x67e8, 0x67eb, 0x67ef,
+                                       0x67ff, 0x6980, 0x6981, 0x6985, 0x6986, 0x6987, 0x6995, 0x6997, 0x699f, 0x6fdf};
+        if (d->vendor != 0x1002)
+                return false;
+        for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+                if (ids[i] == d->device)
+                        return true;
+        return false;
+}
+
 static void slot_of(const vfio_dev *d, char out[VFIO_ADDR_LEN]) {
         snprintf(out, VFIO_ADDR_LEN, "%04x:%02x:%02x", d->domain & 0xffffu, d->bus, d->dev);
 }
@@ -546,7 +558,7 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
         if (n_chosen == 0 && json_array_size(errors) == 0)
                 add_error(errors, "no display function of vendor %04x to pass through", v->cfg.vendor);
         char **ids = calloc(inv->n_devs + 1, sizeof *ids);
-        size_t n_ids = 0;
+        size_t n_ids = 0, n_reset = 0;
         bool all_ok = true;
         for (size_t c = 0; c < n_chosen && ids; c++) {
                 const vfio_dev *fns[8];
@@ -582,12 +594,23 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
                         json_pack("{s:I, s:s, s:s, s:o, s:o, s:s, s:s, s:o}", "gpu", (json_int_t)json_array_size(cards),
                                   "pci", chosen[c]->addr, "slot", slot, "functions", fa, "ids", card_ids, "driver",
                                   driver, "group", chosen[c]->group, "hostpci", json_null());
+                json_object_set_new(card, "reset_method",
+                                    chosen[c]->reset_method[0] ? json_string(chosen[c]->reset_method) : json_null());
+                if (is_polaris(chosen[c]) && !(inv->vendor_reset && strstr(chosen[c]->reset_method, "device_specific")))
+                        n_reset++;
                 all_ok = check_groups(inv, fns, n_fn, card, errors) && all_ok;
                 json_array_append_new(cards, card);
         }
         free(chosen);
         if (!ids)
                 return -ENOMEM;
+        if (n_reset)
+                add_error(
+                        warnings,
+                        "%zu Polaris card(s) without vendor-reset: the AMD reset bug can leave a card unusable after a "
+                        "VM restart until the host reboots; load vendor-reset early and set reset_method to "
+                        "device_specific (udev), or restart the GPU-Pool VM rarely",
+                        n_reset);
         qsort(ids, n_ids, sizeof *ids, cmp_str);
         char idlist[512] = "";
         for (size_t k = 0; k < n_ids; k++)

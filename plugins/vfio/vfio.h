@@ -29,10 +29,11 @@ typedef struct vfio_dev {
         char addr[VFIO_ADDR_LEN];
         unsigned domain, bus, dev, func;
         uint16_t vendor, device;
-        uint16_t cls;    /* base class << 8 | subclass: 0x0300 VGA, 0x0403 audio, 0x0604 bridge */
-        char driver[32]; /* "" = none bound */
-        char group[16];  /* "" = no IOMMU group */
-        int boot_vga;    /* -1 = no boot_vga file */
+        uint16_t cls;          /* base class << 8 | subclass: 0x0300 VGA, 0x0403 audio, 0x0604 bridge */
+        char driver[32];       /* "" = none bound */
+        char group[16];        /* "" = no IOMMU group */
+        int boot_vga;          /* -1 = no boot_vga file */
+        char reset_method[48]; /* display functions: their reset_method file, "" = none */
         unsigned roles;
         bool selected;
 } vfio_dev;
@@ -52,6 +53,7 @@ typedef struct vfio_inventory {
         char nic_iface[32];
         char nic_ctrl[VFIO_ADDR_LEN];
         char nic_note[256];
+        bool vendor_reset; /* /sys/module/vendor_reset exists: the module is loaded */
         uint64_t enumerate_us;
 } vfio_inventory;
 

@@ -79,6 +79,14 @@ static size_t count_execs(org_ctx *ctx, const char *prefix) {
         return n;
 }
 
+static bool any_in(json_t *plan, const char *key, const char *needle) {
+        json_t *errs = json_object_get(plan, key);
+        for (size_t i = 0; i < json_array_size(errs); i++)
+                if (strstr(json_string_value(json_array_get(errs, i)), needle))
+                        return true;
+        return false;
+}
+
 static bool any_error(json_t *plan, const char *needle) {
         json_t *errs = json_object_get(plan, "errors");
         for (size_t i = 0; i < json_array_size(errs); i++)
@@ -274,6 +282,9 @@ static void test_kernel_61_and_bound(void) {
         json_t *p = call(&e, "plan", "{}");
         CHECK_CONTAINS(file_want(p, "/etc/modules-load.d/vfio.conf"), "vfio_pci\nvfio_virqfd\n");
         CHECK(json_is_true(json_object_get(json_object_get(p, "kernel"), "vfio_virqfd")));
+        CHECK(!any_in(p, "warnings", "without vendor-reset"));
+        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(p, "cards"), 0), "reset_method")),
+                  "device_specific bus");
         json_decref(p);
         json_error_t err;
         json_t *s = json_loads(fake_last_published(&e.ctx, "vfio.state"), 0, &err);
