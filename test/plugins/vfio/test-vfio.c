@@ -446,6 +446,20 @@ static void test_existing_hostpci(void) {
         CHECK_INT(count_execs(&e.ctx, "qm set"), 0);
         env_stop(&e);
 
+        /* 18 cards: 16 slots, the two left out named, even with replace */
+        env_start(&e, "vfio-18", NULL, NULL);
+        p = call(&e, "plan", "{\"replace\": true}");
+        CHECK_INT(json_array_size(json_object_get(p, "cards")), 18);
+        CHECK(any_error(p, "2 card(s) left out: 0000:17:00, 0000:18:00"));
+        CHECK_INT(json_array_size(json_object_get(json_object_get(p, "vm"), "assign")), 16);
+        json_decref(p);
+        a = call(&e, "apply", "{\"confirm\": true}");
+        CHECK_CONTAINS(json_string_value(json_object_get(a, "error")), "at most 16 hostpci slots");
+        json_decref(a);
+        CHECK_INT(count_execs(&e.ctx, "qm set"), 0);
+        CHECK(!sr_read(e.root, "/etc/modules-load.d/vfio.conf"));
+        env_stop(&e);
+
         /* an entry passing one function of a card: never twice */
         env_start(&e, "vfio-ref", NULL, QM_Q35 "hostpci0: 0000:05:00.1\n");
         p = call(&e, "plan", "{}");
