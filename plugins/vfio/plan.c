@@ -721,7 +721,19 @@ json_t *vfio_state_json(vfio *v, const vfio_inventory *inv, const json_t *plan) 
                                   json_object_get(card, "group"), "group_ok", json_object_get(card, "group_ok"),
                                   "hostpci", json_object_get(card, "hostpci")));
         }
-        bool applied = vfio_store_active(v);
+        /* applied: recorded by apply, or the planned files are all in place already */
+        bool in_place = false;
+        json_t *files = plan ? json_object_get(plan, "files") : NULL;
+        for (size_t i = 0; i < json_array_size(files); i++) {
+                const char *a = json_string_value(json_object_get(json_array_get(files, i), "action"));
+                if (strcmp(a, "keep") == 0)
+                        in_place = true;
+                else if (strcmp(a, "none") != 0) {
+                        in_place = false;
+                        break;
+                }
+        }
+        bool applied = vfio_store_active(v) || (in_place && json_array_size(cards) > 0);
         bool bound = vfio_all_bound(inv);
         return json_pack("{s:o, s:b, s:b, s:b, s:{s:b, s:I}, s:s, s:o}", "gpus", gpus, "reboot_needed",
                          applied && !bound, "applied", applied, "bound", bound, "iommu", "on", inv->iommu_on, "groups",

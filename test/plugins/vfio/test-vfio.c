@@ -290,6 +290,7 @@ static void test_kernel_61_and_bound(void) {
         json_t *s = json_loads(fake_last_published(&e.ctx, "vfio.state"), 0, &err);
         CHECK(json_is_true(json_object_get(s, "bound")));
         CHECK(json_is_false(json_object_get(s, "reboot_needed")));
+        CHECK(json_is_false(json_object_get(s, "applied")));
         CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(s, "gpus"), 3), "driver")),
                   "vfio-pci");
         json_decref(s);
@@ -301,6 +302,24 @@ static void test_kernel_61_and_bound(void) {
         "hostpci3: 0000:08:00,pcie=1\nhostpci4: 0000:09:00,pcie=1\nhostpci5: 0000:0a:00,pcie=1\n"                      \
         "hostpci6: 0000:0b:00,pcie=1\nhostpci7: 0000:0c:00,pcie=1\nhostpci8: 0000:0d:00,pcie=1\n"                      \
         "hostpci9: 0000:0e:00,pcie=1\nhostpci10: 0000:0f:00,pcie=1\nhostpci11: 0000:10:00,pcie=1\n"
+
+/* Files already as planned (written by hand or an earlier install) while the cards are
+ * on amdgpu: a reboot is needed, whoever wrote them. */
+static void test_files_in_place_need_reboot(void) {
+        env e;
+        env_start(&e, "vfio-ref", NULL, NULL);
+        json_t *p = call(&e, "plan", "{}");
+        sr_write(e.root, "/etc/modules-load.d/vfio.conf", file_want(p, "/etc/modules-load.d/vfio.conf"));
+        sr_write(e.root, "/etc/modprobe.d/vfio.conf", file_want(p, "/etc/modprobe.d/vfio.conf"));
+        json_decref(p);
+        organism_plugin.tick(e.state);
+        json_error_t err;
+        json_t *s = json_loads(fake_last_published(&e.ctx, "vfio.state"), 0, &err);
+        CHECK(json_is_true(json_object_get(s, "applied")));
+        CHECK(json_is_true(json_object_get(s, "reboot_needed")));
+        json_decref(s);
+        env_stop(&e);
+}
 
 static void test_apply_twice_and_rollback(void) {
         env e;
@@ -587,6 +606,7 @@ int main(int argc, char **argv) {
         RUN(test_shared_group_refused);
         RUN(test_iommu_off);
         RUN(test_kernel_61_and_bound);
+        RUN(test_files_in_place_need_reboot);
         RUN(test_apply_twice_and_rollback);
         RUN(test_rollback_refuses_changed_file);
         RUN(test_existing_hostpci);
