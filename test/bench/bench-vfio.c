@@ -49,10 +49,10 @@ int main(int argc, char **argv) {
         char *root = sr_make(argv[1], "vfio-ref");
         char sysfs[600];
         snprintf(sysfs, sizeof sysfs, "%s/sys/bus/pci", root);
-        /* argument 2: the runs of each measure (default 2000) */
-        int N = argc > 2 ? (int)strtol(argv[2], NULL, 10) : 2000;
+        /* argument 2: the runs of each measure (default 500) */
+        int N = argc > 2 ? (int)strtol(argv[2], NULL, 10) : 500;
         if (N < 1 || N > 100000)
-                N = 2000;
+                N = 500;
         uint64_t *ns = calloc((size_t)N + 100, sizeof *ns);
         CHECK(ns);
 
@@ -136,7 +136,7 @@ int main(int argc, char **argv) {
                 posix_spawn_file_actions_init(&fa);
                 posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
                 posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-                enum { M = 100 };
+                enum { M = 30 };
                 for (int i = 0; i < M; i++) {
                         pid_t pid;
                         int status;
