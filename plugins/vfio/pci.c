@@ -7,7 +7,8 @@
  * (/proc/net/route, /sys/class/net, bridge members) and the bridges they sit behind.
  *
  * libpci calls a->error on any failure and its default handler exits the process; ours
- * records the message and longjmps back to the enumeration, which then fails cleanly. */
+ * records the message and longjmps back to the enumeration, which then fails cleanly.
+ * The folder libpci scans is checked first, since its own error path there leaks. */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -57,7 +58,37 @@ static int dev_cmp(const void *a, const void *b) {
         return strcmp(((const vfio_dev *)a)->addr, ((const vfio_dev *)b)->addr);
 }
 
+/* What libpci's sysfs_scan would fail on, checked first: its error path there leaks the
+ * open folder and a device (it expects the process to exit). */
+static int precheck(const char *sysfs_path, char *err, size_t err_size) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s/devices", sysfs_path);
+        DIR *d = opendir(dir);
+        if (!d) {
+                int r = -errno;
+                snprintf(err, err_size, "cannot open %s: %s", dir, strerror(-r));
+                return r;
+        }
+        struct dirent *e;
+        int r = 0;
+        while (r == 0 && (e = readdir(d))) {
+                unsigned dom, bus, dev;
+                int fn;
+                if (e->d_name[0] == '.')
+                        continue;
+                if (sscanf(e->d_name, "%x:%x:%x.%d", &dom, &bus, &dev, &fn) < 4 || dom > 0x7fffffff) {
+                        snprintf(err, err_size, "%s/%.64s is not a PCI function", dir, e->d_name);
+                        r = -EBADMSG;
+                }
+        }
+        closedir(d);
+        return r;
+}
+
 int vfio_pci_scan(const char *sysfs_path, vfio_dev **ret_devs, size_t *ret_n, char *err, size_t err_size) {
+        int pr = precheck(sysfs_path, err, err_size);
+        if (pr < 0)
+                return pr;
         struct pci_access *volatile a = NULL;
         vfio_dev *volatile devs = NULL;
         volatile size_t n = 0;
