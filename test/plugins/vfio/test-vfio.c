@@ -407,6 +407,54 @@ static void test_apply_twice_and_rollback(void) {
         env_stop(&e);
 }
 
+/* Two applies of different plans (ids, then by address for 11 cards): rollback takes
+ * both back to what was there before the first, each file once. */
+static void test_two_generations_rollback(void) {
+        env e;
+        env_start(&e, "vfio-ref", NULL, NULL);
+        const char *user = "options vfio-pci ids=1234:5678\n";
+        sr_write(e.root, "/etc/modprobe.d/vfio.conf", user);
+        json_t *a = call(&e, "apply", "{\"confirm\": true}");
+        CHECK(json_is_true(json_object_get(a, "ok")));
+        json_decref(a);
+        organism_plugin.fini(e.state);
+        /* the same store, another config: 11 cards, bound by address */
+        char config[2048];
+        snprintf(config, sizeof config, "%s", e.config);
+        char *brace = strrchr(config, '}');
+        snprintf(brace, sizeof config - (size_t)(brace - config),
+                 ", \"gpus\": [\"0000:05:00.0\", \"0000:06:00.0\", \"0000:07:00.0\", \"0000:08:00.0\","
+                 " \"0000:09:00.0\", \"0000:0a:00.0\", \"0000:0b:00.0\", \"0000:0c:00.0\", \"0000:0d:00.0\","
+                 " \"0000:0e:00.0\", \"0000:0f:00.0\"]}");
+        json_decref(e.ctx.config);
+        free(e.ctx.config_json);
+        e.ctx.config_json = strdup(config);
+        json_error_t err;
+        e.ctx.config = json_loads(config, 0, &err);
+        CHECK(e.ctx.config);
+        e.ctx.exec_out = QM_Q35 HOSTPCI_12;
+        CHECK_INT(organism_plugin.init(&fake_host, &e.ctx, &e.state), 0);
+        fake_fire_timers(&e.ctx);
+        a = call(&e, "apply", "{\"confirm\": true}");
+        CHECK(json_is_true(json_object_get(a, "ok")));
+        CHECK_INT(json_array_size(json_object_get(a, "written")), 2); /* modprobe replaced, udev created */
+        json_decref(a);
+        CHECK(!strstr(sr_read(e.root, "/etc/modprobe.d/vfio.conf"), "ids="));
+        CHECK_CONTAINS(sr_read(e.root, "/etc/udev/rules.d/70-organism-vfio.rules"), "KERNEL==\"0000:0f:00.1\"");
+        CHECK_INT(sr_count(e.root, "/etc/modprobe.d", "vfio.conf.organism-"), 2);
+        size_t n = e.ctx.n_execs;
+        a = call(&e, "rollback", "{\"confirm\": true}");
+        CHECK(json_is_true(json_object_get(a, "ok")));
+        CHECK_INT(json_array_size(json_object_get(a, "written")), 3);
+        json_decref(a);
+        CHECK_STR(sr_read(e.root, "/etc/modprobe.d/vfio.conf"), user);
+        CHECK(!sr_read(e.root, "/etc/modules-load.d/vfio.conf"));
+        CHECK(!sr_read(e.root, "/etc/udev/rules.d/70-organism-vfio.rules"));
+        CHECK_INT(count_execs(&e.ctx, "update-initramfs"), 3); /* apply, apply, rollback */
+        CHECK_INT(e.ctx.n_execs - n, 14);                      /* qm config, initramfs, 12 deletes */
+        env_stop(&e);
+}
+
 static void test_rollback_refuses_changed_file(void) {
         env e;
         env_start(&e, "vfio-ref", NULL, NULL);
@@ -633,6 +681,7 @@ int main(int argc, char **argv) {
         RUN(test_kernel_61_and_bound);
         RUN(test_files_in_place_need_reboot);
         RUN(test_apply_twice_and_rollback);
+        RUN(test_two_generations_rollback);
         RUN(test_rollback_refuses_changed_file);
         RUN(test_existing_hostpci);
         RUN(test_bad_input);
