@@ -252,6 +252,38 @@ static void argv_line(json_t *argv, char *buf, size_t size) {
         }
 }
 
+/* A `qm set VMID --hostpciN VALUE` / `--delete hostpciN` that succeeded, applied to the
+ * VM's config as last read: the state's hostpci mapping follows without asking qm again. */
+static void qm_config_follow(vfio *v, json_t *argv) {
+        const char *a1 = json_string_value(json_array_get(argv, 1));
+        const char *opt = json_string_value(json_array_get(argv, 3));
+        const char *val = json_string_value(json_array_get(argv, 4));
+        if (!v->qm_config || !a1 || strcmp(a1, "set") != 0 || !opt || !val || strncmp(opt, "--", 2) != 0)
+                return;
+        bool del = strcmp(opt, "--delete") == 0;
+        const char *key = del ? val : opt + 2;
+        size_t klen = strlen(key), len = strlen(v->qm_config);
+        char *out = malloc(len + klen + strlen(val) + 8);
+        if (!out)
+                return;
+        size_t o = 0;
+        for (const char *l = v->qm_config; *l;) {
+                size_t n = strcspn(l, "\n");
+                bool nl = l[n] == '\n';
+                if (!(n > klen && strncmp(l, key, klen) == 0 && l[klen] == ':')) {
+                        memcpy(out + o, l, n);
+                        o += n;
+                        out[o++] = '\n';
+                }
+                l += n + nl;
+        }
+        if (!del)
+                o += (size_t)snprintf(out + o, klen + strlen(val) + 4, "%s: %s\n", key, val);
+        out[o] = '\0';
+        free(v->qm_config);
+        v->qm_config = out;
+}
+
 static void on_step(org_ctx *ctx, const org_exec_result *res, void *userdata) {
         vfio_job *j = userdata;
         vfio *v = j->v;
@@ -275,6 +307,8 @@ static void on_step(org_ctx *ctx, const org_exec_result *res, void *userdata) {
                 return;
         }
         json_t *rec = json_object_get(step, "record");
+        if (!res->dry_run && strcmp(json_string_value(json_array_get(argv, 0)), "qm") == 0)
+                qm_config_follow(v, argv);
         if (json_is_object(rec) && !res->dry_run) {
                 if (j->kind == JOB_APPLY)
                         record(j, "hostpci", json_string_value(json_object_get(rec, "target")),

@@ -275,7 +275,7 @@ static void on_first(org_ctx *ctx, uint64_t id, void *userdata) {
         vfio *v = userdata;
         vfio_refresh_state(v, true);
         /* the hostpci mapping needs the VM's config: read it once, in the background */
-        if (v->cfg.vmid > 0 && !v->job)
+        if (v->cfg.vmid > 0 && !v->job && !v->qm_config)
                 vfio_job_refresh(v);
 }
 
@@ -403,7 +403,9 @@ static int vfio_verify(void *state, char **ret_json) {
         if (!v->job)
                 vfio_refresh_state(v, false);
         json_t *checks = json_array();
-        bool all = true, applied = v->active > 0;
+        json_t *st = v->has_inv ? vfio_state_json(v, &v->inv, v->last_plan) : NULL;
+        bool all = true, applied = json_is_true(json_object_get(st, "applied"));
+        json_decref(st);
         all = all && v->has_inv && v->inv.iommu_on;
         json_array_append_new(checks, check("iommu", "on",
                                             v->has_inv ? (v->inv.iommu_on ? "on" : "off (no groups)") : "unknown",
@@ -448,6 +450,41 @@ static int vfio_verify(void *state, char **ret_json) {
         return 0;
 }
 
+/* A reload keeps the VM's config as last read, so the new instance has the hostpci
+ * mapping without calling qm again. */
+static int vfio_save(void *state, void **ret_blob, size_t *ret_len) {
+        vfio *v = state;
+        json_t *o = json_pack("{s:o, s:s}", "qm_config", v->qm_config ? json_string(v->qm_config) : json_null(),
+                              "qm_error", v->qm_error);
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (!text)
+                return -ENOMEM;
+        *ret_blob = text;
+        *ret_len = strlen(text);
+        return 0;
+}
+
+static int vfio_restore(void *state, const void *blob, size_t len) {
+        vfio *v = state;
+        json_error_t e;
+        json_t *o = json_loadb(blob, len, 0, &e);
+        if (!json_is_object(o)) {
+                json_decref(o);
+                return -EINVAL;
+        }
+        const char *qc = json_string_value(json_object_get(o, "qm_config"));
+        const char *qe = json_string_value(json_object_get(o, "qm_error"));
+        if (qc && strlen(qc) <= 65536) {
+                free(v->qm_config);
+                v->qm_config = strdup(qc);
+        }
+        if (qe)
+                snprintf(v->qm_error, sizeof v->qm_error, "%s", qe);
+        json_decref(o);
+        return 0;
+}
+
 static void vfio_fini(void *state) {
         vfio_free(state);
 }
@@ -456,4 +493,4 @@ ORG_PLUGIN_DEFINE(.name = "vfio", .version = VFIO_VERSION,
                   .summary = "GPU passthrough preparation: libpci inventory, IOMMU group safety, vfio-pci binding "
                              "files, hostpci plan, rollback",
                   .config_map = config_map, .verbs = verbs, .init = vfio_init, .tick = vfio_tick, .call = vfio_call,
-                  .fini = vfio_fini, .verify = vfio_verify);
+                  .fini = vfio_fini, .verify = vfio_verify, .save_state = vfio_save, .restore_state = vfio_restore);

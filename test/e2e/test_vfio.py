@@ -160,6 +160,12 @@ def test_existing_entries_kept(tmp, agents):
     with open(os.path.join(tmp, "qm.conf.200")) as f:
         conf = f.read()
     assert "hostpci0: 0000:20:00.0,pcie=1" in conf and "hostpci1: 0000:21:00,pcie=1" in conf, conf
+    # a reload hands the VM's config over: the mapping stays, qm is not asked again
+    n_qm = len(lines(a, "qm.log"))
+    a.ok("plugin", "reload", "vfio")
+    st = a.ok("vfio", "status")["state"]
+    assert st["gpus"][0]["hostpci"] == "hostpci2" and st["applied"] is True, st
+    assert len(lines(a, "qm.log")) == n_qm, lines(a, "qm.log")[n_qm:]
     a.ok("vfio", "rollback", "--confirm", "yes")
     with open(os.path.join(tmp, "qm.conf.200")) as f:
         conf = f.read()

@@ -358,6 +358,12 @@ static void test_apply_twice_and_rollback(void) {
         CHECK(json_is_true(json_object_get(s, "applied")));
         json_decref(s);
         CHECK(fake_metric(&e.ctx, "vfio_reboot_needed") == 1);
+        /* the VM's config followed the qm set calls */
+        json_t *st0 = call(&e, "status", "");
+        CHECK_STR(json_string_value(
+                          json_object_get(json_object_get(json_object_get(st0, "vm"), "existing"), "hostpci11")),
+                  "0000:10:00,pcie=1");
+        json_decref(st0);
         char *vj = NULL;
         CHECK_INT(organism_plugin.verify(e.state, &vj), 0);
         CHECK_CONTAINS(vj, "\"ok\":false");
@@ -397,6 +403,10 @@ static void test_apply_twice_and_rollback(void) {
         CHECK(json_is_false(json_object_get(s, "applied")));
         CHECK(json_is_false(json_object_get(s, "reboot_needed")));
         json_decref(s);
+        /* the VM's config followed the deletes (the fake's qm config text did not change) */
+        json_t *stp = call(&e, "status", "");
+        CHECK_INT(json_object_size(json_object_get(json_object_get(stp, "vm"), "existing")), 0);
+        json_decref(stp);
         /* nothing left to roll back */
         size_t n3 = e.ctx.n_execs;
         a = call(&e, "rollback", "{\"confirm\": true}");
@@ -651,6 +661,30 @@ static void test_unreadable_sysfs(void) {
         env_stop(&e);
 }
 
+/* A reload hands the VM's config over: the new instance maps hostpci without qm. */
+static void test_reload_keeps_vm_config(void) {
+        env e;
+        env_start(&e, "vfio-ref", NULL, QM_Q35 "hostpci0: 0000:20:00,pcie=1\n");
+        void *blob = NULL;
+        size_t len = 0;
+        CHECK_INT(organism_plugin.save_state(e.state, &blob, &len), 0);
+        organism_plugin.fini(e.state);
+        size_t n = e.ctx.n_execs;
+        fake_ctx_clear_published(&e.ctx);
+        CHECK_INT(organism_plugin.init(&fake_host, &e.ctx, &e.state), 0);
+        CHECK_INT(organism_plugin.restore_state(e.state, blob, len), 0);
+        free(blob);
+        fake_fire_timers(&e.ctx);
+        CHECK_INT(e.ctx.n_execs, n);
+        json_error_t err;
+        json_t *s = json_loads(fake_last_published(&e.ctx, "vfio.state"), 0, &err);
+        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(s, "gpus"), 0), "hostpci")),
+                  "hostpci1");
+        json_decref(s);
+        CHECK_INT(organism_plugin.restore_state(e.state, "[1]", 3), -EINVAL);
+        env_stop(&e);
+}
+
 static void test_dry_run(void) {
         env e;
         env_start(&e, "vfio-ref", NULL, NULL);
@@ -687,6 +721,7 @@ int main(int argc, char **argv) {
         RUN(test_bad_input);
         RUN(test_root_disk_lvm_zfs);
         RUN(test_unreadable_sysfs);
+        RUN(test_reload_keeps_vm_config);
         RUN(test_dry_run);
         return 0;
 }
