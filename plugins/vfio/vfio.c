@@ -351,12 +351,14 @@ static json_t *status_json(vfio *v) {
                 json_object_get(plan, "root_disk") ? json_object_get(plan, "root_disk") : json_null(), "mgmt_nic",
                 json_object_get(plan, "mgmt_nic") ? json_object_get(plan, "mgmt_nic") : json_null(), "binding",
                 json_object_get(plan, "binding") ? json_object_get(plan, "binding") : json_null(), "files", files, "vm",
-                vm ? json_pack("{s:O, s:O, s:O, s:O}", "vmid", json_object_get(vm, "vmid"), "known",
-                               json_object_get(vm, "known") ? json_object_get(vm, "known") : json_false(), "existing",
-                               json_object_get(vm, "existing") ? json_object_get(vm, "existing") : json_null(),
-                               "left_out",
-                               json_object_get(vm, "left_out") ? json_object_get(vm, "left_out") : json_null())
-                   : json_null(),
+                json_is_object(vm)
+                        ? json_pack("{s:O, s:O, s:O, s:O}", "vmid", json_object_get(vm, "vmid"), "known",
+                                    json_object_get(vm, "known") ? json_object_get(vm, "known") : json_false(),
+                                    "existing",
+                                    json_object_get(vm, "existing") ? json_object_get(vm, "existing") : json_null(),
+                                    "left_out",
+                                    json_object_get(vm, "left_out") ? json_object_get(vm, "left_out") : json_null())
+                        : json_null(),
                 "busy", v->job != NULL, "dry_run", v->host->dry_run(v->ctx), "changes_recorded", (json_int_t)v->active,
                 "enumerate_us", (json_int_t)v->inv.enumerate_us, "qm_error",
                 v->qm_config ? json_null() : json_string(v->qm_error));

@@ -621,6 +621,22 @@ static void test_root_disk_lvm_zfs(void) {
         env_stop(&e);
 }
 
+/* vmid 0: no VM, files only; status and plan still answer. */
+static void test_no_vm(void) {
+        env e;
+        env_start(&e, "vfio-ref", "\"vmid\": 0", NULL);
+        CHECK_INT(count_execs(&e.ctx, "qm"), 0);
+        json_t *p = call(&e, "status", "");
+        CHECK(json_is_null(json_object_get(p, "vm")));
+        CHECK(json_is_true(json_object_get(p, "ok")));
+        json_decref(p);
+        p = call(&e, "plan", "{}");
+        CHECK(json_is_true(json_object_get(p, "ok")));
+        CHECK_INT(json_array_size(json_object_get(p, "commands")), 1); /* update-initramfs only */
+        json_decref(p);
+        env_stop(&e);
+}
+
 /* libpci's default error handler exits: ours must fail the enumeration only. */
 static void test_unreadable_sysfs(void) {
         env e;
@@ -719,6 +735,7 @@ int main(int argc, char **argv) {
         RUN(test_rollback_refuses_changed_file);
         RUN(test_existing_hostpci);
         RUN(test_bad_input);
+        RUN(test_no_vm);
         RUN(test_root_disk_lvm_zfs);
         RUN(test_unreadable_sysfs);
         RUN(test_reload_keeps_vm_config);
