@@ -172,6 +172,23 @@ def test_existing_entries_kept(tmp, agents):
     assert conf == VM_CONF + "hostpci0: 0000:20:00.0,pcie=1\nhostpci1: 0000:21:00,pcie=1\n", conf
 
 
+def test_by_address_when_a_card_stays(tmp, agents):
+    """Eleven of the twelve cards: 1002:67df also names the one that stays, so no ids=,
+    a driver_override rule per function instead; rollback removes it."""
+    gpus = ", ".join('"0000:%02x:00.0"' % b for b in range(5, 16))
+    a = setup(tmp, agents, config="{vmid: 200, gpus: [%s]}" % gpus)
+    out = a.ok("vfio", "apply", "--confirm", "yes")
+    assert out["ok"] is True and out["plan"]["binding"]["mode"] == "driver_override", out["plan"]["binding"]
+    assert "0000:10:00.0" in out["plan"]["binding"]["why"], out["plan"]["binding"]
+    rules = read(a, UDEV)
+    assert rules.count('ATTR{driver_override}="vfio-pci"') == 22 and "0000:10:00" not in rules, rules
+    assert "ids=" not in read(a, MODPROBE) and "softdep amdgpu pre: vfio-pci" in read(a, MODPROBE)
+    assert len([l for l in lines(a, "qm.log") if l.startswith("set ")]) == 11
+    a.ok("vfio", "rollback", "--confirm", "yes")
+    assert read(a, UDEV) is None and read(a, MODPROBE) is None and read(a, MODULES) is None
+    assert listdir(a, "/etc/udev/rules.d") == [".keep"], listdir(a, "/etc/udev/rules.d")
+
+
 def test_refusals_write_nothing(tmp, agents):
     # a card sharing its IOMMU group with the NVMe root disk: refused, named
     a = setup(tmp, agents, fixture="vfio-shared")
