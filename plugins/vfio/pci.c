@@ -471,6 +471,7 @@ int vfio_inventory_take(vfio *v, vfio_inventory *inv, char *err, size_t err_size
         free(sysfs);
         if (r < 0)
                 return r;
+        snprintf(inv->pci_warning, sizeof inv->pci_warning, "%s", pci_warning);
         for (size_t i = 0; i < inv->n_devs; i++) {
                 vfio_dev *d = &inv->devs[i];
                 if (d->cls >> 8 != 0x03)

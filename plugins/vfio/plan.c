@@ -543,6 +543,8 @@ int vfio_plan_build(vfio *v, vfio_inventory *inv, const char *qm_config, const c
                         "the IOMMU is off (/sys/kernel/iommu_groups is empty): enable VT-d/AMD-Vi in the firmware and "
                         "add intel_iommu=on iommu=pt (Intel) to the kernel command line, then reboot; nothing can be "
                         "passed through safely without it");
+        if (inv->pci_warning[0])
+                add_error(warnings, "libpci: %s", inv->pci_warning);
         if (inv->acs_override)
                 add_error(warnings, "pcie_acs_override is on the kernel command line: the IOMMU groups shown may not "
                                     "isolate devices (the plugin never sets it)");

@@ -54,6 +54,7 @@ typedef struct vfio_inventory {
         char nic_ctrl[VFIO_ADDR_LEN];
         char nic_note[256];
         bool vendor_reset; /* /sys/module/vendor_reset exists: the module is loaded */
+        char pci_warning[256]; /* libpci's first warning of the enumeration, "" = none */
         uint64_t enumerate_us;
 } vfio_inventory;
 
