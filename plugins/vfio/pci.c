@@ -147,6 +147,42 @@ int vfio_pci_scan(const char *sysfs_path, vfio_dev **ret_devs, size_t *ret_n, ch
         return 0;
 }
 
+static uint64_t fnv(uint64_t h, const char *s, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                h ^= (unsigned char)s[i];
+                h *= 0x100000001b3ULL;
+        }
+        return h;
+}
+
+int vfio_pci_fingerprint(vfio *v, uint64_t *ret) {
+        char *full = NULL;
+        int r = v->host->sysroot_path(v->ctx, "/sys/bus/pci/devices", &full);
+        if (r < 0)
+                return r;
+        DIR *d = opendir(full);
+        if (!d) {
+                r = -errno;
+                free(full);
+                return r;
+        }
+        uint64_t h = 0xcbf29ce484222325ULL;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+                if (e->d_name[0] == '.' || strlen(e->d_name) > 64)
+                        continue;
+                char path[PATH_MAX], link[PATH_MAX];
+                snprintf(path, sizeof path, "%s/%s/driver", full, e->d_name);
+                ssize_t n = readlink(path, link, sizeof link);
+                h = fnv(h, e->d_name, strlen(e->d_name) + 1);
+                h = n > 0 ? fnv(h, link, (size_t)n) : fnv(h, "-", 1);
+        }
+        closedir(d);
+        free(full);
+        *ret = h;
+        return 0;
+}
+
 int vfio_parse_addr(const char *s, char ret[VFIO_ADDR_LEN]) {
         unsigned dom = 0, bus, dev, fn;
         int used = 0;

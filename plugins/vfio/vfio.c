@@ -129,21 +129,32 @@ static void update_metrics(vfio *v, const json_t *state) {
 void vfio_refresh_state(vfio *v, bool force) {
         vfio_inventory inv;
         char err[300];
-        if (vfio_inventory_take(v, &inv, err, sizeof err) < 0) {
-                if (v->has_inv || force)
-                        v->host->log(v->ctx, ORG_LOG_ERR, "cannot enumerate PCI: %s", err);
-                vfio_inventory_done(&v->inv);
-                v->has_inv = false;
-                return;
-        }
+        uint64_t fp = 0;
+        bool has_fp = vfio_pci_fingerprint(v, &fp) >= 0;
         json_t *plan = NULL;
-        if (vfio_plan_build(v, &inv, v->qm_config, v->qm_error, false, &plan) < 0) {
-                vfio_inventory_done(&inv);
-                return;
+        if (!force && v->has_inv && has_fp && v->has_fp && fp == v->inv_fp) {
+                /* the same functions on the same drivers: no libpci scan, the plan again
+                 * (the files and the VM's config may have changed) */
+                if (vfio_plan_build(v, &v->inv, v->qm_config, v->qm_error, false, &plan) < 0)
+                        return;
+        } else {
+                if (vfio_inventory_take(v, &inv, err, sizeof err) < 0) {
+                        if (v->has_inv || force)
+                                v->host->log(v->ctx, ORG_LOG_ERR, "cannot enumerate PCI: %s", err);
+                        vfio_inventory_done(&v->inv);
+                        v->has_inv = false;
+                        return;
+                }
+                if (vfio_plan_build(v, &inv, v->qm_config, v->qm_error, false, &plan) < 0) {
+                        vfio_inventory_done(&inv);
+                        return;
+                }
+                vfio_inventory_done(&v->inv);
+                v->inv = inv;
+                v->has_inv = true;
+                v->inv_fp = fp;
+                v->has_fp = has_fp;
         }
-        vfio_inventory_done(&v->inv);
-        v->inv = inv;
-        v->has_inv = true;
         json_decref(v->last_plan);
         v->last_plan = plan;
         json_t *state = vfio_state_json(v, &v->inv, plan);

@@ -53,7 +53,7 @@ typedef struct vfio_inventory {
         char nic_iface[32];
         char nic_ctrl[VFIO_ADDR_LEN];
         char nic_note[256];
-        bool vendor_reset; /* /sys/module/vendor_reset exists: the module is loaded */
+        bool vendor_reset;     /* /sys/module/vendor_reset exists: the module is loaded */
         char pci_warning[256]; /* libpci's first warning of the enumeration, "" = none */
         uint64_t enumerate_us;
 } vfio_inventory;
@@ -90,6 +90,8 @@ typedef struct vfio {
         char *pending_reply;
         int pending_kind; /* 1 plan, 2 apply, 3 rollback */
         bool pending_replace;
+        uint64_t inv_fp; /* fingerprint of the tree v->inv was read from */
+        bool has_fp;
         bool store_ok;
         int64_t active; /* rows of the store not rolled back */
         uint64_t published;
@@ -103,6 +105,9 @@ int vfio_inventory_take(vfio *v, vfio_inventory *inv, char *err, size_t err_size
 void vfio_inventory_done(vfio_inventory *inv);
 /* Parses "[DDDD:]BB:DD.F" into "DDDD:BB:DD.F"; -EINVAL when it is not one. */
 int vfio_parse_addr(const char *s, char ret[VFIO_ADDR_LEN]);
+/* A cheap fingerprint of the PCI tree: the functions and their driver links (no libpci,
+ * no realpath). The same value: the inventory read last still holds. */
+int vfio_pci_fingerprint(vfio *v, uint64_t *ret);
 /* libpci's sysfs enumeration alone (for the benchmark): n devices found, or -errno. */
 int vfio_pci_scan(const char *sysfs_path, vfio_dev **ret_devs, size_t *ret_n, char *err, size_t err_size);
 

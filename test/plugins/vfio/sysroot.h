@@ -22,6 +22,14 @@ static inline int sr_copy_one(const char *path, const struct stat *st, int type,
         snprintf(dst, sizeof dst, "%s%s", sr_dst, path + strlen(sr_src));
         if (type == FTW_D)
                 return mkdir(dst, 0755) < 0 && errno != EEXIST ? -1 : 0;
+        if (type == FTW_SL || type == FTW_SLN) {
+                char target[1024];
+                ssize_t n = readlink(path, target, sizeof target - 1);
+                if (n < 0)
+                        return -1;
+                target[n] = '\0';
+                return symlink(target, dst);
+        }
         if (type != FTW_F)
                 return 0;
         FILE *in = fopen(path, "re"), *out = fopen(dst, "we");
@@ -68,16 +76,17 @@ static inline char *sr_make(const char *fixtures, const char *name) {
         return strdup(tmpl);
 }
 
-/* Replaces root/proc (a link) by a copy of the fixture's, to edit /proc/mounts. */
-static inline void sr_own_proc(const char *root, const char *fixtures, const char *name) {
+/* Replaces root/<what> (a link: proc or sys) by a copy of the fixture's (symlinks kept),
+ * to edit /proc/mounts or a driver link. */
+static inline void sr_own(const char *root, const char *fixtures, const char *name, const char *what) {
         char link[1024];
-        snprintf(link, sizeof link, "%s/proc", root);
+        snprintf(link, sizeof link, "%s/%s", root, what);
         if (unlink(link) < 0) {
                 perror(link);
                 exit(1);
         }
-        snprintf(sr_src, sizeof sr_src, "%s/%s/proc", fixtures, name);
-        snprintf(sr_dst, sizeof sr_dst, "%s/proc", root);
+        snprintf(sr_src, sizeof sr_src, "%s/%s/%s", fixtures, name, what);
+        snprintf(sr_dst, sizeof sr_dst, "%s/%s", root, what);
         if (nftw(sr_src, sr_copy_one, 16, FTW_PHYS) != 0) {
                 fprintf(stderr, "cannot copy %s\n", sr_src);
                 exit(1);

@@ -417,6 +417,53 @@ static void test_apply_twice_and_rollback(void) {
         env_stop(&e);
 }
 
+/* After the reboot: the functions come up on vfio-pci one by one; each driver change is
+ * seen at the next tick (the fingerprint of the tree changed), the state follows, and
+ * reboot_needed ends when the last one is bound. A tick with nothing changed publishes
+ * nothing. */
+static void test_drivers_followed(void) {
+        env e;
+        env_start(&e, "vfio-ref", NULL, NULL);
+        sr_own(e.root, fixtures, "vfio-ref", "sys");
+        json_decref(call(&e, "apply", "{\"confirm\": true}"));
+        fake_ctx_clear_published(&e.ctx);
+        organism_plugin.tick(e.state);
+        CHECK(!fake_last_published(&e.ctx, "vfio.state"));
+        json_error_t err;
+        for (int bus = 0x05; bus <= 0x10; bus++)
+                for (int fn = 0; fn < 2; fn++) {
+                        char link[1024], target[1024];
+                        snprintf(link, sizeof link, "%s/sys/bus/pci/devices/0000:%02x:00.%d/driver", e.root, bus, fn);
+                        ssize_t n = readlink(link, target, sizeof target - 1);
+                        CHECK(n > 0);
+                        target[n] = '\0';
+                        char *slash = strrchr(target, '/');
+                        snprintf(slash + 1, sizeof target - (size_t)(slash + 1 - target), "vfio-pci");
+                        CHECK_INT(unlink(link), 0);
+                        CHECK_INT(symlink(target, link), 0);
+                        fake_ctx_clear_published(&e.ctx);
+                        organism_plugin.tick(e.state);
+                        const char *st = fake_last_published(&e.ctx, "vfio.state");
+                        CHECK(st);
+                        json_t *s = json_loads(st, 0, &err);
+                        bool last = bus == 0x10 && fn == 1;
+                        CHECK(json_is_boolean(json_object_get(s, "reboot_needed")));
+                        CHECK(json_is_true(json_object_get(s, "reboot_needed")) == !last);
+                        CHECK(json_is_true(json_object_get(s, "bound")) == last);
+                        json_decref(s);
+                }
+        json_t *s = json_loads(fake_last_published(&e.ctx, "vfio.state"), 0, &err);
+        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(s, "gpus"), 0), "driver")),
+                  "vfio-pci");
+        json_decref(s);
+        CHECK(fake_metric(&e.ctx, "vfio_gpus_on_vfio") == 12);
+        char *vj = NULL;
+        CHECK_INT(organism_plugin.verify(e.state, &vj), 0);
+        CHECK_CONTAINS(vj, "{\"ok\":true,\"applied\":true");
+        free(vj);
+        env_stop(&e);
+}
+
 /* Two applies of different plans (ids, then by address for 11 cards): rollback takes
  * both back to what was there before the first, each file once. */
 static void test_two_generations_rollback(void) {
@@ -592,7 +639,7 @@ static void test_bad_input(void) {
 static void test_root_disk_lvm_zfs(void) {
         env e;
         env_start(&e, "vfio-ref", NULL, NULL);
-        sr_own_proc(e.root, fixtures, "vfio-ref");
+        sr_own(e.root, fixtures, "vfio-ref", "proc");
         sr_write(e.root, "/proc/mounts", "/dev/mapper/pve-root / ext4 rw,relatime 0 0\n");
         sr_write(e.root, "/etc/modprobe.d/blacklist-amd-gpu.conf", "blacklist amdgpu\nblacklist radeon\n");
         json_t *p = call(&e, "plan", "{}");
@@ -609,7 +656,7 @@ static void test_root_disk_lvm_zfs(void) {
         env_stop(&e);
 
         env_start(&e, "vfio-shared", NULL, NULL);
-        sr_own_proc(e.root, fixtures, "vfio-shared");
+        sr_own(e.root, fixtures, "vfio-shared", "proc");
         sr_write(e.root, "/proc/mounts", "rpool/ROOT/pve-1 / zfs rw,relatime,xattr,noacl 0 0\n");
         p = call(&e, "plan", "{}");
         rd = json_object_get(p, "root_disk");
@@ -731,6 +778,7 @@ int main(int argc, char **argv) {
         RUN(test_kernel_61_and_bound);
         RUN(test_files_in_place_need_reboot);
         RUN(test_apply_twice_and_rollback);
+        RUN(test_drivers_followed);
         RUN(test_two_generations_rollback);
         RUN(test_rollback_refuses_changed_file);
         RUN(test_existing_hostpci);
