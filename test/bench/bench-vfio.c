@@ -1,8 +1,9 @@
 /* bench-vfio.c — the cost of the vfio plugin's reading of the machine on the twelve-card
- * fixture (45 PCI functions, through the real libpci and sysfs.path), against the fake
+ * fixture (49 PCI functions, through the real libpci and sysfs.path), against the fake
  * host: libpci's enumeration alone, the whole inventory (plus boot_vga, IOMMU, kernel,
- * root disk and NIC resolution), the plan built from it, and one tick (inventory + plan +
- * state, nothing published when nothing changed). For scale, the same tree read by
+ * root disk and NIC resolution), the plan built from it, and one tick (the tree's
+ * fingerprint, then the plan and state; libpci is not called while the fingerprint holds;
+ * nothing published when nothing changed). For scale, the same tree read by
  * `lspci -A linux-sysfs -nnk` (a process each) when pciutils is installed. Prints
  * figures; asserts nothing about time. Argument 1 is the folder of fixture sysroots. */
 #include <fcntl.h>
@@ -118,7 +119,7 @@ int main(int argc, char **argv) {
                 organism_plugin.tick(state);
                 ns[i] = now_ns() - t0;
         }
-        report("tick (inventory + plan + state, unchanged)", ns, N);
+        report("tick (fingerprint, plan, state; unchanged)", ns, N);
         CHECK_INT(ctx.n_published, pub); /* nothing changed: nothing published */
         fclose(stderr);
         stderr = saved;
