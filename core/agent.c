@@ -446,6 +446,8 @@ void agent_update_builtin_metrics(agent *a) {
                     "messages published on the internal bus");
         metrics_set(a->metrics, "agentd", "bus_dropped_total", ORG_METRIC_COUNTER, (double)bs.dropped,
                     "messages dropped for full subscriber queues");
+        metrics_set(a->metrics, "agentd", "bus_replies_unknown_total", ORG_METRIC_COUNTER, (double)bs.replies_unknown,
+                    "replies to no pending request (unknown inbox or token): forged or late");
 }
 
 void agent_write_metrics(agent *a) {

@@ -8,8 +8,10 @@
 
 #include "bridge.h"
 #include "bridge_internal.h"
+#include "bridge_module.h"
 #include "bus.h"
 #include "log.h"
+#include "org-build-config.h"
 #include "subject.h"
 #include "util.h"
 
@@ -263,8 +265,18 @@ static int on_post_ready(sd_event_source *s, int fd, uint32_t revents, void *use
         return 0;
 }
 
+static uint64_t out_bytes(natsConnection *nc) {
+        uint64_t c[5] = {0};
+        natsStatistics *st = NULL;
+        if (nc && natsStatistics_Create(&st) == NATS_OK && natsConnection_GetStats(nc, st) == NATS_OK)
+                natsStatistics_GetCounts(st, &c[0], &c[1], &c[2], &c[3], &c[4]);
+        natsStatistics_Destroy(st);
+        return c[3];
+}
+
 static void on_disconnected(natsConnection *nc, void *closure) {
         bridge *b = closure;
+        b->out_bytes_at_down[0] = out_bytes(nc);
         b->connected = false;
         b->disconnects++;
         log_warning("NATS bridge: disconnected; exports are buffered until the server is back.");
@@ -299,6 +311,7 @@ static void on_fast_up(natsConnection *nc, void *closure) {
 
 static void on_fast_down(natsConnection *nc, void *closure) {
         bridge *b = closure;
+        b->out_bytes_at_down[1] = out_bytes(nc);
         b->fast_connected = false;
 }
 
@@ -436,7 +449,11 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
                 goto fail;
         json_array_foreach(imports, i, v) if ((r = add_import(b, json_string_value(v))) < 0) goto fail;
         b->n_user_imports = b->n_imports;
-        if (asprintf(&inbox, "_INBOX.%s.>", b->self) < 0 || asprintf(&ctl, "organism.ctl.%s.>", b->self) < 0) {
+        /* replies only under this process's random inbox prefix (each one also
+         * carries a token of its own request, checked by the bus): nothing else
+         * under _INBOX.<agent> is even delivered to us */
+        if (asprintf(&inbox, "%s>", bus_inbox_prefix(a->bus)) < 0 ||
+            asprintf(&ctl, "organism.ctl.%s.>", b->self) < 0) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -582,7 +599,7 @@ void bridge_free(bridge *b) {
 json_t *bridge_status(bridge *b) {
         if (!b)
                 return json_pack("{s:b}", "enabled", 0);
-        uint64_t in_msgs = 0, in_bytes = 0, out_msgs = 0, out_bytes = 0, reconnects = 0;
+        uint64_t in_msgs = 0, in_bytes = 0, out_msgs = 0, out_bytes = 0, reconnects = 0, buffered = 0;
         natsConnection *conns[] = {b->nc, b->fast};
         for (size_t i = 0; i < ELEMENTSOF(conns); i++) {
                 uint64_t c[5] = {0};
@@ -593,6 +610,12 @@ json_t *bridge_status(bridge *b) {
                 in_msgs += c[0], in_bytes += c[1], out_msgs += c[2], out_bytes += c[3];
                 if (i == 0)
                         reconnects = c[4];
+                /* written, not yet flushed; and while down, what libnats holds in its
+                 * reconnect buffer (headers and payloads, not the protocol lines) */
+                buffered += (uint64_t)MAX(conns[i] ? natsConnection_Buffered(conns[i]) : 0, 0);
+                if (conns[i] && natsConnection_Status(conns[i]) == NATS_CONN_STATUS_RECONNECTING &&
+                    c[3] > b->out_bytes_at_down[i])
+                        buffered += c[3] - b->out_bytes_at_down[i];
         }
         char url[256] = "";
         natsConnection_GetConnectedUrl(b->nc, url, sizeof url);
@@ -602,7 +625,7 @@ json_t *bridge_status(bridge *b) {
                               "in_msgs", (json_int_t)in_msgs, "in_bytes", (json_int_t)in_bytes, "out_msgs",
                               (json_int_t)out_msgs, "out_bytes", (json_int_t)out_bytes, "reconnects",
                               (json_int_t)reconnects, "disconnects", (json_int_t)b->disconnects, "buffered",
-                              (json_int_t)(MAX(natsConnection_Buffered(b->nc), 0) + MAX(natsConnection_Buffered(b->fast), 0)), "exported", (json_int_t)b->exported,
+                              (json_int_t)buffered, "exported", (json_int_t)b->exported,
                               "export_dropped", (json_int_t)b->export_dropped, "imported", (json_int_t)b->imported,
                               "import_dropped", (json_int_t)b->import_dropped, "echo_dropped",
                               (json_int_t)b->echo_dropped, "slow_consumers", (json_int_t)b->slow_consumers, "errors",
@@ -613,3 +636,18 @@ json_t *bridge_status(bridge *b) {
         json_object_set_new(o, "jetstream", js_status(b));
         return o;
 }
+
+/* The module's one export: agentd finds the bridge through it (bridge_module.h). */
+__attribute__((visibility("default"))) const bridge_module organism_bridge_module = {
+        .abi = BRIDGE_MODULE_ABI,
+        .size = sizeof(bridge_module),
+        .version = ORG_VERSION,
+        .agent_size = sizeof(agent),
+        .bridge_new = bridge_new,
+        .bridge_free = bridge_free,
+        .bridge_status = bridge_status,
+        .bridge_publish_durable = bridge_publish_durable,
+        .bridge_consume = bridge_consume,
+        .bridge_consume_cancel = bridge_consume_cancel,
+        .bridge_ack = bridge_ack,
+};

@@ -63,6 +63,9 @@ struct bridge {
         _Atomic uint64_t rtt_us, exported, export_dropped, imported, import_dropped, echo_dropped, duplicates,
                 disconnects, slow_consumers, errors;
         _Atomic bool connected, fast_connected;
+        /* libnats' Buffered() leaves out its reconnect buffer: what went into it is the
+         * connection's out_bytes since it went down, so each is noted then ([0] bulk, [1] fast) */
+        _Atomic uint64_t out_bytes_at_down[2];
 };
 
 /* From any thread. bounded: refuse (false) when the queue is full. */
