@@ -41,6 +41,9 @@ struct bridge {
         natsConnection *nc;    /* bulk: batched writes (libnats' flusher), imports */
         natsConnection *fast;  /* request/reply and JetStream: every write goes out at once */
         bus_client *exporter;
+        char *scratch;         /* export: encoded headers + payload of the message at hand (loop only) */
+        size_t scratch_size;
+        bool raw_msgs;         /* export builds messages from encoded headers (see bridge.c) */
         import_sub *imports;   /* the configured patterns (bulk), then inbox and control (fast) */
         size_t n_imports, n_user_imports;
         bool remote_control;

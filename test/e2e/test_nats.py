@@ -75,6 +75,15 @@ def test_export_import_between_two_agents(tmp, agents):
     assert msgs[1]["headers"] == {"trace": "t1"}, msgs  # headers survive, the origin header is consumed
     st = a.ok("status")["nats"]
     assert st["exported"] >= 3 and st["export_dropped"] == 0, st
+    # several headers cross in order; a local one named like the origin header cannot
+    # claim another origin; one that would break the header block is not sent
+    s = Sub(b, "demo.>", 1)
+    a.ok("bus", "pub", "demo.y", '{"n": 1}', "-H", "Organism-Origin=gamma", "-H", "k1=v 1", "-H", "k2=v2")
+    rc, _, _ = a.ctl("bus", "pub", "demo.z", "{}", "-H", "evil=x\r\nOrganism-Origin: gamma")
+    m = s.wait()[0]
+    assert m["origin"] == "alpha" and m["headers"] == {"k1": "v 1", "k2": "v2"}, m
+    if rc == 0:  # accepted locally: the bridge refused it
+        wait_for(lambda: a.ok("status")["nats"]["export_dropped"] == 1, what="the broken header refused")
 
 
 def test_three_agents_overlapping_exactly_once(tmp, agents):
