@@ -51,10 +51,15 @@ static bool is_routed(const char *subject) {
 
 /* libnats' constructor of a message from headers already encoded (the one it uses for
  * what it receives): exported by libnats 3.x, not declared in nats.h. Weak, and used
- * only with a libnats 3 (bridge_new checks): one allocation per export instead of the
- * seven of natsMsg_Create plus a header hash (natsMsgHeader_Set). */
+ * only with a libnats 3 (bridge_new checks; else the public calls below): one
+ * allocation per export instead of natsMsg_Create's plus a header hash
+ * (natsMsgHeader_Set). */
 extern natsStatus natsMsg_create(natsMsg **newMsg, const char *subject, int subjLen, const char *reply,
                                  int replyLen, const char *buf, int bufLen, int hdrLen) __attribute__((weak));
+/* And its destructor proper: natsMsg_Destroy hands each message to libnats' collector
+ * thread and wakes it, per message a futex round that cost more than all the rest of
+ * the export. A message we built and published is ours alone: freed here at once. */
+extern void natsMsg_free(void *object) __attribute__((weak));
 
 static bool header_text_ok(const char *s, bool key) {
         for (; *s; s++)
@@ -134,7 +139,10 @@ static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
          * hop); chosen by subject only, so one subject keeps its order */
         if (s == NATS_OK)
                 s = natsConnection_PublishMsg(is_routed(m->m.subject) ? b->fast : b->nc, nm);
-        natsMsg_Destroy(nm);
+        if (b->raw_msgs)
+                natsMsg_free(nm);
+        else
+                natsMsg_Destroy(nm);
         if (s == NATS_OK) {
                 b->exported++;
                 return;
@@ -543,7 +551,8 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
                 goto fail;
 
         /* the internal constructor's signature is that of libnats 3 */
-        b->raw_msgs = natsMsg_create && nats_GetVersionNumber() >= 0x030000 && nats_GetVersionNumber() < 0x040000;
+        b->raw_msgs = natsMsg_create && natsMsg_free && nats_GetVersionNumber() >= 0x030000 &&
+                      nats_GetVersionNumber() < 0x040000;
 
         r = js_init(b, json_object_get(cfg, "jetstream"));
         if (r < 0)
