@@ -21,7 +21,6 @@ const char *bridge_nats_error(natsStatus s) {
 }
 
 #define nats_error_text bridge_nats_error
-#define BULK_IO_BUF (256 * 1024)
 
 typedef struct import_msg {
         post_item base;
@@ -472,11 +471,6 @@ static natsStatus set_options(bridge *b, json_t *cfg) {
                 s = natsOptions_SetTimeout(b->opts, json_integer_value(json_object_get(cfg, "connect_timeout")));
         if (s == NATS_OK)
                 s = natsOptions_SetMaxPendingMsgs(b->opts, 262144);
-        /* the bulk connection's write buffer: a full one is written at once by the
-         * publisher (the loop), so 8 times libnats' default means 8 times fewer writes
-         * under load; the fast connection goes back to the default (bridge_new) */
-        if (s == NATS_OK)
-                s = natsOptions_SetIOBufSize(b->opts, BULK_IO_BUF);
         /* a stalled server must fail a write (counted as a drop), not freeze the loop */
         if (s == NATS_OK)
                 s = natsOptions_SetWriteDeadline(b->opts, 2000);
@@ -567,8 +561,6 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
                 /* the second connection: same server and auth, unbatched writes, quiet
                  * callbacks (the bulk one speaks for both) */
                 natsStatus f = natsOptions_SetSendAsap(b->opts, true);
-                if (f == NATS_OK)
-                        f = natsOptions_SetIOBufSize(b->opts, 32 * 1024);
                 if (f == NATS_OK)
                         f = natsOptions_SetRetryOnFailedConnect(b->opts, true, on_fast_up, b);
                 if (f == NATS_OK)
