@@ -2,8 +2,9 @@
  * module organism-bridge.so (bridge_module.h), loaded here the first time bus.nats is
  * configured and kept for the life of the process (libnats keeps threads and global
  * state: it is never unloaded). Without bus.nats, none of libnats, libssl or libcrypto
- * is mapped. The module file is opened once and checked like a plugin (a regular file;
- * run as root: owned by root, writable by nobody else), then dlopened through its fd. */
+ * is mapped. The module file is opened once and checked (a regular file; run as root:
+ * owned by root, writable by nobody else, and so is every directory above the
+ * installed one), then dlopened through its fd. */
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -18,21 +19,54 @@ static const bridge_module *module;
 
 /* The installed module; or, for an agentd run from its build tree (the tests), the
  * module next to it in that same tree. */
+static const char *const build_module = ORG_BUILD_BRIDGE_MODULE;
+
 static const char *module_path(void) {
         char exe[PATH_MAX];
         ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
         if (n > 0) {
                 exe[n] = '\0';
                 if (startswith(exe, ORG_BUILD_ROOT "/"))
-                        return ORG_BUILD_BRIDGE_MODULE;
+                        return build_module;
         }
         return ORG_BRIDGE_MODULE;
+}
+
+/* Every directory above the installed module: owned by root, writable by nobody else
+ * (a world-writable ancestor would let anyone swap the folder under it). The build
+ * tree's module is what the tests run: its ancestors are the developer's business. */
+static int check_ancestors(const char *path) {
+        char dir[PATH_MAX];
+        if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir)
+                return -ENAMETOOLONG;
+        for (char *slash = strrchr(dir, '/'); slash; slash = strrchr(dir, '/')) {
+                if (slash == dir)
+                        slash[1] = '\0'; /* "/" itself, last */
+                else
+                        *slash = '\0';
+                struct stat st;
+                if (lstat(dir, &st) < 0)
+                        return log_error_errno(errno, "NATS bridge: cannot check %s: %m", dir);
+                if (!S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))
+                        return log_error_errno(EPERM,
+                                               "NATS bridge: refusing its module: %s is not a directory owned "
+                                               "by root and writable by root only",
+                                               dir);
+                if (slash == dir)
+                        break;
+        }
+        return 0;
 }
 
 static int module_load(void) {
         if (module)
                 return 0;
         const char *path = module_path();
+        if (geteuid() == 0 && path != build_module) {
+                int r = check_ancestors(path);
+                if (r < 0)
+                        return r;
+        }
         _cleanup_close_ int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
                 return log_error_errno(errno, "NATS bridge: cannot open its module %s: %m", path);
