@@ -7,7 +7,7 @@ import os
 import subprocess
 import threading
 
-from harness import AGENTD, Agent, Control, NatsServer, run_tests, wait_for
+from harness import AGENTD, Agent, Control, NatsServer, Skip, run_tests, wait_for
 
 
 def nats_yaml(url, export=(), imports=(), extra="", reconnect_wait="100ms"):
@@ -468,6 +468,22 @@ def test_embedded_without_nats_maps_no_libnats(tmp, agents):
     assert "organism-bridge.so" in libs and any(l.startswith("libnats") for l in libs), libs
     b.ok("bus", "pub", "demo.x", "{}")
     wait_for(lambda: b.ok("status")["nats"]["exported"] >= 1, what="an export through the module")
+
+
+def test_bridge_module_others_can_write_is_refused(tmp, agents):
+    """agentd as root loads its bridge module only if nobody but root can write it."""
+    if os.geteuid() != 0:
+        raise Skip("needs root: the module check applies to agentd running as root")
+    from harness import BUILD
+    mod = os.path.join(BUILD, "core", "organism-bridge.so")
+    mode = os.stat(mod).st_mode
+    a = agent(tmp, agents, "alpha", "nats://127.0.0.1:1")
+    os.chmod(mod, mode | 0o020)
+    try:
+        rc = a.start(expect_ready=False)
+    finally:
+        os.chmod(mod, mode)
+    assert rc != 0 and "refusing module" in a.logtext(), (rc, a.logtext())
 
 
 def test_durable_without_bridge_is_refused(tmp, agents):
