@@ -3,6 +3,7 @@
  * while disconnected (libnats' reconnect buffer), counters for `agentctl status`, and
  * the thread hand-off: libnats threads queue, the loop publishes. */
 #include <sys/eventfd.h>
+#include <sys/random.h>
 
 #include <nats/nats.h>
 
@@ -115,6 +116,64 @@ static natsStatus export_encode(bridge *b, const bus_msg *m, natsMsg **ret) {
                               m->m.reply ? (int)strlen(m->m.reply) : 0, b->scratch, (int)total, (int)hl);
 }
 
+#define REPLY_SLOTS 4096 /* a power of two */
+#define REPLY_WINDOW 16
+#define REPLY_KEEP_US (3600ull * 1000000) /* after that, a slot may be reused */
+
+static uint64_t monotonic_us(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* FNV-1a from a random basis: an outsider cannot aim collisions at it. Never 0 (0 is
+ * a free slot). */
+static uint64_t reply_hash(const bridge *b, const char *subject) {
+        uint64_t h = 14695981039346656037ull ^ b->replies_seed;
+        for (const unsigned char *p = (const unsigned char *)subject; *p; p++)
+                h = (h ^ *p) * 1099511628211ull;
+        return h ? h : 1;
+}
+
+/* On the loop, before the request goes out. */
+static void reply_expect(bridge *b, const char *reply) {
+        if (!b->replies)
+                return;
+        uint64_t h = reply_hash(b, reply), now = monotonic_us();
+        pthread_mutex_lock(&b->replies_lock);
+        size_t i = (size_t)h & (REPLY_SLOTS - 1), k;
+        for (k = 0; k < REPLY_WINDOW; k++) {
+                struct reply_slot *sl = &b->replies[(i + k) & (REPLY_SLOTS - 1)];
+                if (sl->hash == 0 || sl->expires_us < now) {
+                        *sl = (struct reply_slot){h, now + REPLY_KEEP_US};
+                        break;
+                }
+        }
+        if (k == REPLY_WINDOW)
+                b->replies_overflow = true;
+        pthread_mutex_unlock(&b->replies_lock);
+}
+
+/* libnats thread: is this a reply we wait for? The first one takes the slot. */
+static bool reply_take(bridge *b, const char *subject) {
+        if (!b->replies)
+                return true;
+        uint64_t h = reply_hash(b, subject);
+        bool found = false;
+        pthread_mutex_lock(&b->replies_lock);
+        size_t i = (size_t)h & (REPLY_SLOTS - 1);
+        for (size_t k = 0; k < REPLY_WINDOW && !found; k++) {
+                struct reply_slot *sl = &b->replies[(i + k) & (REPLY_SLOTS - 1)];
+                if (sl->hash == h) {
+                        sl->hash = 0;
+                        found = true;
+                }
+        }
+        found = found || b->replies_overflow;
+        pthread_mutex_unlock(&b->replies_lock);
+        return found;
+}
+
 /* On the loop: a local message for NATS. */
 static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
         bridge *b = userdata;
@@ -122,6 +181,9 @@ static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
                 return; /* imported: exporting it again would echo */
         if (is_routed(m->m.subject) && bridge_addressed_to(m->m.subject, b->self))
                 return; /* a request or reply for this very agent */
+        const char *prefix = bus_inbox_prefix(b->agent->bus);
+        if (m->m.reply && startswith(m->m.reply, prefix))
+                reply_expect(b, m->m.reply); /* a request of ours: its reply may come back */
         natsMsg *nm = NULL;
         natsStatus s;
         if (b->raw_msgs)
@@ -251,6 +313,12 @@ static void on_nats_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
          * that also matches them lets them go. */
         if (is->index < b->n_user_imports && is_routed(subject) && bridge_addressed_to(subject, b->self)) {
                 b->duplicates++;
+                natsMsg_Destroy(msg);
+                return;
+        }
+        /* Our inbox: only replies to requests this agent sent get further. */
+        if (is->index == b->n_user_imports && !reply_take(b, subject)) {
+                b->replies_unknown++;
                 natsMsg_Destroy(msg);
                 return;
         }
@@ -510,6 +578,12 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
         b->self = strdup(a->config->name);
         pthread_mutex_init(&b->lock, NULL);
         pthread_mutex_init(&b->rtt_lock, NULL);
+        pthread_mutex_init(&b->replies_lock, NULL);
+        b->replies = new0(struct reply_slot, REPLY_SLOTS);
+        if (getrandom(&b->replies_seed, sizeof b->replies_seed, 0) != sizeof b->replies_seed) {
+                free(b->replies); /* no filter: the bus still checks every token */
+                b->replies = NULL;
+        }
         pthread_cond_init(&b->rtt_cond, NULL);
         const char *rc = json_string_value(json_object_get(cfg, "remote_control"));
         b->remote_control = !rc || !streq(rc, "off");
@@ -668,6 +742,8 @@ void bridge_free(bridge *b) {
         }
         js_free(b);
         free(b->scratch);
+        free(b->replies);
+        pthread_mutex_destroy(&b->replies_lock);
         pthread_mutex_destroy(&b->lock);
         pthread_mutex_destroy(&b->rtt_lock);
         pthread_cond_destroy(&b->rtt_cond);
@@ -713,6 +789,7 @@ json_t *bridge_status(bridge *b) {
         bus_client_stats es;
         bus_client_get_stats(b->exporter, &es);
         json_object_set_new(o, "export_queue_dropped", json_integer((json_int_t)es.dropped));
+        json_object_set_new(o, "replies_unknown", json_integer((json_int_t)b->replies_unknown));
         json_object_set_new(o, "jetstream", js_status(b));
         return o;
 }

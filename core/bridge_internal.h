@@ -66,6 +66,16 @@ struct bridge {
         _Atomic uint64_t rtt_us, exported, export_dropped, imported, import_dropped, echo_dropped, duplicates,
                 disconnects, slow_consumers, errors;
         _Atomic bool connected, fast_connected;
+        /* Reply subjects of the requests this agent sent over NATS (a hash each), so a
+         * reply to anything else is dropped on the libnats thread and never fills the
+         * queue to the loop (the bus checks the token again). Open addressing in
+         * windows of REPLY_WINDOW slots; a full window turns the filter off (overflow)
+         * rather than ever dropping a real reply. */
+        pthread_mutex_t replies_lock;
+        struct reply_slot { uint64_t hash, expires_us; } *replies;
+        uint64_t replies_seed;
+        bool replies_overflow;
+        _Atomic uint64_t replies_unknown;
         /* libnats' Buffered() leaves out its reconnect buffer: what went into it is the
          * connection's out_bytes since it went down, so each is noted then ([0] bulk, [1] fast) */
         _Atomic uint64_t out_bytes_at_down[2];
