@@ -73,8 +73,7 @@ static int module_load(void) {
         struct stat st;
         if (fstat(fd, &st) < 0)
                 return log_error_errno(errno, "NATS bridge: cannot stat %s: %m", path);
-        if (!S_ISREG(st.st_mode) ||
-            (geteuid() == 0 && (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))))
+        if (!S_ISREG(st.st_mode) || (geteuid() == 0 && (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))))
                 return log_error_errno(EPERM,
                                        "NATS bridge: refusing module %s: not a regular file owned by root and "
                                        "writable by root only",

@@ -13,18 +13,18 @@
 #include "bridge.h"
 
 #define BRIDGE_MODULE_SYMBOL "organism_bridge_module"
-#define BRIDGE_MODULE_ABI 1
+#define BRIDGE_MODULE_ABI    1
 
 typedef struct bridge_module {
-        uint32_t abi;         /* BRIDGE_MODULE_ABI */
-        uint32_t size;        /* sizeof(bridge_module) */
-        const char *version;  /* ORG_VERSION */
-        uint32_t agent_size;  /* sizeof(agent) as the module was built: same build */
+        uint32_t abi;        /* BRIDGE_MODULE_ABI */
+        uint32_t size;       /* sizeof(bridge_module) */
+        const char *version; /* ORG_VERSION */
+        uint32_t agent_size; /* sizeof(agent) as the module was built: same build */
         int (*bridge_new)(agent *a, json_t *nats_config, bridge **ret);
         void (*bridge_free)(bridge *b);
         json_t *(*bridge_status)(bridge *b);
-        int (*bridge_publish_durable)(bridge *b, const char *subject, const char *msg_id, const void *data,
-                                      size_t len, bridge_pub_done_fn cb, void *userdata);
+        int (*bridge_publish_durable)(bridge *b, const char *subject, const char *msg_id, const void *data, size_t len,
+                                      bridge_pub_done_fn cb, void *userdata);
         int (*bridge_consume)(bridge *b, const org_consume_opts *opts, bridge_deliver_fn fn, void *userdata,
                               bridge_consumer **ret);
         void (*bridge_consume_cancel)(bridge_consumer *c);
