@@ -54,8 +54,8 @@ static bool is_routed(const char *subject) {
  * only with a libnats 3 (bridge_new checks; else the public calls below): one
  * allocation per export instead of natsMsg_Create's plus a header hash
  * (natsMsgHeader_Set). */
-extern natsStatus natsMsg_create(natsMsg **newMsg, const char *subject, int subjLen, const char *reply,
-                                 int replyLen, const char *buf, int bufLen, int hdrLen) __attribute__((weak));
+extern natsStatus natsMsg_create(natsMsg **newMsg, const char *subject, int subjLen, const char *reply, int replyLen,
+                                 const char *buf, int bufLen, int hdrLen) __attribute__((weak));
 /* And its destructor proper: natsMsg_Destroy hands each message to libnats' collector
  * thread and wakes it, per message a futex round that cost more than all the rest of
  * the export. A message we built and published is ours alone: freed here at once. */
@@ -116,8 +116,8 @@ static natsStatus export_encode(bridge *b, const bus_msg *m, natsMsg **ret) {
                               m->m.reply ? (int)strlen(m->m.reply) : 0, b->scratch, (int)total, (int)hl);
 }
 
-#define REPLY_SLOTS 4096 /* a power of two */
-#define REPLY_WINDOW 16
+#define REPLY_SLOTS   4096 /* a power of two */
+#define REPLY_WINDOW  16
 #define REPLY_KEEP_US (3600ull * 1000000) /* after that, a slot may be reused */
 
 static uint64_t monotonic_us(void) {
@@ -143,9 +143,9 @@ static void reply_expect(bridge *b, const char *reply) {
         pthread_mutex_lock(&b->replies_lock);
         size_t i = (size_t)h & (REPLY_SLOTS - 1), k;
         for (k = 0; k < REPLY_WINDOW; k++) {
-                struct reply_slot *sl = &b->replies[(i + k) & (REPLY_SLOTS - 1)];
+                reply_slot *sl = &b->replies[(i + k) & (REPLY_SLOTS - 1)];
                 if (sl->hash == 0 || sl->expires_us < now) {
-                        *sl = (struct reply_slot){h, now + REPLY_KEEP_US};
+                        *sl = (reply_slot){h, now + REPLY_KEEP_US};
                         break;
                 }
         }
@@ -163,7 +163,7 @@ static bool reply_take(bridge *b, const char *subject) {
         pthread_mutex_lock(&b->replies_lock);
         size_t i = (size_t)h & (REPLY_SLOTS - 1);
         for (size_t k = 0; k < REPLY_WINDOW && !found; k++) {
-                struct reply_slot *sl = &b->replies[(i + k) & (REPLY_SLOTS - 1)];
+                reply_slot *sl = &b->replies[(i + k) & (REPLY_SLOTS - 1)];
                 if (sl->hash == h) {
                         sl->hash = 0;
                         found = true;
@@ -579,7 +579,7 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
         pthread_mutex_init(&b->lock, NULL);
         pthread_mutex_init(&b->rtt_lock, NULL);
         pthread_mutex_init(&b->replies_lock, NULL);
-        b->replies = new0(struct reply_slot, REPLY_SLOTS);
+        b->replies = new0(reply_slot, REPLY_SLOTS);
         if (getrandom(&b->replies_seed, sizeof b->replies_seed, 0) != sizeof b->replies_seed) {
                 free(b->replies); /* no filter: the bus still checks every token */
                 b->replies = NULL;
@@ -601,8 +601,7 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
         /* replies only under this process's random inbox prefix (each one also
          * carries a token of its own request, checked by the bus): nothing else
          * under _INBOX.<agent> is even delivered to us */
-        if (asprintf(&inbox, "%s>", bus_inbox_prefix(a->bus)) < 0 ||
-            asprintf(&ctl, "organism.ctl.%s.>", b->self) < 0) {
+        if (asprintf(&inbox, "%s>", bus_inbox_prefix(a->bus)) < 0 || asprintf(&ctl, "organism.ctl.%s.>", b->self) < 0) {
                 r = -ENOMEM;
                 goto fail;
         }

@@ -33,6 +33,10 @@ typedef struct import_sub {
 
 typedef struct js_state js_state;
 
+typedef struct reply_slot {
+        uint64_t hash, expires_us; /* hash 0: free */
+} reply_slot;
+
 struct bridge {
         agent *agent;
         char *self;            /* this agent's name */
@@ -41,7 +45,7 @@ struct bridge {
         natsConnection *nc;    /* bulk: batched writes (libnats' flusher), imports */
         natsConnection *fast;  /* request/reply and JetStream: every write goes out at once */
         bus_client *exporter;
-        char *scratch;         /* export: encoded headers + payload of the message at hand (loop only) */
+        char *scratch; /* export: encoded headers + payload of the message at hand (loop only) */
         size_t scratch_size;
         bool raw_msgs;         /* export builds messages from encoded headers (see bridge.c) */
         import_sub *imports;   /* the configured patterns (bulk), then inbox and control (fast) */
@@ -72,7 +76,7 @@ struct bridge {
          * windows of REPLY_WINDOW slots; a full window turns the filter off (overflow)
          * rather than ever dropping a real reply. */
         pthread_mutex_t replies_lock;
-        struct reply_slot { uint64_t hash, expires_us; } *replies;
+        reply_slot *replies;
         uint64_t replies_seed;
         bool replies_overflow;
         _Atomic uint64_t replies_unknown;

@@ -32,7 +32,7 @@
 #define BUS_RING_MIN 16
 /* Reply subjects: `<inbox prefix><id>.<token>`. 22 base62 characters are 130 random
  * bits per request; the per-process prefix (71 bits) keeps the subscription narrow. */
-#define BUS_TOKEN_LEN 22
+#define BUS_TOKEN_LEN  22
 #define BUS_PREFIX_LEN 12
 
 typedef struct bus_sub {
