@@ -150,7 +150,7 @@ static void reply_expect(bridge *b, const char *reply) {
                 }
         }
         if (k == REPLY_WINDOW)
-                b->replies_overflow = true;
+                b->replies_open_until_us = now + REPLY_KEEP_US; /* its reply must pass */
         pthread_mutex_unlock(&b->replies_lock);
 }
 
@@ -169,7 +169,7 @@ static bool reply_take(bridge *b, const char *subject) {
                         found = true;
                 }
         }
-        found = found || b->replies_overflow;
+        found = found || monotonic_us() < b->replies_open_until_us;
         pthread_mutex_unlock(&b->replies_lock);
         return found;
 }

@@ -73,12 +73,12 @@ struct bridge {
         /* Reply subjects of the requests this agent sent over NATS (a hash each), so a
          * reply to anything else is dropped on the libnats thread and never fills the
          * queue to the loop (the bus checks the token again). Open addressing in
-         * windows of REPLY_WINDOW slots; a full window turns the filter off (overflow)
-         * rather than ever dropping a real reply. */
+         * windows of REPLY_WINDOW slots; a full window turns the filter off for as long
+         * as a slot is kept, rather than ever dropping a real reply. */
         pthread_mutex_t replies_lock;
         reply_slot *replies;
         uint64_t replies_seed;
-        bool replies_overflow;
+        uint64_t replies_open_until_us; /* a window was full: no filter until then */
         _Atomic uint64_t replies_unknown;
         /* libnats' Buffered() leaves out its reconnect buffer: what went into it is the
          * connection's out_bytes since it went down, so each is noted then ([0] bulk, [1] fast) */
