@@ -204,6 +204,9 @@ static void human_status(json_t *r) {
                " dropped, %" JSON_INTEGER_FORMAT " subscriptions\n",
                json_integer_value(json_object_get(bus, "published")), json_integer_value(json_object_get(bus, "delivered")),
                json_integer_value(json_object_get(bus, "dropped")), json_integer_value(json_object_get(bus, "subscriptions")));
+        if (json_integer_value(json_object_get(bus, "replies_unknown")) > 0)
+                printf("            %" JSON_INTEGER_FORMAT " replies matched no pending request (late, or forged)\n",
+                       json_integer_value(json_object_get(bus, "replies_unknown")));
         printf("nats:       %s\n", json_is_true(json_object_get(json_object_get(r, "nats"), "enabled")) ? "on" : "off (embedded mode)");
 }
 

@@ -5,6 +5,7 @@
 set -euo pipefail
 build=(meson ninja-build gcc pkg-config libsystemd-dev libyaml-dev libsqlite3-dev libjansson-dev libnats-dev libpci-dev)
 test=(python3 clang libclang-rt-14-dev nats-server sqlite3 util-linux git)
+test+=(collectd-core) # bench_agent.py: resident memory side by side with collectd
 pkgs=("${build[@]}")
 [ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")
 missing=()
