@@ -444,5 +444,49 @@ def test_fake_failures_lose_nothing(tmp, agents):
     assert len(fake.snaps("nvme/organism", "6h")) == 2
 
 
+def check(tmp, plugins_yaml):
+    from harness import AGENTD, PLUGINS
+    import subprocess
+    path = os.path.join(tmp, "check.yaml")
+    with open(path, "w") as f:
+        f.write("agent:\n  plugin_dirs: [%s]\n  state_dir: %s\nplugins:\n%s" % (PLUGINS, tmp, plugins_yaml))
+    p = subprocess.run([AGENTD, "--check", "-c", path], capture_output=True, text=True, timeout=30)
+    return p.returncode, p.stdout + p.stderr
+
+
+def test_example_config_and_check_errors(tmp, agents):
+    with open(os.path.join(HERE, "..", "..", "plugins", "zfs", "config.example.yaml")) as f:
+        example = f.read()
+    rc, out = check(tmp, example)
+    assert rc == 0 and "valid (1 plugin instance)" in out, out
+    # the shipped etc/agentd.yaml carries the same block, commented out
+    with open(os.path.join(HERE, "..", "..", "etc", "agentd.yaml")) as f:
+        shipped = f.read()
+    assert "\n".join("  #" + l[2:] if l.startswith("  ") and not l.startswith("  #") else l
+                     for l in example.splitlines()[-10:]) in shipped
+    for old, new, what in [("pools: {fast: nvme-store,", "pools: {speedy: x, fast: nvme-store,", "speedy"),
+                           ("keep: 28", "keep: 0", "keep"), ("weekday: sun", "weekday: sunday", "weekday"),
+                           ("day_of_month: 1", "day_of_month: 31", "day_of_month"),
+                           ("cap_alert: 80", "cap_alert: 180", "cap_alert")]:
+        assert old in example, old
+        text = example.replace(old, new, 1)
+        bad = old
+        rc, out = check(tmp, text)
+        if what == "speedy" or rc == 1:
+            assert rc == 1 and what in out and "check.yaml:" in out, (bad, out)
+            line = [l for l in out.splitlines() if what in l][0]
+            assert line.split(":")[1].isdigit() and line.split(":")[2].isdigit(), line  # FILE:LINE:COL
+            continue
+        # an agentd whose --check does not enforce min/max/choices yet: init refuses it
+        sub = os.path.join(tmp, what)
+        os.makedirs(sub)
+        a = Agent(sub, text.replace("    dry_run: true\n", "    dry_run: true\n    enabled: true\n"))
+        agents.append(a)
+        a.start()
+        wait_for(lambda: a.instance("zfs")["state"] == "failed", what="init refusing " + what)
+        assert what in a.logtext(), a.logtext()
+        a.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())
