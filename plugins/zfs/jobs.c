@@ -132,9 +132,14 @@ typedef struct prunectx {
         bool retried;
         uint64_t destroyed, kept, held, blocked, failed;
         int result;
+        char **held_names;       /* held ones retention would have destroyed, for `zfs holds` */
+        size_t n_held;
 } prunectx;
 
 static void prune_free(prunectx *p) {
+        for (size_t i = 0; i < p->n_held; i++)
+                free(p->held_names[i]);
+        free(p->held_names);
         for (size_t i = 0; i < p->n_batches; i++)
                 free(p->batches[i]);
         free(p->batches);
@@ -424,8 +429,19 @@ static int prune_plan(prunectx *p, char *out) {
                 for (size_t m = i; m < k; m++) {
                         if (v[m].destroy)
                                 json_array_append_new(plan, json_string(v[m].name));
-                        else if (m - i >= p->j->keep && v[m].userrefs)
-                                prune_blocked(p, v[m].name, "held (zfs holds)");
+                        else if (m - i >= p->j->keep && v[m].userrefs) {
+                                char **nv = realloc(p->held_names, (p->n_held + 1) * sizeof *nv);
+                                if (!nv) {
+                                        r = -ENOMEM;
+                                        goto out;
+                                }
+                                p->held_names = nv;
+                                if (!(p->held_names[p->n_held] = strdup(v[m].name))) {
+                                        r = -ENOMEM;
+                                        goto out;
+                                }
+                                p->n_held++;
+                        }
                 }
                 if (marked && (r = add_batch(p, v + i, k - i)) < 0)
                         goto out;
@@ -437,6 +453,43 @@ out:
         json_decref(plan);
         free(v);
         return r;
+}
+
+#define HOLDS_MAX 512 /* snapshots asked about in one `zfs holds` */
+
+/* `zfs holds -H` lines: NAME<TAB>TAG<TAB>TIMESTAMP. Each held snapshot is reported with
+ * the tags that hold it (zrepl's, a send's, an operator's), so the operator knows whom
+ * to ask; the destroys go on either way. */
+static void on_holds(zfs *z, const org_exec_result *res, void *ud) {
+        prunectx *p = ud;
+        char *copy = res->status == 0 && res->out ? strdup(res->out) : NULL;
+        for (size_t i = 0; i < p->n_held; i++) {
+                char reason[300] = "held";
+                size_t off = strlen(reason);
+                size_t nl = strlen(p->held_names[i]);
+                for (const char *line = copy; line && *line;) {
+                        const char *end = strchr(line, '\n');
+                        size_t len = end ? (size_t)(end - line) : strlen(line);
+                        if (len > nl + 1 && strncmp(line, p->held_names[i], nl) == 0 && line[nl] == '\t') {
+                                const char *tag = line + nl + 1;
+                                size_t tl = strcspn(tag, "\t\n");
+                                if (off < sizeof reason)
+                                        off += (size_t)snprintf(reason + off, sizeof reason - off, "%s%.*s",
+                                                                strstr(reason, " by ") ? "," : " by ", (int)tl, tag);
+                        }
+                        line = end ? end + 1 : line + len;
+                }
+                if (i >= HOLDS_MAX || res->status != 0)
+                        snprintf(reason, sizeof reason, "held (zfs holds: %s)",
+                                 i >= HOLDS_MAX ? "not asked" : "failed");
+                prune_blocked(p, p->held_names[i], reason);
+        }
+        free(copy);
+        if (res->status == -ECANCELED) {
+                p->result = -ECANCELED;
+                p->next = p->n_batches;
+        }
+        prune_next(p);
 }
 
 static void on_prune_list(zfs *z, const org_exec_result *res, void *ud) {
@@ -457,7 +510,22 @@ static void on_prune_list(zfs *z, const org_exec_result *res, void *ud) {
                 z->host->log(z->ctx, ORG_LOG_ERR, "prune %s: cannot read zfs list output: %s", p->j->tag,
                              r == -EBADMSG ? "not NAME<TAB>CREATION<TAB>USERREFS lines" : strerror(-r));
                 p->result = r;
-                p->n_batches = 0;
+                p->next = p->n_batches;
+        } else if (p->n_held) {
+                argv_buf a = {0};
+                int q = argv_add(&a, "zfs");
+                q = q < 0 ? q : argv_add(&a, "holds");
+                q = q < 0 ? q : argv_add(&a, "-H");
+                for (size_t i = 0; i < p->n_held && i < HOLDS_MAX && q >= 0; i++)
+                        q = argv_add(&a, p->held_names[i]);
+                if (q >= 0)
+                        q = zfs_run(z, a.v, false, on_holds, p);
+                free(a.v);
+                if (q >= 0)
+                        return;
+                org_exec_result failed = {.status = q, .out = "", .err = ""};
+                on_holds(z, &failed, p);
+                return;
         }
         prune_next(p);
 }

@@ -180,7 +180,9 @@ def test_retention_children_exclude_held_foreign(tmp, agents):
     rep = a.ok("zfs", "prune", "6h")
     assert rep["destroyed"] == 0 and len(rep["blocked"]) == 1, rep
     assert len([c for c in fake.calls() if c.startswith("zfs destroy")]) == 4
-    assert a.logtext().count("stays: held") == 1
+    assert a.logtext().count("stays: held by zrepl_last_received") == 1, a.logtext()
+    assert rep["blocked"][0]["reason"] == "held by zrepl_last_received", rep
+    assert len([c for c in fake.calls() if c.startswith("zfs holds -H " + held)]) == 2
 
     # the recursive job without exclusion: zfs snapshot -r, once
     rep = a.ok("zfs", "snapshot", "daily")
