@@ -148,7 +148,7 @@ static void on_get(zfs *z, const org_exec_result *res, void *ud) {
                 act[i] = L_OK;
                 if (!pool[0])
                         continue;
-                char ds[ZFS_NAME_MAX];
+                char ds[ZFS_NAME_MAX + 32];
                 snprintf(ds, sizeof ds, "%s/%s", pool, e->rel);
                 json_t *want = json_object();
                 json_object_set_new(want, "mountpoint", json_string(e->mountpoint));
@@ -178,7 +178,7 @@ static void on_get(zfs *z, const org_exec_result *res, void *ud) {
                 }
                 /* under a conflicting (or blocked) parent nothing is created */
                 for (size_t p = 0; p < i; p++) {
-                        char pds[ZFS_NAME_MAX];
+                        char pds[ZFS_NAME_MAX + 32];
                         snprintf(pds, sizeof pds, "%s/%s", z->pools[layout[p].role], layout[p].rel);
                         size_t pl = strlen(pds);
                         if (layout[p].role == e->role && (act[p] == L_CONFLICT || act[p] == L_BLOCKED) &&
@@ -251,7 +251,7 @@ int zfs_layout(zfs *z, bool confirm, const char *reply) {
                 return -ENOMEM;
         }
         const char *argv[8 + N_LAYOUT + ZFS_ROLES];
-        char names[N_LAYOUT][ZFS_NAME_MAX];
+        char names[N_LAYOUT][ZFS_NAME_MAX + 32];
         size_t a = 0;
         argv[a++] = "zfs";
         argv[a++] = "get";
