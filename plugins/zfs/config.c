@@ -26,7 +26,8 @@ static const org_config_entry snapshot_entries[] = {
          .help = "1-32 of [A-Za-z0-9_-]: snapshots are organism-<tag>-YYYYmmddTHHMMSSZ (UTC)"},
         {.key = "every", .type = ORG_CFG_DURATION, .min = "1m", .max = "366d",
          .help = "period; slots at multiples of it since the epoch, in UTC (6h: 00, 06, 12, 18 UTC)"},
-        {.key = "at", .type = ORG_CFG_STRING, .format = "hh:mm", .help = "local time of a daily job (instead of every)"},
+        {.key = "at", .type = ORG_CFG_STRING, .format = "hh:mm",
+         .help = "local time of a daily job (instead of every)"},
         {.key = "keep", .type = ORG_CFG_INT, .required = true, .min = "1", .max = "100000",
          .help = "snapshots of this tag kept on every dataset of the set (children included)"},
         {.key = "datasets", .type = ORG_CFG_STRING_LIST, .required = true,
@@ -221,8 +222,8 @@ static int load_job(zfs *z, json_t *o, size_t idx, zfs_snapjob *j) {
                 bool ex = i >= j->n_datasets;
                 const char *ds = ex ? j->exclude[i - j->n_datasets] : j->datasets[i];
                 if (!name_ok(ds) || zfs_dataset_role(z, ds) < 0) {
-                        h->log(z->ctx, ORG_LOG_ERR, "snapshots[%zu].%s: \"%s\" is not a dataset of the named pools", idx,
-                               ex ? "exclude" : "datasets", ds);
+                        h->log(z->ctx, ORG_LOG_ERR, "snapshots[%zu].%s: \"%s\" is not a dataset of the named pools",
+                               idx, ex ? "exclude" : "datasets", ds);
                         return -EINVAL;
                 }
         }

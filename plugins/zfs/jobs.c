@@ -590,7 +590,10 @@ static void snap_done(zfs *z, json_t *prune, int result, void *ud) {
                 s->result = 1;
         s->j->running = false;
         job_finished(z, s->j->tag, &s->j->st, s->t0, s->result);
-        json_object_set_new(s->report, "result", json_string(s->result == 0 ? "ok" : s->result > 0 ? "partial" : "failed"));
+        json_object_set_new(s->report, "result",
+                            json_string(s->result == 0  ? "ok"
+                                        : s->result > 0 ? "partial"
+                                                        : "failed"));
         if (s->reply) {
                 json_t *r = s->report;
                 s->report = NULL;
@@ -673,7 +676,8 @@ static void on_snap_list(zfs *z, const org_exec_result *res, void *ud) {
         for (size_t i = 0; i < n; i++)
                 json_array_append_new(taken, json_string(set[i]));
         json_object_set_new(s->report, "datasets", taken);
-        json_object_set_new(s->report, "atomic", json_string(j->recursive && !cut ? "zfs snapshot -r" : "zfs snapshot (listed)"));
+        json_object_set_new(s->report, "atomic",
+                            json_string(j->recursive && !cut ? "zfs snapshot -r" : "zfs snapshot (listed)"));
         /* one call per pool: a snapshot set is atomic within one pool only */
         bool *done = calloc(n ? n : 1, sizeof *done);
         char **names = calloc(n ? n : 1, sizeof *names);
@@ -1050,7 +1054,10 @@ static json_t *job_json(zfs *z, const char *name, const zfs_cal *c, const zfs_jo
                 zfs_rfc3339((uint64_t)t * ZFS_US, next, sizeof next);
         return json_pack("{s:s, s:s?, s:s?, s:s, s:I, s:I, s:I, s:b}", "job", name, "last_run", *last ? last : NULL,
                          "next_run", *next ? next : NULL, "last_result",
-                         st->runs == 0 ? "none" : st->last_result == 0 ? "ok" : st->last_result > 0 ? "partial" : "failed",
+                         st->runs == 0          ? "none"
+                         : st->last_result == 0 ? "ok"
+                         : st->last_result > 0  ? "partial"
+                                                : "failed",
                          "last_duration_ms", (json_int_t)(st->last_duration_us / 1000), "runs", (json_int_t)st->runs,
                          "failures", (json_int_t)st->failures, "running", running);
 }

@@ -259,7 +259,8 @@ static void on_pool_get(zfs *z, const org_exec_result *res, void *ud) {
         }
         p->pending = 1;
         for (int r = 0; r < ZFS_ROLES; r++) {
-                if (r == ZFS_ARCHIVE || !z->pools[r][0] || (r == ZFS_SCRATCH && !strcmp(z->pools[r], z->pools[ZFS_FAST])))
+                if (r == ZFS_ARCHIVE || !z->pools[r][0] ||
+                    (r == ZFS_SCRATCH && !strcmp(z->pools[r], z->pools[ZFS_FAST])))
                         continue;
                 const char *src = "";
                 const char *have = row_find(&g, z->pools[r], "autotrim", &src);

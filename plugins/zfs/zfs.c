@@ -16,7 +16,8 @@
 #include "zfs.h"
 
 static const org_verb zfs_verbs[] = {
-        {.name = "status", .mutating = false, .help = "pools (health, capacity, scan), alerts, jobs (last/next run), queue"},
+        {.name = "status", .mutating = false,
+         .help = "pools (health, capacity, scan), alerts, jobs (last/next run), queue"},
         {.name = "snapshots", .mutating = false, .args = "[DATASET] [--tag TAG]",
          .help = "the snapshots this plugin made (organism-<tag>-...), oldest first"},
         {.name = "snapshot", .mutating = true, .args = "TAG", .help = "runs the snapshot job TAG now (then its prune)"},
@@ -201,7 +202,8 @@ static int verb_snapshots(zfs *z, json_t *args, const char *reply) {
         }
         if (tag)
                 snprintf(l->tag, sizeof l->tag, "%s", tag);
-        const char *argv[8 + ZFS_ROLES] = {"zfs", "list", "-H", "-p", "-t", "snapshot", "-o", "name,creation,used,userrefs"};
+        const char *argv[8 + ZFS_ROLES] = {"zfs", "list", "-H",       "-p",
+                                           "-t",  "snapshot", "-o", "name,creation,used,userrefs"};
         size_t n = 8;
         const char *tail[] = {"-s", "creation", "-r"};
         const char *all[ZFS_ROLES + 1];

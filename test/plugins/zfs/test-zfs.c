@@ -98,7 +98,7 @@ static void test_catch_up_restart_and_clock_back(void) {
         CHECK_INT(in_flight_max, 1);
         char *v = NULL;
         CHECK_INT(fake_host.kv_get(&ctx, "last_run.snap.6h", &v), 0);
-        CHECK_INT(atoll(v), now);
+        CHECK_INT(strtoll(v, NULL, 10), now);
         free(v);
         P->fini(st);
 
