@@ -93,11 +93,14 @@ JOBS = """\
 """
 
 
-def start(tmp, agents, state=None, extra_config="", jobs=JOBS, instance_extra="", start=True):
+NO_MAINT = "      scrub: {enabled: false}\n      trim: {enabled: false}\n"
+
+
+def start(tmp, agents, state=None, extra_config="", jobs=JOBS, instance_extra="", start=True, maint=NO_MAINT):
     fake = Fake(tmp, state or base_state())
     cfg = ("  zfs:\n    plugin: zfs\n%s    config:\n      pools: {fast: nvme, scratch: zr, archive: arch}\n"
            "%s      health_interval: 1s\n      alert_repeat: 3s\n      properties_interval: 1s\n"
-           "      scrub: {enabled: false}\n      trim: {enabled: false}\n%s") % (instance_extra, jobs, extra_config)
+           "%s%s") % (instance_extra, jobs, maint, extra_config)
     a = Agent(tmp, cfg, agent_extra=commands(fake))
     agents.append(a)
     if start:
@@ -317,6 +320,36 @@ def test_scrub_one_pool_at_a_time_errors_alerted(tmp, agents):
     assert len([c for c in calls[i_nvme:i_arch] if c.startswith("zpool status")]) >= 2, calls
     assert "resilver in progress" in a.logtext()
     sub.close()
+
+
+def test_scrub_and_trim_calendar_catch_up(tmp, agents):
+    st = base_state()
+    st["pools"]["zr"]["scan"] = "resilver"
+    st["pools"]["nvme"]["trim_duration"] = 2
+    a, fake = start(tmp, agents, st, maint="      scrub: {day_of_month: 1, at: \"02:00\"}\n"
+                                           "      trim: {weekday: sun, at: \"04:00\"}\n")
+    passes(a, 1)
+    assert not [c for c in fake.calls() if c.startswith(("zpool scrub", "zpool trim"))]  # baseline only
+    a.stop()
+    old = int(time.time()) - 40 * DAY
+    set_last_run(a, "scrub", old)
+    set_last_run(a, "trim", old)
+    a.start()
+    wait_for(lambda: [c for c in fake.calls() if c.startswith("zpool trim")] and status(a)["maintenance"] == [],
+             timeout=30, what="scrubs and trims done")
+    maint = [c for c in fake.calls() if c.startswith(("zpool scrub", "zpool trim"))]
+    # one pool at a time; zr (resilvering) skipped for both; arch is not trimmed (archive role)
+    assert maint == ["zpool scrub nvme", "zpool scrub arch", "zpool trim nvme"], maint
+    calls = fake.calls()
+    i, k = calls.index("zpool scrub arch"), calls.index("zpool trim nvme")
+    assert len([c for c in calls[i:k] if c.startswith("zpool status")]) >= 2, calls[i:k]
+    jobs = {j["job"]: j for j in status(a)["jobs"]}
+    assert jobs["scrub"]["runs"] == 1 and jobs["trim"]["runs"] == 1, jobs
+    # a restart: nothing again
+    a.stop()
+    a.start()
+    passes(a, 2)
+    assert len([c for c in fake.calls() if c.startswith(("zpool scrub", "zpool trim"))]) == 3
 
 
 PROPS = """\
