@@ -888,6 +888,24 @@ static void on_maint_start(zfs *z, const org_exec_result *res, void *ud) {
         m->passes = 0;
 }
 
+/* zfs.scrub.done / zfs.trim.done {ts, pool, repaired, errors, scan}: the result of
+ * each scrub for whoever keeps a history (the alert, if any, comes from health). */
+static void maint_done_event(zfs *z, const zfs_maint *m, const zfs_pool_info *pi) {
+        char ts[40];
+        zfs_rfc3339(zfs_now_us(z), ts, sizeof ts);
+        json_t *o = json_pack("{s:s, s:s, s:s}", "ts", ts, "pool", m->pool, "scan", pi->st.scan);
+        if (o && m->scrub) {
+                json_object_set_new(o, "repaired", json_integer((json_int_t)pi->st.scrub_repaired));
+                json_object_set_new(o, "errors", json_integer((json_int_t)pi->st.scrub_errors));
+        }
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        const char *subject = m->scrub ? "zfs.scrub.done" : "zfs.trim.done";
+        if (!text || z->host->publish(z->ctx, subject, NULL, 0, text, strlen(text)) < 0)
+                z->host->log(z->ctx, ORG_LOG_WARNING, "cannot publish %s", subject);
+        free(text);
+}
+
 void zfs_maint_step(zfs *z) {
         while (z->n_maint > 0) {
                 zfs_maint *m = &z->maint[0];
@@ -909,6 +927,7 @@ void zfs_maint_step(zfs *z) {
                                              (unsigned long long)pi->st.scrub_errors, pi->st.scan);
                         else
                                 z->host->log(z->ctx, ORG_LOG_NOTICE, "trim %s: done", m->pool);
+                        maint_done_event(z, m, pi);
                         maint_pop(z);
                         continue;
                 }

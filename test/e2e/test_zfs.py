@@ -304,6 +304,7 @@ def test_scrub_one_pool_at_a_time_errors_alerted(tmp, agents):
     st["pools"]["nvme"]["scrub_repair_next"] = 4096
     a, fake = start(tmp, agents, st)
     sub = subscribe(a, "alert.zfs.>")
+    done = subscribe(a, "zfs.scrub.done")
     for p in ("nvme", "zr", "arch"):
         assert a.ok("zfs", "scrub", p)["queued"] == p
     rc, out, _ = a.ctl("zfs", "scrub", "nosuchpool")
@@ -319,6 +320,10 @@ def test_scrub_one_pool_at_a_time_errors_alerted(tmp, agents):
     i_nvme, i_arch = calls.index("zpool scrub nvme"), calls.index("zpool scrub arch")
     assert len([c for c in calls[i_nvme:i_arch] if c.startswith("zpool status")]) >= 2, calls
     assert "resilver in progress" in a.logtext()
+    ev = done.read()["event"]["payload"]
+    assert ev["pool"] == "nvme" and ev["errors"] == 3 and ev["repaired"] == 4096, ev
+    assert done.read()["event"]["payload"]["pool"] == "arch"
+    done.close()
     sub.close()
 
 
