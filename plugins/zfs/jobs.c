@@ -580,6 +580,8 @@ static void snap_free(snapctx *s) {
         free(s);
 }
 
+static void cal_update(zfs *z, const char *why);
+
 static void snap_done(zfs *z, json_t *prune, int result, void *ud) {
         snapctx *s = ud;
         if (prune)
@@ -600,6 +602,9 @@ static void snap_done(zfs *z, json_t *prune, int result, void *ud) {
                 (void)zfs_reply(z, s->reply, r);
         }
         snap_free(s);
+        /* a slot that passed while this run was still going is caught up now, once */
+        if (!z->stopping)
+                cal_update(z, "slot passed during the previous run");
 }
 
 static void snap_prune(snapctx *s) {

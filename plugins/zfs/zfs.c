@@ -38,6 +38,11 @@ void zfs_rfc3339(uint64_t us, char *buf, size_t size) {
 
 int zfs_reply(zfs *z, const char *reply, void *obj) {
         json_t *o = obj;
+        if (z->stopping) {
+                /* the instance is going: the caller's request times out, nothing is sent */
+                json_decref(o);
+                return -ECANCELED;
+        }
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         const char *t = text ? text : "{\"error\":\"out of memory\"}";

@@ -390,7 +390,8 @@ def test_properties_once_then_nothing_and_unsafe_removed(tmp, agents):
     a.write_config(a_config(fake, PROPS.replace(", sync: disabled, unsafe: true", "")), commands(fake))
     a.ok("config", "reload")
     wait_for(lambda: "zfs set sync=standard zr/organism/tmp" in sets(fake), what="sync put back")
-    assert fake.load()["datasets"]["zr/organism/tmp"]["props"]["sync"] == "standard"
+    # calls.log is written before the state: wait for the fake to finish
+    wait_for(lambda: fake.load()["datasets"]["zr/organism/tmp"]["props"]["sync"] == "standard", what="sync=standard")
     # sync: disabled without unsafe: the instance refuses to start, nothing is written
     n = len(sets(fake))
     a.write_config(a_config(fake, PROPS.replace(", unsafe: true", "")), commands(fake))

@@ -122,6 +122,15 @@ static void test_catch_up_restart_and_clock_back(void) {
         drain(&ctx);
         CHECK_INT(snapshots, 3);
         CHECK_INT(in_flight_max, 1);
+        /* a run still going when the next slot passes: caught up once when it ends */
+        fake_advance_realtime(&ctx, (uint64_t)utc(2026, 12, 2, 6, 0, 0) * 1000000ULL);
+        CHECK(ctx.n_pending == 1); /* its zfs list, unanswered */
+        fake_advance_realtime(&ctx, (uint64_t)utc(2026, 12, 2, 12, 0, 1) * 1000000ULL);
+        drain(&ctx);
+        CHECK_INT(snapshots, 6); /* night (01:30 UTC), 6h at 06:00, and 6h caught up at 12:00:01 */
+        fake_advance_realtime(&ctx, (uint64_t)utc(2026, 12, 2, 17, 59, 0) * 1000000ULL);
+        drain(&ctx);
+        CHECK_INT(snapshots, 6);
         P->fini(st);
         fake_ctx_done(&ctx);
 }
