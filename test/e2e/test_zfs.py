@@ -221,6 +221,26 @@ def test_busy_snapshot_reported_rest_destroyed(tmp, agents):
     assert rep["destroyed"] == 1 and rep["blocked"][0]["reason"] == "dataset is busy", rep
 
 
+def test_job_across_pools_one_call_per_pool(tmp, agents):
+    st = base_state()
+    st["datasets"]["arch/organism"] = {"type": "filesystem", "props": {}, "creation": 0}
+    jobs = ("      snapshots:\n        - {tag: daily, at: \"03:00\", keep: 1, datasets: [nvme/organism, arch/organism],"
+            " recursive: true, exclude: [nvme/organism/bench]}\n")
+    a, fake = start(tmp, agents, st, jobs=jobs)
+    rep = a.ok("zfs", "snapshot", "daily")
+    assert rep["result"] == "ok", rep
+    calls = [c for c in fake.calls() if c.startswith("zfs snapshot")]
+    # a snapshot set is atomic within one pool: one call per pool, the same name in both
+    assert len(calls) == 2 and {c.split()[2].split("/")[0] for c in calls} == {"nvme", "arch"}, calls
+    assert all(c.split()[2].endswith("@" + rep["snapshot"]) for c in calls), calls
+    assert fake.snaps("arch/organism", "daily") == ["arch/organism@" + rep["snapshot"]]
+    assert "nvme/organism/bench@" + rep["snapshot"] not in fake.load()["snapshots"]
+    # plugin info documents the config map, ranges included
+    info = json.dumps(a.ok("plugin", "info", "zfs"))
+    for key in ("health_interval", "cap_alert", "alert_repeat", "snapshots", "exclude", "unsafe"):
+        assert key in info, key
+
+
 def set_last_run(a, job, t):
     db = sqlite3.connect(os.path.join(a.state, "zfs.db"))
     db.execute("UPDATE kv SET value = ? WHERE key = ?", (str(t), "last_run." + job))
