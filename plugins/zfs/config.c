@@ -129,6 +129,33 @@ static void strv_free(char **v, size_t n) {
         free(v);
 }
 
+bool zfs_under(const char *ds, const char *root) {
+        size_t l = strlen(root);
+        return strncmp(ds, root, l) == 0 && (ds[l] == '\0' || ds[l] == '/');
+}
+
+bool zfs_job_excluded(const zfs_snapjob *j, const char *ds) {
+        for (size_t i = 0; i < j->n_exclude; i++)
+                if (zfs_under(ds, j->exclude[i]))
+                        return true;
+        return false;
+}
+
+/* In the set: a named dataset, or (recursive) one under it; never an excluded one. */
+bool zfs_job_in_set(const zfs_snapjob *j, const char *ds) {
+        if (zfs_job_excluded(j, ds))
+                return false;
+        for (size_t i = 0; i < j->n_datasets; i++)
+                if (j->recursive ? zfs_under(ds, j->datasets[i]) : strcmp(ds, j->datasets[i]) == 0)
+                        return true;
+        return false;
+}
+
+void zfs_pool_of(const char *ds, char *buf, size_t size) {
+        size_t l = strcspn(ds, "/@");
+        snprintf(buf, size, "%.*s", (int)l, ds);
+}
+
 int zfs_dataset_role(const zfs *z, const char *ds) {
         for (int r = 0; r < ZFS_ROLES; r++) {
                 size_t l = strlen(z->pools[r]);

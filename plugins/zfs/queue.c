@@ -137,6 +137,20 @@ void zfs_queue_free(zfs *z) {
         z->q_busy = false;
 }
 
+int zfs_argv_add(zfs_argv *a, const char *s) {
+        if (a->n + 2 > a->cap) {
+                size_t nc = a->cap ? a->cap * 2 : 16;
+                const char **nv = realloc(a->v, nc * sizeof *nv);
+                if (!nv)
+                        return -ENOMEM;
+                a->v = nv;
+                a->cap = nc;
+        }
+        a->v[a->n++] = s;
+        a->v[a->n] = NULL;
+        return 0;
+}
+
 const char *zfs_failure(const org_exec_result *res, char *buf, size_t size) {
         if (res->timed_out)
                 snprintf(buf, size, "timed out after %llu ms", (unsigned long long)(res->duration_us / 1000));

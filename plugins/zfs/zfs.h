@@ -1,9 +1,10 @@
 /* zfs.h — the zfs plugin's shared state and the interfaces between its files: the
  * pure pieces (parse.c for `-H -p` output, retention.c for names and what to destroy,
  * calendar.c for wall-clock slots) take no host and are unit-tested alone; the rest
- * (queue.c the command queue, jobs.c snapshots/prune/scrub/trim on the calendar,
- * health.c pool health and alerts, props.c the property policy, layout.c the organ
- * datasets, config.c the config) share the `zfs` struct below. Everything runs on the
+ * (queue.c the command queue, jobs.c the calendar and the snapshot jobs, prune.c
+ * retention and batched destroys, maint.c scrub/trim one pool at a time, health.c pool
+ * health and alerts, props.c the property policy, layout.c the organ datasets, config.c
+ * the config) share the `zfs` struct below. Everything runs on the
  * daemon's loop; commands go through host->exec one at a time (queue.c). */
 #ifndef PLUGINS_ZFS_ZFS_H
 #define PLUGINS_ZFS_ZFS_H
@@ -229,6 +230,15 @@ int zfs_config_load(zfs *z);
 void zfs_config_free(zfs *z);
 /* The role whose pool holds dataset, or -1. */
 int zfs_dataset_role(const zfs *z, const char *dataset);
+/* ds is root or under it. */
+bool zfs_under(const char *ds, const char *root);
+/* ds is an excluded dataset of the job or under one. */
+bool zfs_job_excluded(const zfs_snapjob *j, const char *ds);
+/* ds belongs to the job's set: a named dataset or (recursive) one under it, never an
+ * excluded one. */
+bool zfs_job_in_set(const zfs_snapjob *j, const char *ds);
+/* The pool part of a dataset or snapshot name. */
+void zfs_pool_of(const char *ds, char *buf, size_t size);
 
 /* ---- queue.c ---- */
 
@@ -240,10 +250,28 @@ int zfs_run(zfs *z, const char *const *argv, bool mutating, zfs_done_fn cb, void
 /* Cancels what is in flight and what waits: each callback runs with -ECANCELED (and
  * zfs_run refuses new commands from then on), so every chain frees what it holds. */
 void zfs_queue_free(zfs *z);
+/* A growing NULL-terminated argv (the strings are borrowed; free v only). */
+typedef struct zfs_argv {
+        const char **v;
+        size_t n, cap;
+} zfs_argv;
+int zfs_argv_add(zfs_argv *a, const char *s);
 /* "exit 1: first line of stderr" into buf, for logs. */
 const char *zfs_failure(const org_exec_result *res, char *buf, size_t size);
 
+/* ---- prune.c ---- */
+/* report (stolen, may be NULL) {tag, keep, plan, blocked, destroyed, kept, failed}. */
+typedef void (*zfs_prune_done_fn)(zfs *z, void *report, int result, void *ud);
+/* Starts the retention of job's tag; done is called exactly once unless this fails. */
+int zfs_prune_start(zfs *z, zfs_snapjob *j, bool dry, zfs_prune_done_fn done, void *ud);
+
+/* ---- maint.c ---- */
+/* Queues the scrub (or trim) of every named pool (trim: fast and scratch). */
+void zfs_maint_job(zfs *z, bool scrub);
+
 /* ---- jobs.c ---- */
+void zfs_save_last_run(zfs *z, const char *job, int64_t t);
+uint64_t zfs_mono_us(zfs *z);
 int zfs_jobs_start(zfs *z);
 void zfs_jobs_stop(zfs *z);
 /* Takes the snapshots of job now (verb or calendar); reply may be NULL. */
