@@ -457,6 +457,12 @@ void agent_update_builtin_metrics(agent *a) {
                     "messages published on the internal bus");
         metrics_set(a->metrics, "agentd", "bus_dropped_total", ORG_METRIC_COUNTER, (double)bs.dropped,
                     "messages dropped for full subscriber queues");
+        /* those the bridge dropped before they reached the bus count too */
+        json_t *ns = a->bridge ? bridge_status(a->bridge) : NULL;
+        uint64_t unknown = bs.replies_unknown + (uint64_t)json_integer_value(json_object_get(ns, "replies_unknown"));
+        json_decref(ns);
+        metrics_set(a->metrics, "agentd", "bus_replies_unknown_total", ORG_METRIC_COUNTER, (double)unknown,
+                    "replies to no pending request (unknown inbox or token): forged or late");
 }
 
 void agent_write_metrics(agent *a) {

@@ -204,6 +204,9 @@ static void human_status(json_t *r) {
                " dropped, %" JSON_INTEGER_FORMAT " subscriptions\n",
                json_integer_value(json_object_get(bus, "published")), json_integer_value(json_object_get(bus, "delivered")),
                json_integer_value(json_object_get(bus, "dropped")), json_integer_value(json_object_get(bus, "subscriptions")));
+        if (json_integer_value(json_object_get(bus, "replies_unknown")) > 0)
+                printf("            %" JSON_INTEGER_FORMAT " replies matched no pending request (late, or forged)\n",
+                       json_integer_value(json_object_get(bus, "replies_unknown")));
         printf("nats:       %s\n", json_is_true(json_object_get(json_object_get(r, "nats"), "enabled")) ? "on" : "off (embedded mode)");
 }
 
@@ -476,22 +479,28 @@ static json_t *word_value(const char *w) {
 }
 
 /* The arguments of a verb: one JSON text as is, or words: `WORD... --key VALUE...`
- * become {"args": [WORD...], "key": VALUE, ...}. */
+ * become {"args": [WORD...], "key": VALUE, ...}. A `--flag` with no value (last, or
+ * followed by another --option) is true, so `apply --confirm` reads as it should.
+ * After a bare `--` (kept as a word, for verbs that take a command line) every word is
+ * taken as it is, options included. */
 static int call_args(int argc, char **argv, json_t **ret) {
         if (argc == 1 && (argv[0][0] == '{' || argv[0][0] == '['))
                 return parse_json_arg(argv[0], ret);
         json_t *o = json_object(), *words = json_array();
+        bool options = true;
         for (int i = 0; i < argc; i++) {
-                if (startswith(argv[i], "--") && argv[i][2]) {
-                        if (i + 1 >= argc) {
-                                json_decref(o);
-                                json_decref(words);
-                                return usage_error("%s needs a value", argv[i]);
+                if (options && streq(argv[i], "--")) {
+                        options = false;
+                        json_array_append_new(words, json_string(argv[i]));
+                } else if (options && startswith(argv[i], "--") && argv[i][2]) {
+                        if (i + 1 >= argc || startswith(argv[i + 1], "--"))
+                                json_object_set_new(o, argv[i] + 2, json_true());
+                        else {
+                                json_object_set_new(o, argv[i] + 2, word_value(argv[i + 1]));
+                                i++;
                         }
-                        json_object_set_new(o, argv[i] + 2, word_value(argv[i + 1]));
-                        i++;
                 } else
-                        json_array_append_new(words, word_value(argv[i]));
+                        json_array_append_new(words, options ? word_value(argv[i]) : json_string(argv[i]));
         }
         if (json_array_size(words))
                 json_object_set_new(o, "args", words);

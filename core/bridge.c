@@ -3,13 +3,16 @@
  * while disconnected (libnats' reconnect buffer), counters for `agentctl status`, and
  * the thread hand-off: libnats threads queue, the loop publishes. */
 #include <sys/eventfd.h>
+#include <sys/random.h>
 
 #include <nats/nats.h>
 
 #include "bridge.h"
 #include "bridge_internal.h"
+#include "bridge_module.h"
 #include "bus.h"
 #include "log.h"
+#include "org-build-config.h"
 #include "subject.h"
 #include "util.h"
 
@@ -46,6 +49,131 @@ static bool is_routed(const char *subject) {
         return startswith(subject, "organism.ctl.") || startswith(subject, "_INBOX.");
 }
 
+/* libnats' constructor of a message from headers already encoded (the one it uses for
+ * what it receives): exported by libnats 3.x, not declared in nats.h. Weak, and used
+ * only with a libnats 3 (bridge_new checks; else the public calls below): one
+ * allocation per export instead of natsMsg_Create's plus a header hash
+ * (natsMsgHeader_Set). */
+extern natsStatus natsMsg_create(natsMsg **newMsg, const char *subject, int subjLen, const char *reply, int replyLen,
+                                 const char *buf, int bufLen, int hdrLen) __attribute__((weak));
+/* And its destructor proper: natsMsg_Destroy hands each message to libnats' collector
+ * thread and wakes it, per message a futex round that cost more than all the rest of
+ * the export. A message we built and published is ours alone: freed here at once. */
+extern void natsMsg_free(void *object) __attribute__((weak));
+
+static bool header_text_ok(const char *s, bool key) {
+        for (; *s; s++)
+                if (*s == '\r' || *s == '\n' || (key && (*s == ':' || *s == ' ')))
+                        return false;
+        return true;
+}
+
+#define HDR_LINE "NATS/1.0\r\n"
+
+/* "NATS/1.0\r\nKey: Value\r\n...Organism-Origin: self\r\n\r\n" then the payload, in
+ * b->scratch; a header that would break the encoding (CR, LF; ':' or space in a key)
+ * is refused, as libnats' hash would have sent it verbatim. */
+static natsStatus export_encode(bridge *b, const bus_msg *m, natsMsg **ret) {
+        size_t hl = strlen(HDR_LINE) + strlen(BRIDGE_ORIGIN_HEADER) + 2 + strlen(b->self) + 4;
+        for (size_t i = 0; i < m->m.n_headers; i++) {
+                const org_header *h = &m->m.headers[i];
+                if (streq(h->key, BRIDGE_ORIGIN_HEADER))
+                        continue;
+                if (!*h->key || !header_text_ok(h->key, true) || !header_text_ok(h->value, false))
+                        return NATS_INVALID_ARG;
+                hl += strlen(h->key) + 2 + strlen(h->value) + 2;
+        }
+        size_t total = hl + m->m.len;
+        if (total > INT32_MAX)
+                return NATS_INVALID_ARG;
+        if (total > b->scratch_size) {
+                size_t size = MAX(total, MAX(b->scratch_size * 2, (size_t)4096));
+                char *p = realloc(b->scratch, size);
+                if (!p)
+                        return NATS_NO_MEMORY;
+                b->scratch = p;
+                b->scratch_size = size;
+        }
+        char *p = b->scratch;
+#define PUT(str, n) (memcpy(p, (str), (n)), p += (n))
+        PUT(HDR_LINE, strlen(HDR_LINE));
+        for (size_t i = 0; i < m->m.n_headers; i++) {
+                const org_header *h = &m->m.headers[i];
+                if (streq(h->key, BRIDGE_ORIGIN_HEADER))
+                        continue;
+                PUT(h->key, strlen(h->key));
+                PUT(": ", 2);
+                PUT(h->value, strlen(h->value));
+                PUT("\r\n", 2);
+        }
+        PUT(BRIDGE_ORIGIN_HEADER ": ", strlen(BRIDGE_ORIGIN_HEADER) + 2);
+        PUT(b->self, strlen(b->self));
+        PUT("\r\n\r\n", 4);
+#undef PUT
+        if (m->m.len)
+                memcpy(p, m->m.data, m->m.len);
+        return natsMsg_create(ret, m->m.subject, (int)strlen(m->m.subject), m->m.reply,
+                              m->m.reply ? (int)strlen(m->m.reply) : 0, b->scratch, (int)total, (int)hl);
+}
+
+#define REPLY_SLOTS   4096 /* a power of two */
+#define REPLY_WINDOW  16
+#define REPLY_KEEP_US (3600ull * 1000000) /* after that, a slot may be reused */
+
+static uint64_t monotonic_us(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* FNV-1a from a random basis: an outsider cannot aim collisions at it. Never 0 (0 is
+ * a free slot). */
+static uint64_t reply_hash(const bridge *b, const char *subject) {
+        uint64_t h = 14695981039346656037ull ^ b->replies_seed;
+        for (const unsigned char *p = (const unsigned char *)subject; *p; p++)
+                h = (h ^ *p) * 1099511628211ull;
+        return h ? h : 1;
+}
+
+/* On the loop, before the request goes out. */
+static void reply_expect(bridge *b, const char *reply) {
+        if (!b->replies)
+                return;
+        uint64_t h = reply_hash(b, reply), now = monotonic_us();
+        pthread_mutex_lock(&b->replies_lock);
+        size_t i = (size_t)h & (REPLY_SLOTS - 1), k;
+        for (k = 0; k < REPLY_WINDOW; k++) {
+                reply_slot *sl = &b->replies[(i + k) & (REPLY_SLOTS - 1)];
+                if (sl->hash == 0 || sl->expires_us < now) {
+                        *sl = (reply_slot){h, now + REPLY_KEEP_US};
+                        break;
+                }
+        }
+        if (k == REPLY_WINDOW)
+                b->replies_open_until_us = now + REPLY_KEEP_US; /* its reply must pass */
+        pthread_mutex_unlock(&b->replies_lock);
+}
+
+/* libnats thread: is this a reply we wait for? The first one takes the slot. */
+static bool reply_take(bridge *b, const char *subject) {
+        if (!b->replies)
+                return true;
+        uint64_t h = reply_hash(b, subject);
+        bool found = false;
+        pthread_mutex_lock(&b->replies_lock);
+        size_t i = (size_t)h & (REPLY_SLOTS - 1);
+        for (size_t k = 0; k < REPLY_WINDOW && !found; k++) {
+                reply_slot *sl = &b->replies[(i + k) & (REPLY_SLOTS - 1)];
+                if (sl->hash == h) {
+                        sl->hash = 0;
+                        found = true;
+                }
+        }
+        found = found || monotonic_us() < b->replies_open_until_us;
+        pthread_mutex_unlock(&b->replies_lock);
+        return found;
+}
+
 /* On the loop: a local message for NATS. */
 static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
         bridge *b = userdata;
@@ -53,18 +181,29 @@ static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
                 return; /* imported: exporting it again would echo */
         if (is_routed(m->m.subject) && bridge_addressed_to(m->m.subject, b->self))
                 return; /* a request or reply for this very agent */
+        const char *prefix = bus_inbox_prefix(b->agent->bus);
+        if (m->m.reply && startswith(m->m.reply, prefix))
+                reply_expect(b, m->m.reply); /* a request of ours: its reply may come back */
         natsMsg *nm = NULL;
-        natsStatus s = natsMsg_Create(&nm, m->m.subject, m->m.reply, m->m.data, (int)m->m.len);
-        for (size_t i = 0; s == NATS_OK && i < m->m.n_headers; i++)
-                s = natsMsgHeader_Add(nm, m->m.headers[i].key, m->m.headers[i].value);
-        if (s == NATS_OK)
-                s = natsMsgHeader_Set(nm, BRIDGE_ORIGIN_HEADER, b->self);
+        natsStatus s;
+        if (b->raw_msgs)
+                s = export_encode(b, m, &nm);
+        else {
+                s = natsMsg_Create(&nm, m->m.subject, m->m.reply, m->m.data, (int)m->m.len);
+                for (size_t i = 0; s == NATS_OK && i < m->m.n_headers; i++)
+                        s = natsMsgHeader_Add(nm, m->m.headers[i].key, m->m.headers[i].value);
+                if (s == NATS_OK)
+                        s = natsMsgHeader_Set(nm, BRIDGE_ORIGIN_HEADER, b->self);
+        }
         /* control requests and replies take the connection that writes at once
          * (libnats' flusher batches for about a millisecond: fine for a stream, not for a
          * hop); chosen by subject only, so one subject keeps its order */
         if (s == NATS_OK)
                 s = natsConnection_PublishMsg(is_routed(m->m.subject) ? b->fast : b->nc, nm);
-        natsMsg_Destroy(nm);
+        if (b->raw_msgs)
+                natsMsg_free(nm);
+        else
+                natsMsg_Destroy(nm);
         if (s == NATS_OK) {
                 b->exported++;
                 return;
@@ -177,6 +316,12 @@ static void on_nats_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
                 natsMsg_Destroy(msg);
                 return;
         }
+        /* Our inbox: only replies to requests this agent sent get further. */
+        if (is->index == b->n_user_imports && !reply_take(b, subject)) {
+                b->replies_unknown++;
+                natsMsg_Destroy(msg);
+                return;
+        }
         /* NATS delivers once per matching subscription: the first matching pattern
          * in order takes it, the others let it go (our own inbox and control
          * subscriptions always take theirs: the configured ones let them go above). */
@@ -263,8 +408,18 @@ static int on_post_ready(sd_event_source *s, int fd, uint32_t revents, void *use
         return 0;
 }
 
+static uint64_t out_bytes(natsConnection *nc) {
+        uint64_t c[5] = {0};
+        natsStatistics *st = NULL;
+        if (nc && natsStatistics_Create(&st) == NATS_OK && natsConnection_GetStats(nc, st) == NATS_OK)
+                natsStatistics_GetCounts(st, &c[0], &c[1], &c[2], &c[3], &c[4]);
+        natsStatistics_Destroy(st);
+        return c[3];
+}
+
 static void on_disconnected(natsConnection *nc, void *closure) {
         bridge *b = closure;
+        b->out_bytes_at_down[0] = out_bytes(nc);
         b->connected = false;
         b->disconnects++;
         log_warning("NATS bridge: disconnected; exports are buffered until the server is back.");
@@ -299,6 +454,7 @@ static void on_fast_up(natsConnection *nc, void *closure) {
 
 static void on_fast_down(natsConnection *nc, void *closure) {
         bridge *b = closure;
+        b->out_bytes_at_down[1] = out_bytes(nc);
         b->fast_connected = false;
 }
 
@@ -422,6 +578,12 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
         b->self = strdup(a->config->name);
         pthread_mutex_init(&b->lock, NULL);
         pthread_mutex_init(&b->rtt_lock, NULL);
+        pthread_mutex_init(&b->replies_lock, NULL);
+        b->replies = new0(reply_slot, REPLY_SLOTS);
+        if (getrandom(&b->replies_seed, sizeof b->replies_seed, 0) != sizeof b->replies_seed) {
+                free(b->replies); /* no filter: the bus still checks every token */
+                b->replies = NULL;
+        }
         pthread_cond_init(&b->rtt_cond, NULL);
         const char *rc = json_string_value(json_object_get(cfg, "remote_control"));
         b->remote_control = !rc || !streq(rc, "off");
@@ -436,7 +598,10 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
                 goto fail;
         json_array_foreach(imports, i, v) if ((r = add_import(b, json_string_value(v))) < 0) goto fail;
         b->n_user_imports = b->n_imports;
-        if (asprintf(&inbox, "_INBOX.%s.>", b->self) < 0 || asprintf(&ctl, "organism.ctl.%s.>", b->self) < 0) {
+        /* replies only under this process's random inbox prefix (each one also
+         * carries a token of its own request, checked by the bus): nothing else
+         * under _INBOX.<agent> is even delivered to us */
+        if (asprintf(&inbox, "%s>", bus_inbox_prefix(a->bus)) < 0 || asprintf(&ctl, "organism.ctl.%s.>", b->self) < 0) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -451,6 +616,10 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
         r = sd_event_add_io(a->event, &b->efd_source, b->efd, EPOLLIN, on_post_ready, b);
         if (r < 0)
                 goto fail;
+
+        /* the internal constructor's signature is that of libnats 3 */
+        b->raw_msgs = natsMsg_create && natsMsg_free && nats_GetVersionNumber() >= 0x030000 &&
+                      nats_GetVersionNumber() < 0x040000;
 
         r = js_init(b, json_object_get(cfg, "jetstream"));
         if (r < 0)
@@ -571,6 +740,9 @@ void bridge_free(bridge *b) {
                 it->drop(it);
         }
         js_free(b);
+        free(b->scratch);
+        free(b->replies);
+        pthread_mutex_destroy(&b->replies_lock);
         pthread_mutex_destroy(&b->lock);
         pthread_mutex_destroy(&b->rtt_lock);
         pthread_cond_destroy(&b->rtt_cond);
@@ -582,7 +754,7 @@ void bridge_free(bridge *b) {
 json_t *bridge_status(bridge *b) {
         if (!b)
                 return json_pack("{s:b}", "enabled", 0);
-        uint64_t in_msgs = 0, in_bytes = 0, out_msgs = 0, out_bytes = 0, reconnects = 0;
+        uint64_t in_msgs = 0, in_bytes = 0, out_msgs = 0, out_bytes = 0, reconnects = 0, buffered = 0;
         natsConnection *conns[] = {b->nc, b->fast};
         for (size_t i = 0; i < ELEMENTSOF(conns); i++) {
                 uint64_t c[5] = {0};
@@ -593,6 +765,12 @@ json_t *bridge_status(bridge *b) {
                 in_msgs += c[0], in_bytes += c[1], out_msgs += c[2], out_bytes += c[3];
                 if (i == 0)
                         reconnects = c[4];
+                /* written, not yet flushed; and while down, what libnats holds in its
+                 * reconnect buffer (headers and payloads, not the protocol lines) */
+                buffered += (uint64_t)MAX(conns[i] ? natsConnection_Buffered(conns[i]) : 0, 0);
+                if (conns[i] && natsConnection_Status(conns[i]) == NATS_CONN_STATUS_RECONNECTING &&
+                    c[3] > b->out_bytes_at_down[i])
+                        buffered += c[3] - b->out_bytes_at_down[i];
         }
         char url[256] = "";
         natsConnection_GetConnectedUrl(b->nc, url, sizeof url);
@@ -602,7 +780,7 @@ json_t *bridge_status(bridge *b) {
                               "in_msgs", (json_int_t)in_msgs, "in_bytes", (json_int_t)in_bytes, "out_msgs",
                               (json_int_t)out_msgs, "out_bytes", (json_int_t)out_bytes, "reconnects",
                               (json_int_t)reconnects, "disconnects", (json_int_t)b->disconnects, "buffered",
-                              (json_int_t)(MAX(natsConnection_Buffered(b->nc), 0) + MAX(natsConnection_Buffered(b->fast), 0)), "exported", (json_int_t)b->exported,
+                              (json_int_t)buffered, "exported", (json_int_t)b->exported,
                               "export_dropped", (json_int_t)b->export_dropped, "imported", (json_int_t)b->imported,
                               "import_dropped", (json_int_t)b->import_dropped, "echo_dropped",
                               (json_int_t)b->echo_dropped, "slow_consumers", (json_int_t)b->slow_consumers, "errors",
@@ -610,6 +788,22 @@ json_t *bridge_status(bridge *b) {
         bus_client_stats es;
         bus_client_get_stats(b->exporter, &es);
         json_object_set_new(o, "export_queue_dropped", json_integer((json_int_t)es.dropped));
+        json_object_set_new(o, "replies_unknown", json_integer((json_int_t)b->replies_unknown));
         json_object_set_new(o, "jetstream", js_status(b));
         return o;
 }
+
+/* The module's one export: agentd finds the bridge through it (bridge_module.h). */
+__attribute__((visibility("default"))) const bridge_module organism_bridge_module = {
+        .abi = BRIDGE_MODULE_ABI,
+        .size = sizeof(bridge_module),
+        .version = ORG_VERSION,
+        .agent_size = sizeof(agent),
+        .bridge_new = bridge_new,
+        .bridge_free = bridge_free,
+        .bridge_status = bridge_status,
+        .bridge_publish_durable = bridge_publish_durable,
+        .bridge_consume = bridge_consume,
+        .bridge_consume_cancel = bridge_consume_cancel,
+        .bridge_ack = bridge_ack,
+};

@@ -6,7 +6,8 @@
  * matching `bus.nats.import` are published on the local bus with their origin agent;
  * they are never exported again, and a message whose origin is this agent is dropped,
  * so agents sharing a server never echo. Requests cross too: replies travel on
- * `_INBOX.<agent>.>` and control requests on `organism.ctl.<agent>.>`.
+ * `_INBOX.<agent>.<random prefix>.<n>.<token>` (only that prefix is imported; see bus.h)
+ * and control requests on `organism.ctl.<agent>.>`.
  *
  * libnats calls back on its own threads: those callbacks only queue and wake the loop
  * through an eventfd; plugin code never runs on a libnats thread. */

@@ -33,6 +33,10 @@ typedef struct import_sub {
 
 typedef struct js_state js_state;
 
+typedef struct reply_slot {
+        uint64_t hash, expires_us; /* hash 0: free */
+} reply_slot;
+
 struct bridge {
         agent *agent;
         char *self;            /* this agent's name */
@@ -41,6 +45,9 @@ struct bridge {
         natsConnection *nc;    /* bulk: batched writes (libnats' flusher), imports */
         natsConnection *fast;  /* request/reply and JetStream: every write goes out at once */
         bus_client *exporter;
+        char *scratch; /* export: encoded headers + payload of the message at hand (loop only) */
+        size_t scratch_size;
+        bool raw_msgs;         /* export builds messages from encoded headers (see bridge.c) */
         import_sub *imports;   /* the configured patterns (bulk), then inbox and control (fast) */
         size_t n_imports, n_user_imports;
         bool remote_control;
@@ -63,6 +70,19 @@ struct bridge {
         _Atomic uint64_t rtt_us, exported, export_dropped, imported, import_dropped, echo_dropped, duplicates,
                 disconnects, slow_consumers, errors;
         _Atomic bool connected, fast_connected;
+        /* Reply subjects of the requests this agent sent over NATS (a hash each), so a
+         * reply to anything else is dropped on the libnats thread and never fills the
+         * queue to the loop (the bus checks the token again). Open addressing in
+         * windows of REPLY_WINDOW slots; a full window turns the filter off for as long
+         * as a slot is kept, rather than ever dropping a real reply. */
+        pthread_mutex_t replies_lock;
+        reply_slot *replies;
+        uint64_t replies_seed;
+        uint64_t replies_open_until_us; /* a window was full: no filter until then */
+        _Atomic uint64_t replies_unknown;
+        /* libnats' Buffered() leaves out its reconnect buffer: what went into it is the
+         * connection's out_bytes since it went down, so each is noted then ([0] bulk, [1] fast) */
+        _Atomic uint64_t out_bytes_at_down[2];
 };
 
 /* From any thread. bounded: refuse (false) when the queue is full. */

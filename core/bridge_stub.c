@@ -1,5 +1,7 @@
 /* bridge_stub.c — the NATS bridge of an agentd built without libnats: a config with
  * bus.nats is refused at start with a clear message. */
+#include <errno.h>
+
 #include "bridge.h"
 #include "log.h"
 

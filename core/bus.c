@@ -5,8 +5,11 @@
  * over the clients that have some, FIFO within a client, and the event loop runs it
  * from a one-shot deferred source in batches so timers and I/O stay served under load.
  * Request/reply rides on the same machinery: one internal client listens on
- * `_INBOX.<agent>.>` and routes each reply to its pending request. Everything runs on
- * the loop thread; nothing here is locked. */
+ * `_INBOX.<agent>.<prefix>.>` (prefix: random per process) and routes each reply to its
+ * pending request; each reply subject carries a random token of its own, so a reply
+ * can only come from someone who saw the request (a blind flood of guessed inboxes
+ * answers nothing; such replies are counted). Everything runs on the loop thread;
+ * nothing here is locked. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -14,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "bus.h"
 #include "log.h"
@@ -26,6 +30,10 @@
  * traffic cannot starve timers, signals and sockets for long. */
 #define BUS_DISPATCH_BATCH 256
 #define BUS_RING_MIN 16
+/* Reply subjects: `<inbox prefix><id>.<token>`. 22 base62 characters are 130 random
+ * bits per request; the per-process prefix (71 bits) keeps the subscription narrow. */
+#define BUS_TOKEN_LEN  22
+#define BUS_PREFIX_LEN 12
 
 typedef struct bus_sub {
         uint64_t sid;
@@ -63,6 +71,7 @@ struct bus_client {
 typedef struct bus_request_s {
         bus *bus;
         uint64_t id;
+        char token[BUS_TOKEN_LEN + 1];
         bus_reply_fn cb;
         void *userdata;
         sd_event_source *source; /* time-out, or the deferred "nobody listens" */
@@ -92,8 +101,11 @@ struct bus {
         uint64_t published, delivered, dropped;
 
         bus_client *inbox;
-        char *inbox_prefix; /* "_INBOX.<agent>." */
+        char *inbox_prefix; /* "_INBOX.<agent>.<random>." */
         size_t inbox_prefix_len;
+        uint64_t replies_unknown; /* under our prefix, but no pending request has that id and token */
+        uint8_t rnd[256];         /* getrandom() output, used up a byte at a time */
+        size_t rnd_used;
         uint64_t next_req;
         bus_request_s **reqs; /* open addressing by id */
         size_t n_reqs, cap_reqs;
@@ -259,6 +271,28 @@ static int on_defer(sd_event_source *s, void *userdata) {
         return 0;
 }
 
+/* ---- random tokens ---- */
+
+/* Base62 from getrandom() bytes, without modulo bias (bytes ≥ 248 are skipped). The
+ * pool amortises the system call over about ten requests. */
+static int random_base62(bus *b, char *buf, size_t n) {
+        static const char digits[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        for (size_t i = 0; i < n;) {
+                if (b->rnd_used >= sizeof(b->rnd)) {
+                        ssize_t k = getrandom(b->rnd, sizeof(b->rnd), 0);
+                        if (k != (ssize_t)sizeof(b->rnd))
+                                return k < 0 ? -errno : -EIO;
+                        b->rnd_used = 0;
+                }
+                uint8_t v = b->rnd[b->rnd_used];
+                b->rnd[b->rnd_used++] = 0; /* a used byte is not kept around */
+                if (v < 248)
+                        buf[i++] = digits[v % 62];
+        }
+        buf[n] = '\0';
+        return 0;
+}
+
 /* ---- bus ---- */
 
 bus *bus_new(sd_event *event, const char *agent_name) {
@@ -273,11 +307,13 @@ bus *bus_new(sd_event *event, const char *agent_name) {
                 return NULL;
         b->agent = strdup(agent_name);
         b->subs = sublist_new();
-        size_t plen = strlen("_INBOX.") + strlen(agent_name) + 2;
+        b->rnd_used = sizeof(b->rnd); /* empty pool */
+        size_t plen = strlen("_INBOX.") + strlen(agent_name) + 1 + BUS_PREFIX_LEN + 2;
+        char rnd[BUS_PREFIX_LEN + 1];
         b->inbox_prefix = malloc(plen);
-        if (!b->agent || !b->subs || !b->inbox_prefix)
+        if (!b->agent || !b->subs || !b->inbox_prefix || random_base62(b, rnd, BUS_PREFIX_LEN) < 0)
                 goto fail;
-        snprintf(b->inbox_prefix, plen, "_INBOX.%s.", agent_name);
+        snprintf(b->inbox_prefix, plen, "_INBOX.%s.%s.", agent_name, rnd);
         b->inbox_prefix_len = plen - 1;
 
         if (event) {
@@ -319,6 +355,8 @@ void bus_free(bus *b) {
 }
 
 const char *bus_agent_name(const bus *b) { return b ? b->agent : NULL; }
+
+const char *bus_inbox_prefix(const bus *b) { return b ? b->inbox_prefix : NULL; }
 
 /* ---- clients ---- */
 
@@ -683,18 +721,29 @@ static void inbox_deliver(bus_client *c, const bus_msg *msg, void *userdata) {
                 return;
         s += b->inbox_prefix_len;
 
-        /* Strict decimal: anything else under our inbox is not one of our replies. */
+        /* Strict "<decimal id>.<token>": anything else under our inbox is not one of
+         * our replies. */
         uint64_t id = 0;
-        if (!*s)
-                return;
-        for (; *s; s++) {
-                if (*s < '0' || *s > '9' || id > (UINT64_MAX - 9) / 10)
-                        return;
+        if (*s < '0' || *s > '9')
+                goto unknown;
+        for (; *s >= '0' && *s <= '9'; s++) {
+                if (id > (UINT64_MAX - 9) / 10)
+                        goto unknown;
                 id = id * 10 + (uint64_t)(*s - '0');
         }
+        if (*s++ != '.' || strlen(s) != BUS_TOKEN_LEN)
+                goto unknown;
+        bool found;
+        size_t i = b->n_reqs ? req_find(b, id, &found) : 0;
+        if (!b->n_reqs || !found)
+                goto unknown; /* also later replies to a request already answered */
+        /* compared in constant time: the time taken says nothing about the token */
+        unsigned char diff = 0;
+        for (size_t k = 0; k < BUS_TOKEN_LEN; k++)
+                diff |= (unsigned char)(s[k] ^ b->reqs[i]->token[k]);
+        if (diff)
+                goto unknown;
         bus_request_s *r = req_take(b, id);
-        if (!r)
-                return; /* later replies to the same request find nothing */
         /* NATS answers a request nobody subscribed to with an empty "Status: 503"
          * message (no responders): the same as our own -ENOENT */
         const char *status = org_msg_header(&msg->m, "Status");
@@ -702,6 +751,9 @@ static void inbox_deliver(bus_client *c, const bus_msg *msg, void *userdata) {
                 req_finish(r, -ENOENT, NULL);
         else
                 req_finish(r, 0, msg);
+        return;
+unknown:
+        b->replies_unknown++;
 }
 
 static int inbox_ensure(bus *b) {
@@ -756,10 +808,15 @@ int bus_request(bus *b, const char *subject, const org_header *headers, size_t n
         req->id = ++b->next_req;
         req->cb = cb;
         req->userdata = userdata;
+        r = random_base62(b, req->token, BUS_TOKEN_LEN);
+        if (r < 0) {
+                free(req);
+                return r;
+        }
 
         /* agent names are at most 64 characters (name_is_valid), so this fits. */
-        char reply[128];
-        snprintf(reply, sizeof(reply), "%s%" PRIu64, b->inbox_prefix, req->id);
+        char reply[160];
+        snprintf(reply, sizeof(reply), "%s%" PRIu64 ".%s", b->inbox_prefix, req->id, req->token);
 
         r = req_put(b, req);
         if (r < 0) {
@@ -833,5 +890,6 @@ void bus_get_stats(const bus *b, bus_stats *ret) {
                 .dropped = b->dropped,
                 .n_clients = n_clients,
                 .n_subs = n_subs,
+                .replies_unknown = b->replies_unknown,
         };
 }

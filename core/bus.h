@@ -6,7 +6,8 @@
  * matches and queues (one refcounted copy of the message, shared by every queue); the
  * loop delivers later, so delivery is never re-entrant from publish and a slow client
  * only fills its own queue and counts drops. A client matched by several of its
- * patterns gets the message once. Requests use reply subjects `_INBOX.<agent>.<n>`. */
+ * patterns gets the message once. Requests use reply subjects
+ * `_INBOX.<agent>.<prefix>.<n>.<token>`: random prefix per bus, random token per request. */
 #ifndef CORE_BUS_H
 #define CORE_BUS_H
 
@@ -38,6 +39,8 @@ typedef void (*bus_deliver_fn)(bus_client *c, const bus_msg *msg, void *userdata
 bus *bus_new(sd_event *event, const char *agent_name);
 void bus_free(bus *b); /* accepts NULL; frees remaining clients */
 const char *bus_agent_name(const bus *b);
+/* "_INBOX.<agent>.<prefix>.": every reply subject of this bus's requests starts so. */
+const char *bus_inbox_prefix(const bus *b);
 
 /* queue_max 0 means the default (4096). name is for logs and stats. */
 bus_client *bus_client_new(bus *b, const char *name, size_t queue_max, bus_deliver_fn fn, void *userdata);
@@ -89,6 +92,7 @@ typedef struct bus_stats {
         uint64_t dropped;
         size_t n_clients;
         size_t n_subs;
+        uint64_t replies_unknown; /* under our inbox prefix but matching no pending request and token */
 } bus_stats;
 void bus_get_stats(const bus *b, bus_stats *ret);
 

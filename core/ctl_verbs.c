@@ -55,6 +55,7 @@ static void v_status(ctl_request *q) {
                 (json_int_t)disabled, "bus", "published", (json_int_t)bs.published, "delivered",
                 (json_int_t)bs.delivered, "dropped", (json_int_t)bs.dropped, "subscriptions", (json_int_t)bs.n_subs,
                 "config_reloads", (json_int_t)a->config_reloads, "nats", "enabled", a->config->nats != NULL);
+        json_object_set_new(json_object_get(r, "bus"), "replies_unknown", json_integer((json_int_t)bs.replies_unknown));
         json_object_set_new(r, "nats", bridge_status(a->bridge));
         json_object_set_new(r, "control", control_status(a->control));
         ctl_reply_ok(q, r);

@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """bench_agent.py — figures of a real agentd (never pass/fail):
 control round trip, plugin reload time, idle resident memory, threads and wake-ups
-per second with the example plugin, and the cost of one example tick."""
+per second with the example plugin, the cost of one example tick, and resident memory
+(RSS and PSS) side by side with collectd (nine plugins at 5 s) in the same run."""
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
-from harness import Agent, Control, install_plugin, plugin_file  # noqa: E402
+from harness import Agent, Control, install_plugin, plugin_file, wait_for  # noqa: E402
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
+COLLECTD = "/usr/sbin/collectd"
+COLLECTD_PLUGINS = ["cpu", "memory", "load", "interface", "irq", "swap", "vmem", "unixsock", "csv"]
 
 
 def proc_status(pid):
@@ -39,7 +45,90 @@ def proc_status_task(pid, tid):
     return out
 
 
+def rollup(pid):
+    """Rss and Pss in kB, from /proc/PID/smaps_rollup."""
+    out = {}
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("Rss", "Pss", "Private_Dirty"):
+                out[k] = int(v.split()[0])
+    return out
+
+
+def start_collectd(tmp):
+    conf = os.path.join(tmp, "collectd.conf")
+    sock = os.path.join(tmp, "collectd.sock")
+    with open(conf, "w") as f:
+        f.write('BaseDir "%s"\nPIDFile "%s/collectd.pid"\nPluginDir "/usr/lib/collectd"\n'
+                'TypesDB "/usr/share/collectd/types.db"\nInterval 5\n' % (tmp, tmp))
+        f.write("".join("LoadPlugin %s\n" % p for p in COLLECTD_PLUGINS))
+        f.write('<Plugin unixsock>\n  SocketFile "%s"\n</Plugin>\n' % sock)
+        f.write('<Plugin csv>\n  DataDir "%s/csv"\n</Plugin>\n' % tmp)
+    p = subprocess.Popen([COLLECTD, "-f", "-C", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(sock) or p.poll() is not None, timeout=15, what="collectd's socket")
+    except AssertionError:
+        p.kill()
+        raise
+    if p.poll() is not None:
+        raise RuntimeError("collectd exited: %s" % p.stderr.read().decode(errors="replace")[-500:])
+    return p
+
+
+def embedded_agent(tmp):
+    """Idle agentd with example + memory + circadian on fixture sysroots (host32g, with
+    the CPUs of cpufreq4), no bus.nats: the embedded footprint."""
+    root = os.path.join(tmp, "root")
+    shutil.copytree(os.path.join(FIXTURES, "sysroots", "host32g"), root)
+    shutil.copytree(os.path.join(FIXTURES, "sysroots", "cpufreq4", "sys"), os.path.join(root, "sys"),
+                    dirs_exist_ok=True)
+    qm = os.path.join(tmp, "qm")
+    shutil.copy(os.path.join(FIXTURES, "bin", "qm"), qm)
+    os.chmod(qm, 0o755)
+    plugins = ("  ex: {plugin: example, interval: 5s}\n"
+               "  memory: {plugin: memory, interval: 5s, config: {vmid: 100}}\n"
+               "  circadian:\n    config:\n      phases: {day: \"07:00\", night: \"22:00\"}\n"
+               "      actions: {day: {governor: performance}, night: {governor: powersave}}\n")
+    d = os.path.join(tmp, "agent")
+    os.makedirs(d)
+    return Agent(d, plugins, agent_extra="  sysroot: %s\n  commands: {qm: %s}\n" % (root, qm))
+
+
+def side_by_side_with_collectd():
+    if not os.access(COLLECTD, os.X_OK):
+        print("side by side with collectd: skipped (no %s; Debian package collectd-core)" % COLLECTD)
+        return
+    tmp = tempfile.mkdtemp(prefix="organism-bench-collectd-")
+    c = a = None
+    try:
+        c = start_collectd(tmp)
+        a = embedded_agent(tmp)
+        a.start()
+        states = {i["name"]: i["state"] for i in a.ok("plugin", "list")}
+        time.sleep(11)  # idle: two intervals of both, so each has read everything at least twice
+        figs = {"collectd": rollup(c.pid), "agentd": rollup(a.proc.pid)}
+        for name, f in figs.items():
+            print("idle %-8s %s: RSS %5d kB, PSS %5d kB, private dirty %5d kB" % (
+                name, "(%s)" % (", ".join(COLLECTD_PLUGINS) if name == "collectd" else
+                                "example + memory + circadian, no bus.nats: %s" % states),
+                f["Rss"], f["Pss"], f["Private_Dirty"]))
+        print("agentd / collectd: RSS %.2fx, PSS %.2fx" % (figs["agentd"]["Rss"] / figs["collectd"]["Rss"],
+                                                        figs["agentd"]["Pss"] / figs["collectd"]["Pss"]))
+    finally:
+        if a:
+            a.stop()
+        if c:
+            c.terminate()
+            try:
+                c.wait(10)
+            except subprocess.TimeoutExpired:
+                c.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
+    side_by_side_with_collectd()
     tmp = tempfile.mkdtemp(prefix="organism-bench-")
     try:
         pdir = os.path.join(tmp, "plugins")

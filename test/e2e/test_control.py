@@ -123,6 +123,10 @@ def test_bus_pub_sub_request_call(tmp, agents):
     r = a.ok("bus", "request", "organism.ctl.e2e.ex.echo", '{"a": [1, 2]}')
     assert r["payload"] == {"echo": {"a": [1, 2]}}, r
     assert a.ok("ex", "echo", '{"b": true}') == {"echo": {"b": True}}
+    # words: a --flag without a value is true; after a bare -- every word is a word
+    assert a.ok("ex", "echo", "go", "--confirm") == {"echo": {"args": ["go"], "confirm": True}}
+    assert a.ok("ex", "echo", "--dry", "--n", "3", "--", "ls", "--all") == \
+        {"echo": {"dry": True, "n": 3, "args": ["--", "ls", "--all"]}}
     rc, _, err = a.ctl("bus", "request", "nobody.listens", "{}")
     assert rc == 1 and "no responder" in err, err
     rc, _, err = a.ctl("call", "ex", "nosuchverb")

@@ -7,7 +7,7 @@ import os
 import subprocess
 import threading
 
-from harness import AGENTD, Agent, Control, NatsServer, run_tests, wait_for
+from harness import AGENTD, Agent, Control, NatsServer, Skip, run_tests, wait_for
 
 
 def nats_yaml(url, export=(), imports=(), extra="", reconnect_wait="100ms"):
@@ -75,6 +75,15 @@ def test_export_import_between_two_agents(tmp, agents):
     assert msgs[1]["headers"] == {"trace": "t1"}, msgs  # headers survive, the origin header is consumed
     st = a.ok("status")["nats"]
     assert st["exported"] >= 3 and st["export_dropped"] == 0, st
+    # several headers cross in order; a local one named like the origin header cannot
+    # claim another origin; one that would break the header block is not sent
+    s = Sub(b, "demo.>", 1)
+    a.ok("bus", "pub", "demo.y", '{"n": 1}', "-H", "Organism-Origin=gamma", "-H", "k1=v 1", "-H", "k2=v2")
+    rc, _, _ = a.ctl("bus", "pub", "demo.z", "{}", "-H", "evil=x\r\nOrganism-Origin: gamma")
+    m = s.wait()[0]
+    assert m["origin"] == "alpha" and m["headers"] == {"k1": "v 1", "k2": "v2"}, m
+    if rc == 0:  # accepted locally: the bridge refused it
+        wait_for(lambda: a.ok("status")["nats"]["export_dropped"] == 1, what="the broken header refused")
 
 
 def test_three_agents_overlapping_exactly_once(tmp, agents):
@@ -171,6 +180,136 @@ def test_reply_subject_cannot_aim_at_our_verbs(tmp, agents):
     wait_for(lambda: a.ok("plugin", "info", "ex")["calls"] >= 3, what="the inbox request handled")
 
 
+class RawNats:
+    """A bare NATS text-protocol client, as any client of the server could run."""
+
+    def __init__(self, url):
+        import socket as _s
+        host, port = url.replace("nats://", "").split(":")
+        self.c = _s.create_connection((host, int(port)), timeout=10)
+        self.buf = b""
+        self._line()  # INFO
+        self.c.sendall(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        self.ping()
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            d = self.c.recv(65536)
+            if not d:
+                raise EOFError("NATS server closed the connection")
+            self.buf += d
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line.decode()
+
+    def _take(self, n):
+        while len(self.buf) < n + 2:
+            self.buf += self.c.recv(65536)
+        d, self.buf = self.buf[:n], self.buf[n + 2:]
+        return d
+
+    def ping(self):
+        self.c.sendall(b"PING\r\n")
+        while True:
+            line = self._line()
+            if line == "PONG":
+                return
+            if line.startswith("PING"):
+                self.c.sendall(b"PONG\r\n")
+
+    def sub(self, subject, sid=1):
+        self.c.sendall(("SUB %s %d\r\n" % (subject, sid)).encode())
+        self.ping()
+
+    def next_msg(self):
+        """(subject, reply) of the next MSG/HMSG; answers server PINGs on the way."""
+        while True:
+            p = self._line().split()
+            if p and p[0] == "PING":
+                self.c.sendall(b"PONG\r\n")
+            elif p and p[0] == "MSG":
+                self._take(int(p[-1]))
+                return p[1], (p[3] if len(p) == 5 else None)
+            elif p and p[0] == "HMSG":
+                self._take(int(p[-1]))
+                return p[1], (p[3] if len(p) == 6 else None)
+
+    def pub_many(self, subjects, payload, origin):
+        hdr = "NATS/1.0\r\nOrganism-Origin: %s\r\n\r\n" % origin
+        out = "".join("HPUB %s %d %d\r\n%s%s\r\n" % (s, len(hdr), len(hdr) + len(payload), hdr, payload)
+                      for s in subjects)
+        self.c.sendall(out.encode())
+
+    def close(self):
+        self.c.close()
+
+
+FORGED = json.dumps({"id": 1, "ok": True, "result": {"agent": "FORGED"}})
+
+
+def test_blind_flood_of_inboxes_answers_nothing(tmp, agents):
+    """A client that floods guessable inboxes (_INBOX.<agent>.1..300, then the real
+    prefix with guessed ids and tokens, once it saw a request go by) must not answer
+    anyone's request; the replies that reach the bus are counted. The requests go to a
+    "ghost" agent that receives them and never answers, so each stays open for a while:
+    time enough for any forged reply to win."""
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    a = agent(tmp, agents, "alpha", srv.url, extra="    remote_control: \"off\"\n")
+    b = agent(tmp, agents, "beta", srv.url)
+    a.start()
+    b.start()
+    wait_for(lambda: connected(a) and connected(b), what="both bridges connected")
+    ghost = RawNats(srv.url)
+    ghost.sub("organism.ctl.ghost.>")
+    rc, _, _ = a.ctl("--agent", "ghost", "-t", "1", "status")
+    assert rc == 5, rc  # nobody answers
+    subject, reply = ghost.next_msg()  # but the ghost saw the request and its inbox
+    assert subject == "organism.ctl.ghost._agent.status" and reply.startswith("_INBOX.alpha."), (subject, reply)
+    parts = reply.split(".")
+    prefix = ".".join(parts[:3]) if len(parts) == 5 else "_INBOX.alpha.x"
+    token = parts[-1]
+    stop = threading.Event()
+    sent = [0]
+
+    def flood():
+        f = RawNats(srv.url)
+        guesses = ["_INBOX.alpha.%d" % i for i in range(1, 301)]
+        # knowing the prefix: the next ids, without a token, with the one seen, with a made-up one
+        guesses += ["%s.%d" % (prefix, i) for i in range(1, 101)]
+        guesses += ["%s.%d.%s" % (prefix, i, token) for i in range(1, 101)]
+        guesses += ["%s.%d.%s" % (prefix, i, "A" * 22) for i in range(1, 101)]
+        while not stop.is_set():
+            f.pub_many(guesses, FORGED, "ghost")
+            sent[0] += len(guesses)
+            f.ping()
+            stop.wait(0.02)
+        f.close()
+
+    t = threading.Thread(target=flood)
+    t.start()
+    try:
+        forged = [a.ctl("--agent", "ghost", "-t", "2", "status") for _ in range(4)]
+        answers = [a.ok("--agent", "beta", "status")["agent"] for _ in range(10)]
+    finally:
+        stop.set()
+        t.join(30)
+        ghost.close()
+    assert sent[0] > 3000, sent
+    assert [r[0] for r in forged] == [5] * 4, forged  # time-outs: no forged answer accepted
+    assert answers == ["beta"] * 10, answers
+    # _INBOX.alpha.<prefix>.<n>.<token>: 130 random bits per request
+    assert len(parts) == 5 and len(token) == 22, reply
+    st = a.ok("status")
+    # the guesses under the real prefix reached alpha's bridge, were counted and went
+    # no further (not one queued for the loop); those outside it were never even
+    # delivered to alpha
+    assert st["nats"]["replies_unknown"] > 1000, st["nats"]
+    assert st["nats"]["imported"] < 100, (st["nats"], sent)
+    assert st["nats"]["import_dropped"] == 0, st["nats"]
+    metrics = {m["name"]: m["value"] for m in a.ok("metrics") if m["instance"] == "agentd"}
+    assert metrics["bus_replies_unknown_total"] >= st["nats"]["replies_unknown"], metrics
+
+
 def test_server_restart_buffers_and_counts_drops(tmp, agents):
     srv = NatsServer(tmp).start()
     agents.append(srv)
@@ -190,6 +329,8 @@ def test_server_restart_buffers_and_counts_drops(tmp, agents):
     st = a.ok("status")["nats"]
     dropped = st["export_dropped"]
     assert 0 < dropped < 200, st
+    # what waits in libnats' reconnect buffer is reported (most of the 64 KiB)
+    assert 32768 < st["buffered"] <= 65536 + 2048, st
     assert a.ok("status")["instances"]["running"] == 1  # the local bus went on working
     srv2 = NatsServer(tmp, port=srv.port).start()
     agents.append(srv2)
@@ -299,6 +440,54 @@ def test_durable_unacked_redelivered_up_to_limit(tmp, agents):
     while __import__("time").monotonic() < deadline:
         d = a.ok("ex", "durable")
         assert d["handled"] == 6 and d["unique"] == 2, d
+
+
+def mapped_libs(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return {os.path.basename(line.split()[-1]) for line in f if "/" in line}
+
+
+def heavy(libs):
+    return sorted(l for l in libs if l.startswith(("libnats", "libssl", "libcrypto", "organism-bridge")))
+
+
+def test_embedded_without_nats_maps_no_libnats(tmp, agents):
+    """Without bus.nats, none of the bridge module, libnats, libssl, libcrypto is
+    mapped; with it, they are, and the bridge works."""
+    d = os.path.join(tmp, "plain")
+    os.makedirs(d)
+    a = Agent(d, "  ex: {plugin: example, interval: 1h}\n")
+    agents.append(a)
+    a.start()
+    assert a.ok("status")["nats"]["enabled"] is False
+    libs = mapped_libs(a.proc.pid)
+    assert any(l.startswith("libsystemd") for l in libs), libs  # the maps were read
+    assert heavy(libs) == [], heavy(libs)
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    b = agent(tmp, agents, "beta", srv.url, export=["demo.>"])
+    b.start()
+    wait_for(lambda: connected(b), what="bridge connected")
+    libs = heavy(mapped_libs(b.proc.pid))
+    assert "organism-bridge.so" in libs and any(l.startswith("libnats") for l in libs), libs
+    b.ok("bus", "pub", "demo.x", "{}")
+    wait_for(lambda: b.ok("status")["nats"]["exported"] >= 1, what="an export through the module")
+
+
+def test_bridge_module_others_can_write_is_refused(tmp, agents):
+    """agentd as root loads its bridge module only if nobody but root can write it."""
+    if os.geteuid() != 0:
+        raise Skip("needs root: the module check applies to agentd running as root")
+    from harness import BUILD
+    mod = os.path.join(BUILD, "core", "organism-bridge.so")
+    mode = os.stat(mod).st_mode
+    a = agent(tmp, agents, "alpha", "nats://127.0.0.1:1")
+    os.chmod(mod, mode | 0o020)
+    try:
+        rc = a.start(expect_ready=False)
+    finally:
+        os.chmod(mod, mode)
+    assert rc != 0 and "refusing module" in a.logtext(), (rc, a.logtext())
 
 
 def test_durable_without_bridge_is_refused(tmp, agents):

@@ -506,6 +506,69 @@ static void test_request_reply(void) {
         sd_event_unref(e);
 }
 
+static char seen_reply[192];
+static void on_capture(bus_client *c, const bus_msg *msg, void *userdata) {
+        (*(int *)userdata)++;
+        snprintf(seen_reply, sizeof(seen_reply), "%s", msg->m.reply);
+}
+
+/* A reply subject cannot be guessed: whoever did not see the request (sequential ids,
+ * the prefix without the token, a wrong token) answers nothing, and is counted. */
+static void test_forged_replies(void) {
+        sd_event *e = NULL;
+        CHECK(sd_event_new(&e) >= 0);
+        bus *b = bus_new(e, "victim");
+        CHECK(b);
+        int served = 0;
+        bus_client *svc = bus_client_new(b, "svc", 0, on_capture, &served);
+        CHECK_INT(bus_subscribe(svc, "svc.slow", NULL), 0);
+        reqstate s = {0};
+        CHECK_INT(bus_request(b, "svc.slow", NULL, 0, "q", 1, 5000, on_reply, &s, NULL), 0);
+        run_until(e, &served, 20);
+        CHECK_INT(served, 1);
+        const char *prefix = bus_inbox_prefix(b);
+        CHECK(strncmp(seen_reply, prefix, strlen(prefix)) == 0);
+        CHECK(strncmp(prefix, "_INBOX.victim.", 14) == 0 && strlen(prefix) == 14 + 12 + 1);
+        /* a second bus has another prefix */
+        bus *other = bus_new(NULL, "victim");
+        CHECK(strcmp(bus_inbox_prefix(other), prefix) != 0);
+        bus_free(other);
+
+        char forged[256];
+        const char *guesses[] = {"1", "0", "2", "1.AAAAAAAAAAAAAAAAAAAAAA", "x.y"};
+        for (size_t i = 0; i < sizeof(guesses) / sizeof(*guesses); i++) {
+                snprintf(forged, sizeof(forged), "%s%s", prefix, guesses[i]);
+                CHECK_INT(bus_publish(b, forged, NULL, NULL, 0, "forged", 6, "evil"), 1);
+        }
+        /* the right id with the last token character changed */
+        snprintf(forged, sizeof(forged), "%s", seen_reply);
+        size_t n = strlen(forged);
+        forged[n - 1] = forged[n - 1] == 'a' ? 'b' : 'a';
+        CHECK_INT(bus_publish(b, forged, NULL, NULL, 0, "forged", 6, "evil"), 1);
+        /* the old scheme, outside our prefix: nobody even listens */
+        CHECK_INT(bus_publish(b, "_INBOX.victim.1", NULL, NULL, 0, "forged", 6, "evil"), 0);
+        for (int i = 0; i < 5; i++)
+                CHECK(sd_event_run(e, 0) >= 0);
+        CHECK_INT(s.calls, 0);
+        bus_stats st;
+        bus_get_stats(b, &st);
+        CHECK_INT(st.replies_unknown, 6);
+
+        /* the real reply still gets through, then a replay of it is unknown */
+        CHECK_INT(bus_publish(b, seen_reply, NULL, NULL, 0, "real", 4, NULL), 1);
+        run_until(e, &s.calls, 20);
+        CHECK_INT(s.calls, 1);
+        CHECK_STR(s.payload, "real");
+        CHECK_INT(bus_publish(b, seen_reply, NULL, NULL, 0, "again", 5, NULL), 1);
+        for (int i = 0; i < 3; i++)
+                CHECK(sd_event_run(e, 0) >= 0);
+        CHECK_INT(s.calls, 1);
+        bus_get_stats(b, &st);
+        CHECK_INT(st.replies_unknown, 7);
+        bus_free(b);
+        sd_event_unref(e);
+}
+
 int main(void) {
         RUN(test_message_round_trip);
         RUN(test_order_and_round_robin);
@@ -515,5 +578,6 @@ int main(void) {
         RUN(test_free_during_delivery);
         RUN(test_loop_dispatch);
         RUN(test_request_reply);
+        RUN(test_forged_replies);
         return 0;
 }
