@@ -487,7 +487,7 @@ void irq_pm_qos_release(irq *s) {
 }
 
 static bool is_irqbalance(irq *s, const char *pid) {
-        char path[64], *comm = NULL;
+        char path[sizeof "/proc//comm" + 256], *comm = NULL; /* pid is a /proc entry name */
         snprintf(path, sizeof path, "/proc/%s/comm", pid);
         if (s->host->read_file(s->ctx, path, &comm, NULL) < 0)
                 return false;
