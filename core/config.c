@@ -246,22 +246,6 @@ static void check_plugin_dirs(const ynode *agent, diag *d, bool *bad) {
         }
 }
 
-/* Until the config_schema checks min/max itself, the control limits are checked here. */
-static void check_control(const ynode *control, diag *d, bool *bad) {
-        if (!control || control->kind != YNODE_MAP)
-                return;
-        check_int_min(control, "max_connections", 8, "control", d, bad);
-        check_int_min(control, "max_connections_per_uid", 1, "control", d, bad);
-        check_positive_duration(control, "idle_timeout", "control", d, bad);
-        check_positive_duration(control, "send_timeout", "control", d, bad);
-        const ynode *v = scalar_value(control, "max_output");
-        uint64_t bytes;
-        if (v && parse_size(v->scalar, &bytes) >= 0 && bytes < 65536) {
-                diag_add(d, v->line, v->col, "control.max_output: must be at least 64KiB");
-                *bad = true;
-        }
-}
-
 static void check_nats(const ynode *bus, diag *d, bool *bad) {
         const ynode *nats = ynode_get(bus, "nats", NULL), *k = NULL, *v;
 
@@ -509,7 +493,6 @@ static int load_text(const char *text, size_t len, const char *name, bool check_
                         check_plugin_dirs(ynode_get(c->root, "agent", NULL), d, &bad);
                 }
                 check_nats(ynode_get(c->root, "bus", NULL), d, &bad);
-                check_control(ynode_get(c->root, "control", NULL), d, &bad);
                 check_instances(ynode_get(c->root, "plugins", NULL), d, &bad);
         }
         if (r < 0 || bad) {
