@@ -426,7 +426,8 @@ static int load_config(gpuw *w) {
         json_t *env = json_object_get(cfg, "env");
         w->env = json_is_object(env) ? json_incref(env) : json_object();
         const char *s = json_string_value(json_object_get(cfg, "task_root"));
-        const char *root = s ? s : "/var/lib/organism/tasks";
+        char root[PATH_MAX];
+        gpuw_copy(root, sizeof root, s ? s : "/var/lib/organism/tasks");
         const char *u = json_string_value(json_object_get(cfg, "user"));
         gpuw_copy(w->user, sizeof w->user, u ? u : "organism-task");
         json_decref(cfg);

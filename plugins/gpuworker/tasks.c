@@ -135,8 +135,8 @@ static json_t *base_payload(gpuw *w, const char *task_id, int64_t attempt, const
 static void refuse(gpuw *w, const char *task_id, int64_t attempt, const gpuw_gpu *g, const char *error) {
         w->tasks_refused++;
         w->host->metric_add(w->ctx, "gpuworker_tasks_refused_total", 1, "tasks refused before they ran");
-        w->host->log(w->ctx, ORG_LOG_WARNING, "task %s%s: refused: %s", task_id ? task_id : "(no valid task_id)",
-                     g ? "" : "", error);
+        w->host->log(w->ctx, ORG_LOG_WARNING, "task %s: refused: %s", task_id ? task_id : "(no valid task_id)",
+                     error);
         json_t *o = base_payload(w, task_id, attempt, g);
         json_object_set_new(o, "error", json_string(error));
         gpuw_publish(w, "gpu.task.err", o);
@@ -626,6 +626,11 @@ static void start_task(gpuw *w, gpuw_gpu *g, json_t *task, const char *task_id, 
         };
         t->started_us = w->host->now_realtime_us(w->ctx);
         t->start_mono_us = w->host->now_monotonic_us(w->ctx);
+        /* The GPU is taken before exec: a host that completed at once (the fake one
+         * may) finds the task in place and frees it. */
+        g->task = t;
+        g->state = GPUW_BUSY;
+        store_start(w, t);
         int r;
         if (ORG_HOST_HAS(w->host, exec_opts))
                 r = w->host->exec_opts(w->ctx, &spec, &opts, on_task_exit, t, &t->exec_id);
@@ -634,17 +639,22 @@ static void start_task(gpuw *w, gpuw_gpu *g, json_t *task, const char *task_id, 
         strv_clear(&argv);
         strv_clear(&env);
         if (r < 0) {
-                snprintf(why, sizeof why, "cannot start %s: %s", spec.argv[0] ? "the command" : "", strerror(-r));
+                g->task = NULL;
+                g->state = GPUW_IDLE;
+                snprintf(why, sizeof why, "cannot start the command: %s", strerror(-r));
                 refuse(w, task_id, attempt, g, why);
+                /* the row must not stay "running" */
+                json_t *o = base_payload(w, t->id, t->attempt, g);
+                json_object_set_new(o, "error", json_string(why));
+                store_finish(w, t, false, why, NULL, 0, o);
+                json_decref(o);
                 goto out;
         }
-        /* A host may complete synchronously only on failure paths; a real run is async. */
-        g->task = t;
-        g->state = GPUW_BUSY;
+        if (g->task != t)
+                return; /* already finished and freed */
         g->tasks_run++;
         if (ORG_HOST_HAS(w->host, exec_info))
                 (void)w->host->exec_info(w->ctx, t->exec_id, &t->pid, &t->cgroup);
-        store_start(w, t);
         w->host->log(w->ctx, ORG_LOG_INFO, "task %s (attempt %" PRId64 ") on gpu%u: started, pid %d%s, cwd %s",
                      t->id, attempt, g->index, (int)t->pid, t->cgroup ? " in its own cgroup" : "", t->cwd);
         publish_running(w, t);
