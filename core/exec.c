@@ -190,7 +190,16 @@ static void cgroup_kill(const char *dir) {
 typedef struct cgroup_rm {
         char *dir;
         unsigned tries;
+        sd_event_source *timer;
+        sd_event_source *on_exit; /* the loop ends first: finish the job synchronously */
 } cgroup_rm;
+
+static void cgroup_rm_free(cgroup_rm *c) {
+        sd_event_source_disable_unref(c->timer);
+        sd_event_source_disable_unref(c->on_exit);
+        free(c->dir);
+        free(c);
+}
 
 static int on_cgroup_rm(sd_event_source *s, uint64_t usec, void *userdata) {
         cgroup_rm *c = userdata;
@@ -198,14 +207,25 @@ static int on_cgroup_rm(sd_event_source *s, uint64_t usec, void *userdata) {
                 if (c->tries >= EXEC_CGROUP_RMDIR_TRIES)
                         log_internal(LOG_WARNING, 0, NULL, NULL, "exec: cgroup %s did not empty; left in place",
                                      c->dir);
-                sd_event_source_disable_unref(s);
-                free(c->dir);
-                free(c);
+                cgroup_rm_free(c);
                 return 0;
         }
         cgroup_kill(c->dir);
         (void)sd_event_source_set_time_relative(s, EXEC_CGROUP_RMDIR_STEP_US);
         (void)sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        return 0;
+}
+
+/* agentd is stopping with a killed cgroup not yet empty: wait for it (bounded; the
+ * processes are SIGKILLed, they go within milliseconds) so no directory is left. */
+static int on_cgroup_rm_exit(sd_event_source *s, void *userdata) {
+        cgroup_rm *c = userdata;
+        for (unsigned i = 0; i < 100 && rmdir(c->dir) < 0 && errno == EBUSY; i++) {
+                cgroup_kill(c->dir);
+                struct timespec ts = {0, 10 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+        }
+        cgroup_rm_free(c);
         return 0;
 }
 
@@ -222,9 +242,13 @@ static void cgroup_release(sd_event *event, char *dir) {
         cgroup_rm *c = new0(cgroup_rm, 1);
         if (c && event) {
                 c->dir = dir;
-                if (sd_event_add_time_relative(event, NULL, CLOCK_MONOTONIC, EXEC_CGROUP_RMDIR_STEP_US, 0,
-                                               on_cgroup_rm, c) >= 0)
+                if (sd_event_add_time_relative(event, &c->timer, CLOCK_MONOTONIC, EXEC_CGROUP_RMDIR_STEP_US, 0,
+                                               on_cgroup_rm, c) >= 0 &&
+                    sd_event_add_exit(event, &c->on_exit, on_cgroup_rm_exit, c) >= 0)
                         return;
+                c->dir = NULL;
+                sd_event_source_disable_unref(c->timer);
+                sd_event_source_disable_unref(c->on_exit);
         }
         log_internal(LOG_WARNING, 0, NULL, NULL, "exec: cgroup %s still busy; left in place", dir);
         free(c);
