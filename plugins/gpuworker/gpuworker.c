@@ -364,18 +364,23 @@ static int resolve_user(gpuw *w) {
         return 0;
 }
 
+/* Creates the missing directories of path, mode set explicitly (not through agentd's
+ * umask, 0027 under systemd: the task user must be able to traverse them). */
 static int mkdir_p(const char *path, mode_t mode) {
         char buf[PATH_MAX];
         gpuw_copy(buf, sizeof buf, path);
-        for (char *p = buf + 1; *p; p++)
-                if (*p == '/') {
+        for (char *p = buf + 1;; p++)
+                if (*p == '/' || *p == '\0') {
+                        char c = *p;
                         *p = '\0';
-                        if (mkdir(buf, mode) < 0 && errno != EEXIST)
+                        if (mkdir(buf, mode) == 0)
+                                (void)chmod(buf, mode);
+                        else if (errno != EEXIST)
                                 return -errno;
-                        *p = '/';
+                        *p = c;
+                        if (!c)
+                                break;
                 }
-        if (mkdir(buf, mode) < 0 && errno != EEXIST)
-                return -errno;
         return 0;
 }
 

@@ -319,11 +319,14 @@ static int make_cwd(gpuw *w, const char *rel, char *why, size_t why_len) {
                         save = NULL;
                 if (!*comp)
                         continue;
-                bool last = !save || !*save;
-                if (mkdirat(dfd, comp, last ? 0750 : 0755) < 0 && errno != EEXIST) {
-                        r = -errno;
-                        snprintf(why, why_len, "cwd: cannot create %.120s: %.60s", comp, strerror(errno));
-                        break;
+                bool last = !save || !*save, created = true;
+                if (mkdirat(dfd, comp, last ? 0750 : 0755) < 0) {
+                        if (errno != EEXIST) {
+                                r = -errno;
+                                snprintf(why, why_len, "cwd: cannot create %.120s: %.60s", comp, strerror(errno));
+                                break;
+                        }
+                        created = false;
                 }
                 int nfd = openat(dfd, comp, O_DIRECTORY | O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
                 if (nfd < 0) {
@@ -334,6 +337,10 @@ static int make_cwd(gpuw *w, const char *rel, char *why, size_t why_len) {
                 }
                 close(dfd);
                 dfd = nfd;
+                /* agentd's umask (0027 under systemd) must not lock the task user out of
+                 * the directories on the way to its own */
+                if (created && !last)
+                        (void)fchmod(dfd, 0755);
                 if (last && w->set_ids && (fchown(dfd, w->uid, w->gid) < 0 || fchmod(dfd, 0750) < 0)) {
                         r = -errno;
                         snprintf(why, why_len, "cwd: cannot give it to %.60s: %.60s", w->user, strerror(errno));
