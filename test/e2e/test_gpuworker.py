@@ -65,14 +65,23 @@ def subscribe(a, pattern):
     return c
 
 
+_seen = {}  # (connection, task_id) -> [(subject, payload)] read while waiting for another task
+
+
 def wait_result(c, task_id, subjects=("gpu.task.done", "gpu.task.err"), timeout=30):
-    """The next message on one of subjects for task_id (others are skipped)."""
+    """The next message on one of subjects for task_id; messages of other tasks are kept
+    for their own wait (tasks on several GPUs finish in any order)."""
     c.s.settimeout(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        q = _seen.setdefault((id(c), task_id), [])
+        for i, (subj, p) in enumerate(q):
+            if subj in subjects:
+                del q[: i + 1]
+                return subj, p
         ev = c.read()["event"]
-        if ev.get("subject") in subjects and ev["payload"].get("task_id") == task_id:
-            return ev["subject"], ev["payload"]
+        tid = ev.get("payload", {}).get("task_id") if isinstance(ev.get("payload"), dict) else None
+        _seen.setdefault((id(c), tid), []).append((ev.get("subject"), ev.get("payload")))
     raise AssertionError("no %s for %s" % (subjects, task_id))
 
 
