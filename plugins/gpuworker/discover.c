@@ -231,12 +231,9 @@ void gpuw_drm_check(gpuw *w, gpuw_found *found, size_t n) {
                         if (strcmp(f->pci, pci) != 0)
                                 continue;
                         f->drm_checked = true;
-                        const char *nodes[2] = {(d->available_nodes & (1 << DRM_NODE_PRIMARY))
-                                                        ? d->nodes[DRM_NODE_PRIMARY]
-                                                        : NULL,
-                                                (d->available_nodes & (1 << DRM_NODE_RENDER))
-                                                        ? d->nodes[DRM_NODE_RENDER]
-                                                        : NULL};
+                        const char *nodes[2] = {
+                                (d->available_nodes & (1 << DRM_NODE_PRIMARY)) ? d->nodes[DRM_NODE_PRIMARY] : NULL,
+                                (d->available_nodes & (1 << DRM_NODE_RENDER)) ? d->nodes[DRM_NODE_RENDER] : NULL};
                         char *mine[2] = {f->card, f->render};
                         for (int t = 0; t < 2; t++) {
                                 const char *b = nodes[t] ? strrchr(nodes[t], '/') : NULL;
@@ -244,8 +241,8 @@ void gpuw_drm_check(gpuw *w, gpuw_found *found, size_t n) {
                                         continue;
                                 if (strcmp(b + 1, mine[t]) != 0) {
                                         w->host->log(w->ctx, ORG_LOG_WARNING,
-                                                     "%s: libdrm says %s, sysfs says %s; using libdrm's", pci,
-                                                     b + 1, mine[t][0] ? mine[t] : "(none)");
+                                                     "%s: libdrm says %s, sysfs says %s; using libdrm's", pci, b + 1,
+                                                     mine[t][0] ? mine[t] : "(none)");
                                         gpuw_copy(mine[t], GPUW_NODE_MAX, b + 1);
                                 }
                         }

@@ -24,9 +24,9 @@
 
 #include "gpuworker.h"
 
-#define GPUW_VERSION "1.0.0"
+#define GPUW_VERSION       "1.0.0"
 #define GPUW_TASKS_DEFAULT 20
-#define GPUW_TASKS_MAX 1000
+#define GPUW_TASKS_MAX     1000
 
 static const org_config_entry config_map[] = {
         {.key = "gpus",
@@ -152,7 +152,9 @@ static json_t *gpus_json(gpuw *w) {
         return a;
 }
 
-static json_t *num_or_null(bool has, double v) { return has ? json_real(v) : json_null(); }
+static json_t *num_or_null(bool has, double v) {
+        return has ? json_real(v) : json_null();
+}
 
 static json_t *metrics_json(gpuw *w, const gpuw_gpu *g) {
         const gpuw_metrics *m = &g->last;
@@ -166,8 +168,7 @@ static json_t *metrics_json(gpuw *w, const gpuw_gpu *g) {
         json_object_set_new(o, "power_w", num_or_null(m->has_power, m->power_w));
         json_object_set_new(o, "fan_rpm", num_or_null(m->has_fan, m->fan_rpm));
         json_object_set_new(o, "vram_used", m->has_vram_used ? json_integer((json_int_t)m->vram_used) : json_null());
-        json_object_set_new(o, "vram_total",
-                            m->has_vram_total ? json_integer((json_int_t)m->vram_total) : json_null());
+        json_object_set_new(o, "vram_total", m->has_vram_total ? json_integer((json_int_t)m->vram_total) : json_null());
         json_object_set_new(o, "suspended", json_boolean(m->suspended));
         json_object_set_new(o, "state", json_string(gpuw_state_name(g->state)));
         json_object_set_new(o, "ts", json_string(gpuw_ts(w, ts, sizeof ts)));
@@ -194,8 +195,7 @@ static void metrics_pass(gpuw *w) {
                 gauge(w, g, "gpuworker_temp_celsius", m->has_temp, m->temp_c, "hwmon temp1_input");
                 gauge(w, g, "gpuworker_power_watts", m->has_power, m->power_w, "hwmon power1_average");
                 gauge(w, g, "gpuworker_fan_rpm", m->has_fan, m->fan_rpm, "hwmon fan1_input");
-                gauge(w, g, "gpuworker_vram_used_bytes", m->has_vram_used, (double)m->vram_used,
-                      "mem_info_vram_used");
+                gauge(w, g, "gpuworker_vram_used_bytes", m->has_vram_used, (double)m->vram_used, "mem_info_vram_used");
                 gauge(w, g, "gpuworker_vram_total_bytes", m->has_vram_total, (double)m->vram_total,
                       "mem_info_vram_total");
                 gauge(w, g, "gpuworker_suspended", true, m->suspended, "1 when the card is runtime-suspended");
@@ -263,8 +263,7 @@ static int initial_scan(gpuw *w) {
                         } else {
                                 gpuw_copy(g->dev.pci, sizeof g->dev.pci, pci);
                                 g->state = GPUW_GONE;
-                                w->host->log(w->ctx, ORG_LOG_WARNING, "gpu%zu: no AMD display function at %s", i,
-                                             pci);
+                                w->host->log(w->ctx, ORG_LOG_WARNING, "gpu%zu: no AMD display function at %s", i, pci);
                         }
                 }
         } else
@@ -334,7 +333,8 @@ static int resolve_user(gpuw *w) {
         }
         if (pw.pw_uid == 0 || pw.pw_gid == 0) {
                 /* A task from the bus never runs as root: that is the seed's remote root. */
-                w->host->log(w->ctx, ORG_LOG_ERR, "refusing to run tasks as %s (uid %u gid %u): set user to an "
+                w->host->log(w->ctx, ORG_LOG_ERR,
+                             "refusing to run tasks as %s (uid %u gid %u): set user to an "
                              "unprivileged account",
                              w->user, (unsigned)pw.pw_uid, (unsigned)pw.pw_gid);
                 return -EPERM;
@@ -386,10 +386,18 @@ static int mkdir_p(const char *path, mode_t mode) {
 
 /* ---- hooks -------------------------------------------------------------------- */
 
-static void on_heartbeat(org_ctx *ctx, uint64_t id, void *userdata) { heartbeat(userdata); }
-static void on_metrics(org_ctx *ctx, uint64_t id, void *userdata) { metrics_pass(userdata); }
-static void on_rescan(org_ctx *ctx, uint64_t id, void *userdata) { rescan(userdata); }
-static void on_running(org_ctx *ctx, uint64_t id, void *userdata) { gpuw_tasks_running_tick(userdata); }
+static void on_heartbeat(org_ctx *ctx, uint64_t id, void *userdata) {
+        heartbeat(userdata);
+}
+static void on_metrics(org_ctx *ctx, uint64_t id, void *userdata) {
+        metrics_pass(userdata);
+}
+static void on_rescan(org_ctx *ctx, uint64_t id, void *userdata) {
+        rescan(userdata);
+}
+static void on_running(org_ctx *ctx, uint64_t id, void *userdata) {
+        gpuw_tasks_running_tick(userdata);
+}
 
 static void gpuw_free(gpuw *w) {
         if (!w)
@@ -415,10 +423,11 @@ static int load_config(gpuw *w) {
         if (json_is_array(gpus)) {
                 size_t i;
                 json_t *v;
-                json_array_foreach(gpus, i, v) if (!json_is_string(v)) {
-                        w->host->log(w->ctx, ORG_LOG_ERR, "gpus: item %zu is not a PCI address", i);
-                        r = -EINVAL;
-                }
+                json_array_foreach (gpus, i, v)
+                        if (!json_is_string(v)) {
+                                w->host->log(w->ctx, ORG_LOG_ERR, "gpus: item %zu is not a PCI address", i);
+                                r = -EINVAL;
+                        }
                 if (json_array_size(gpus) > GPUW_MAX_GPUS) {
                         w->host->log(w->ctx, ORG_LOG_ERR, "gpus: at most %d", GPUW_MAX_GPUS);
                         r = -EINVAL;
@@ -483,8 +492,10 @@ static int gpuworker_init(const org_host *host, org_ctx *ctx, void **ret_state) 
                 goto fail;
         }
         if ((r = gpuw_tasks_init(w)) < 0)
-                host->log(ctx, ORG_LOG_WARNING, "store unavailable (%s): results are not kept, re-delivered "
-                          "tasks may run again", strerror(-r));
+                host->log(ctx, ORG_LOG_WARNING,
+                          "store unavailable (%s): results are not kept, re-delivered "
+                          "tasks may run again",
+                          strerror(-r));
         uint64_t sid;
         if ((r = host->subscribe(ctx, "gpu.task.run.*", &sid)) < 0 ||
             (r = host->subscribe(ctx, "gpu.task.cancel.*", &sid)) < 0) {
@@ -550,12 +561,11 @@ static json_t *status_json(gpuw *w) {
                 json_object_set_new(o, "tasks_err", json_integer((json_int_t)g->tasks_err));
                 json_array_append_new(gpus, o);
         }
-        return json_pack("{s:o, s:s, s:s, s:b, s:s?, s:b, s:s, s:I, s:I, s:I}", "gpus", gpus, "task_root",
-                         w->task_root, "user", w->user, "user_ok", w->user_ok, "user_why",
-                         w->user_ok ? NULL : w->user_why, "allow_shell", w->allow_shell, "discovery",
-                         w->drm_why[0] ? w->drm_why : "sysfs + libdrm", "metrics_passes",
-                         (json_int_t)w->metrics_passes, "metrics_pass_us", (json_int_t)w->metrics_pass_us,
-                         "tasks_refused", (json_int_t)w->tasks_refused);
+        return json_pack("{s:o, s:s, s:s, s:b, s:s?, s:b, s:s, s:I, s:I, s:I}", "gpus", gpus, "task_root", w->task_root,
+                         "user", w->user, "user_ok", w->user_ok, "user_why", w->user_ok ? NULL : w->user_why,
+                         "allow_shell", w->allow_shell, "discovery", w->drm_why[0] ? w->drm_why : "sysfs + libdrm",
+                         "metrics_passes", (json_int_t)w->metrics_passes, "metrics_pass_us",
+                         (json_int_t)w->metrics_pass_us, "tasks_refused", (json_int_t)w->tasks_refused);
 }
 
 /* The verb's first argument: {"args": [X]}, {"<key>": X}, or the bare JSON value. */
@@ -605,8 +615,8 @@ static int gpuworker_call(void *state, const char *verb, const org_msg *req) {
                 int r = id && gpuw_task_id_valid(id) ? gpuw_task_cancel(w, id, "cancelled") : -EINVAL;
                 json_t *o = r == 0 ? json_pack("{s:s, s:b}", "task_id", id, "cancelled", 1) : NULL;
                 char why[200];
-                snprintf(why, sizeof why, r == -EINVAL ? "cancel TASK_ID: a valid task_id is needed"
-                                                       : "task %.128s is not running here",
+                snprintf(why, sizeof why,
+                         r == -EINVAL ? "cancel TASK_ID: a valid task_id is needed" : "task %.128s is not running here",
                          id ? id : "");
                 json_decref(a);
                 return reply(w, req, o, why);

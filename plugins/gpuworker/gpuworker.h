@@ -18,16 +18,16 @@
 
 #include <organism/plugin.h>
 
-#define GPUW_MAX_GPUS 64
-#define GPUW_PCI_MAX 16           /* "0000:03:00.0" + NUL */
-#define GPUW_NODE_MAX 32          /* "card11", "renderD139" */
+#define GPUW_MAX_GPUS    64
+#define GPUW_PCI_MAX     16 /* "0000:03:00.0" + NUL */
+#define GPUW_NODE_MAX    32 /* "card11", "renderD139" */
 #define GPUW_TASK_ID_MAX 128
 #define GPUW_PAYLOAD_MAX (256 * 1024)
-#define GPUW_ARGV_MAX 256
-#define GPUW_ARG_MAX 4096
-#define GPUW_ENV_MAX 64
-#define GPUW_CAPTURE 64000u
-#define GPUW_GROUPS_MAX 32
+#define GPUW_ARGV_MAX    256
+#define GPUW_ARG_MAX     4096
+#define GPUW_ENV_MAX     64
+#define GPUW_CAPTURE     64000u
+#define GPUW_GROUPS_MAX  32
 
 typedef enum gpuw_state {
         GPUW_IDLE,
@@ -49,12 +49,12 @@ typedef struct gpuw_metrics {
 /* What discovery found at one PCI address. */
 typedef struct gpuw_found {
         char pci[GPUW_PCI_MAX];
-        char card[GPUW_NODE_MAX];    /* "card10" or "" */
-        char render[GPUW_NODE_MAX];  /* "renderD138" or "" */
-        char hwmon[GPUW_NODE_MAX];   /* "hwmon3" or "" */
-        char driver[32];             /* "amdgpu", "vfio-pci", "" (unbound) */
-        char device_id[8];           /* "67df" */
-        bool drm_checked;            /* libdrm saw it too */
+        char card[GPUW_NODE_MAX];   /* "card10" or "" */
+        char render[GPUW_NODE_MAX]; /* "renderD138" or "" */
+        char hwmon[GPUW_NODE_MAX];  /* "hwmon3" or "" */
+        char driver[32];            /* "amdgpu", "vfio-pci", "" (unbound) */
+        char device_id[8];          /* "67df" */
+        bool drm_checked;           /* libdrm saw it too */
 } gpuw_found;
 
 typedef struct gpuw_task gpuw_task;
@@ -62,8 +62,8 @@ typedef struct gpuw_task gpuw_task;
 typedef struct gpuw_gpu {
         unsigned index;
         gpuw_found dev;
-        gpuw_state state;            /* GPUW_BUSY while task != NULL */
-        gpuw_task *task;             /* the one running, or NULL */
+        gpuw_state state; /* GPUW_BUSY while task != NULL */
+        gpuw_task *task;  /* the one running, or NULL */
         gpuw_metrics last;
         uint64_t tasks_run, tasks_done, tasks_err;
 } gpuw_gpu;
@@ -73,13 +73,13 @@ typedef struct gpuw {
         org_ctx *ctx;
 
         /* config */
-        char task_root[4096];        /* realpath, no trailing slash */
+        char task_root[4096]; /* realpath, no trailing slash */
         char user[64];
         bool allow_shell;
         uint64_t default_timeout_ms, max_timeout_ms;
         uint64_t heartbeat_ms, metrics_ms, rescan_ms, running_ms;
-        json_t *env;                 /* object: added to every task's environment */
-        json_t *gpus_list;           /* array of PCI addresses, or NULL for auto */
+        json_t *env;       /* object: added to every task's environment */
+        json_t *gpus_list; /* array of PCI addresses, or NULL for auto */
         bool use_cgroup;
         bool use_libdrm;
 
@@ -90,11 +90,11 @@ typedef struct gpuw {
         gid_t gid;
         gid_t groups[GPUW_GROUPS_MAX];
         size_t n_groups;
-        bool set_ids;                /* false when agentd already runs as that user */
+        bool set_ids; /* false when agentd already runs as that user */
 
         gpuw_gpu gpus[GPUW_MAX_GPUS];
         size_t n_gpus;
-        char drm_why[160];           /* why libdrm was not used, or "" */
+        char drm_why[160]; /* why libdrm was not used, or "" */
 
         uint64_t hb_timer, metrics_timer, rescan_timer, running_timer;
         uint64_t metrics_passes, metrics_pass_us;

@@ -22,7 +22,7 @@
 #include "gpuworker.h"
 #include "gpuworker_sql.h"
 
-#define GPUW_TASK_PATH "/usr/local/bin:/usr/bin:/bin"
+#define GPUW_TASK_PATH    "/usr/local/bin:/usr/bin:/bin"
 #define GPUW_KEEP_RESULTS "1000"
 
 struct gpuw_task {
@@ -35,7 +35,7 @@ struct gpuw_task {
         uint64_t exec_id;
         pid_t pid;
         bool cgroup;
-        uint64_t started_us;      /* realtime */
+        uint64_t started_us; /* realtime */
         uint64_t start_mono_us;
         uint64_t timeout_ms;
 };
@@ -52,7 +52,9 @@ bool gpuw_task_id_valid(const char *id) {
         return n >= 1 && n <= GPUW_TASK_ID_MAX && strcmp(id, ".") != 0 && strcmp(id, "..") != 0;
 }
 
-const char *gpuw_task_id(const gpuw_task *t) { return t ? t->id : NULL; }
+const char *gpuw_task_id(const gpuw_task *t) {
+        return t ? t->id : NULL;
+}
 
 gpuw_gpu *gpuw_gpu_by_token(gpuw *w, const char *token) {
         if (!token)
@@ -135,8 +137,7 @@ static json_t *base_payload(gpuw *w, const char *task_id, int64_t attempt, const
 static void refuse(gpuw *w, const char *task_id, int64_t attempt, const gpuw_gpu *g, const char *error) {
         w->tasks_refused++;
         w->host->metric_add(w->ctx, "gpuworker_tasks_refused_total", 1, "tasks refused before they ran");
-        w->host->log(w->ctx, ORG_LOG_WARNING, "task %s: refused: %s", task_id ? task_id : "(no valid task_id)",
-                     error);
+        w->host->log(w->ctx, ORG_LOG_WARNING, "task %s: refused: %s", task_id ? task_id : "(no valid task_id)", error);
         json_t *o = base_payload(w, task_id, attempt, g);
         json_object_set_new(o, "error", json_string(error));
         gpuw_publish(w, "gpu.task.err", o);
@@ -201,15 +202,17 @@ static void store_finish(gpuw *w, const gpuw_task *t, bool done, const char *err
 
 /* ---- results ------------------------------------------------------------------ */
 
-static void task_free(gpuw_task *t) { free(t); }
+static void task_free(gpuw_task *t) {
+        free(t);
+}
 
 /* Publishes the result, stores it, frees the GPU. out/err may be NULL (cancelled: the
  * job and its buffers are gone). */
 static void task_finish(gpuw_task *t, const org_exec_result *res, const char *forced_error) {
         gpuw *w = t->w;
         gpuw_gpu *g = t->g;
-        uint64_t duration_ms = res ? res->duration_us / 1000
-                                   : (w->host->now_monotonic_us(w->ctx) - t->start_mono_us) / 1000;
+        uint64_t duration_ms =
+                res ? res->duration_us / 1000 : (w->host->now_monotonic_us(w->ctx) - t->start_mono_us) / 1000;
         char error[96] = "";
         json_t *rc = json_null();
         bool done = false;
@@ -241,8 +244,9 @@ static void task_finish(gpuw_task *t, const org_exec_result *res, const char *fo
 
         store_finish(w, t, done, done ? NULL : error, rc, duration_ms, o);
         json_decref(rc);
-        w->host->log(w->ctx, done ? ORG_LOG_INFO : ORG_LOG_NOTICE, "task %s (attempt %" PRId64 ") on gpu%u: %s in %" PRIu64 " ms",
-                     t->id, t->attempt, g->index, done ? "done" : error, duration_ms);
+        w->host->log(w->ctx, done ? ORG_LOG_INFO : ORG_LOG_NOTICE,
+                     "task %s (attempt %" PRId64 ") on gpu%u: %s in %" PRIu64 " ms", t->id, t->attempt, g->index,
+                     done ? "done" : error, duration_ms);
         if (done)
                 g->tasks_done++;
         else
@@ -391,8 +395,7 @@ static int task_cwd(gpuw *w, gpuw_task *t, json_t *cwd, char *why, size_t why_le
                 return -EINVAL;
         char joined[PATH_MAX * 2], real[PATH_MAX];
         snprintf(joined, sizeof joined, "%s/%s", w->task_root, rel);
-        if (!realpath(joined, real) || strncmp(real, w->task_root, rl) != 0 ||
-            (real[rl] != '/' && real[rl] != '\0')) {
+        if (!realpath(joined, real) || strncmp(real, w->task_root, rl) != 0 || (real[rl] != '/' && real[rl] != '\0')) {
                 snprintf(why, why_len, "cwd %.120s resolves outside task_root %.120s", joined, w->task_root);
                 return -EINVAL;
         }
@@ -482,14 +485,15 @@ static int build_env(gpuw *w, gpuw_task *t, json_t *env, strv *e, char *why, siz
                 return -ENOMEM;
         const char *key;
         json_t *v;
-        json_object_foreach(w->env, key, v) if (json_is_string(v) && env_key_ok(key) &&
-                                                 strv_add(e, key, json_string_value(v)) < 0) return -ENOMEM;
+        json_object_foreach (w->env, key, v)
+                if (json_is_string(v) && env_key_ok(key) && strv_add(e, key, json_string_value(v)) < 0)
+                        return -ENOMEM;
         if (env && !json_is_null(env)) {
                 if (!json_is_object(env) || json_object_size(env) > GPUW_ENV_MAX) {
                         snprintf(why, why_len, "env must be an object of at most %d strings", GPUW_ENV_MAX);
                         return -EINVAL;
                 }
-                json_object_foreach(env, key, v) {
+                json_object_foreach (env, key, v) {
                         if (!env_key_ok(key) || env_key_reserved(key)) {
                                 snprintf(why, why_len, "env key %.64s is not allowed", key);
                                 return -EINVAL;
@@ -529,7 +533,7 @@ static int build_argv(gpuw *w, json_t *task, gpuw_task *t, strv *a, char *why, s
         }
         size_t i, total = 0;
         json_t *v;
-        json_array_foreach(cmd, i, v) {
+        json_array_foreach (cmd, i, v) {
                 const char *s = json_string_value(v);
                 if (!s || strlen(s) > GPUW_ARG_MAX || (i == 0 && !*s)) {
                         snprintf(why, why_len, "cmd[%zu] must be a string of at most %d bytes", i, GPUW_ARG_MAX);
@@ -662,8 +666,8 @@ static void start_task(gpuw *w, gpuw_gpu *g, json_t *task, const char *task_id, 
         g->tasks_run++;
         if (ORG_HOST_HAS(w->host, exec_info))
                 (void)w->host->exec_info(w->ctx, t->exec_id, &t->pid, &t->cgroup);
-        w->host->log(w->ctx, ORG_LOG_INFO, "task %s (attempt %" PRId64 ") on gpu%u: started, pid %d%s, cwd %s",
-                     t->id, attempt, g->index, (int)t->pid, t->cgroup ? " in its own cgroup" : "", t->cwd);
+        w->host->log(w->ctx, ORG_LOG_INFO, "task %s (attempt %" PRId64 ") on gpu%u: started, pid %d%s, cwd %s", t->id,
+                     attempt, g->index, (int)t->pid, t->cgroup ? " in its own cgroup" : "", t->cwd);
         publish_running(w, t);
         return;
 out:
@@ -707,8 +711,7 @@ void gpuw_task_run_msg(gpuw *w, const char *gpu_token, const org_msg *msg) {
         /* Idempotence: running now → say so; done before → the stored result. */
         gpuw_task *cur = task_find(w, task_id);
         if (cur) {
-                w->host->log(w->ctx, ORG_LOG_INFO, "task %s delivered again while it runs: answered running",
-                             task_id);
+                w->host->log(w->ctx, ORG_LOG_INFO, "task %s delivered again while it runs: answered running", task_id);
                 publish_running(w, cur);
                 goto out;
         }
@@ -741,8 +744,7 @@ void gpuw_task_run_msg(gpuw *w, const char *gpu_token, const org_msg *msg) {
                 goto out;
         }
         if (g->task) {
-                w->host->log(w->ctx, ORG_LOG_NOTICE, "task %s: gpu%u is busy with %s", task_id, g->index,
-                             g->task->id);
+                w->host->log(w->ctx, ORG_LOG_NOTICE, "task %s: gpu%u is busy with %s", task_id, g->index, g->task->id);
                 json_t *o = base_payload(w, task_id, attempt, g);
                 json_object_set_new(o, "error", json_string("busy"));
                 json_object_set_new(o, "running", json_string(g->task->id));
@@ -763,8 +765,8 @@ void gpuw_task_cancel_msg(gpuw *w, const char *gpu_token, const org_msg *msg) {
         if (!id || !gpuw_task_id_valid(id))
                 w->host->log(w->ctx, ORG_LOG_WARNING, "%s: no valid task_id; ignored", msg->subject);
         else if (!g || !g->task || strcmp(g->task->id, id) != 0)
-                w->host->log(w->ctx, ORG_LOG_INFO, "%s: task %s is not running there; nothing to cancel",
-                             msg->subject, id);
+                w->host->log(w->ctx, ORG_LOG_INFO, "%s: task %s is not running there; nothing to cancel", msg->subject,
+                             id);
         else
                 (void)gpuw_task_cancel(w, id, "cancelled");
         json_decref(o);

@@ -25,7 +25,9 @@ extern const org_plugin organism_plugin;
 static const char *fixtures;
 static org_host host;
 
-static int atoi_safe(const char *s) { return (int)strtol(s, NULL, 10); }
+static int atoi_safe(const char *s) {
+        return (int)strtol(s, NULL, 10);
+}
 static char suspended_pci[] = "0000:08:00.0";
 static unsigned suspended_sensor_reads;
 
@@ -59,8 +61,12 @@ static size_t count_published(org_ctx *ctx, const char *subject) {
         return n;
 }
 
-static const char *jstr(json_t *o, const char *k) { return json_string_value(json_object_get(o, k)); }
-static long long jint(json_t *o, const char *k) { return json_integer_value(json_object_get(o, k)); }
+static const char *jstr(json_t *o, const char *k) {
+        return json_string_value(json_object_get(o, k));
+}
+static long long jint(json_t *o, const char *k) {
+        return json_integer_value(json_object_get(o, k));
+}
 
 static char task_root[256];
 static const char *sysroot;
@@ -99,8 +105,8 @@ static void test_discovery(void) {
         json_t *gpus = json_object_get(up, "gpus");
         /* 12 amdgpu cards + the vfio one; no audio function, no Intel bridge */
         CHECK_INT(json_array_size(gpus), 13);
-        static const char *want_card[12] = {"card0", "card5", "card10", "card3", "card8", "card1",
-                                            "card6", "card11", "card4", "card9", "card2", "card7"};
+        static const char *want_card[12] = {"card0", "card5",  "card10", "card3", "card8", "card1",
+                                            "card6", "card11", "card4",  "card9", "card2", "card7"};
         for (size_t i = 0; i < 12; i++) {
                 json_t *g = json_array_get(gpus, i);
                 char pci[16];
