@@ -90,11 +90,11 @@ typedef struct org_exec_spec {
 /* Options of host->exec_opts (appended to the SDK by gpuworker). Set struct_size to
  * sizeof(org_exec_opts); the host reads only the members that size covers, so the
  * struct may grow at its end. */
-#define ORG_EXEC_CGROUP 0x1u /* own cgroup v2 (under agentd's) so a time-out or cancel kills
-                              * everything the command started, even what left its process
-                              * group (setsid, daemonise); when the command exits, what it
-                              * left behind is killed too. Where no cgroup v2 is writable
-                              * the process group is used and the log says so once. */
+/* ORG_EXEC_CGROUP: an own cgroup v2 (under agentd's) so a time-out or cancel kills
+ * everything the command started, even what left its process group (setsid,
+ * daemonise); when the command exits, what it left behind is killed too. Where no
+ * cgroup v2 is writable the process group is used and the log says so once. */
+#define ORG_EXEC_CGROUP 0x1u
 typedef struct org_exec_opts {
         uint32_t struct_size;
         uint32_t flags;            /* ORG_EXEC_* */
