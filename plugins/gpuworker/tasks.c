@@ -711,7 +711,13 @@ void gpuw_task_run_msg(gpuw *w, const char *gpu_token, const org_msg *msg) {
         /* Idempotence: running now → say so; done before → the stored result. */
         gpuw_task *cur = task_find(w, task_id);
         if (cur) {
-                w->host->log(w->ctx, ORG_LOG_INFO, "task %s delivered again while it runs: answered running", task_id);
+                /* maestro re-sent it (its lease ran out): this run now serves the newer
+                 * attempt, or maestro would ignore its running/done as stale */
+                if (attempt > cur->attempt)
+                        cur->attempt = attempt;
+                w->host->log(w->ctx, ORG_LOG_INFO,
+                             "task %s delivered again while it runs: answered running (attempt %" PRId64 ")", task_id,
+                             cur->attempt);
                 publish_running(w, cur);
                 goto out;
         }
@@ -727,6 +733,10 @@ void gpuw_task_run_msg(gpuw *w, const char *gpu_token, const org_msg *msg) {
                                      "store, not run",
                                      task_id, attempt);
                         json_object_set_new(res, "replayed", json_true());
+                        /* answered for the attempt asked about (maestro drops results of
+                         * older attempts); the one that ran stays visible */
+                        json_object_set_new(res, "ran_attempt", json_incref(json_object_get(res, "attempt")));
+                        json_object_set_new(res, "attempt", json_integer(attempt));
                         gpuw_publish(w, "gpu.task.done", res);
                         free(l.result);
                         goto out;

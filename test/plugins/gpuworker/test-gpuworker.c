@@ -299,6 +299,13 @@ static void test_task_lifecycle(void) {
         CHECK_INT(ctx.n_execs, 1);
         CHECK_INT(count_published(&ctx, "gpu.task.running"), 1);
         CHECK_INT(count_published(&ctx, "gpu.task.err"), 0);
+        /* ... as a newer attempt (maestro's lease ran out): the run adopts it */
+        run(st, "5", "{\"task_id\": \"t1\", \"attempt\": 3, \"cmd\": [\"/bin/echo\", \"hi\"]}");
+        CHECK_INT(ctx.n_execs, 1);
+        o = expect(&ctx, "gpu.task.running");
+        CHECK_INT(jint(o, "attempt"), 3);
+        CHECK_INT(jint(o, "gpu"), 3);
+        json_decref(o);
 
         /* running is repeated by its timer while the task runs (lease extension) */
         fake_ctx_clear_published(&ctx);
@@ -317,6 +324,7 @@ static void test_task_lifecycle(void) {
         CHECK_STR(jstr(o, "stdout"), "hi\n");
         CHECK_STR(jstr(o, "stderr"), "warn\n");
         CHECK_INT(jint(o, "duration_ms"), 1500);
+        CHECK_INT(jint(o, "attempt"), 3);
         CHECK(jstr(o, "ts"));
         CHECK(!json_object_get(o, "error"));
         json_decref(o);
@@ -328,6 +336,8 @@ static void test_task_lifecycle(void) {
         o = expect(&ctx, "gpu.task.done");
         CHECK(json_is_true(json_object_get(o, "replayed")));
         CHECK_STR(jstr(o, "stdout"), "hi\n");
+        CHECK_INT(jint(o, "attempt"), 2);     /* the attempt asked about, or maestro drops it */
+        CHECK_INT(jint(o, "ran_attempt"), 3); /* the run adopted attempt 3 above */
         json_decref(o);
 
         /* non-zero exit → err with the returncode, never done */
