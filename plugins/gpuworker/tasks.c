@@ -133,6 +133,19 @@ static json_t *base_payload(gpuw *w, const char *task_id, int64_t attempt, const
         return o;
 }
 
+/* gpu.worker.log: the worker's own journal of task starts and ends (SPEC §4), with
+ * what the results do not say (cwd, cgroup, pid) and without the output. */
+static void worker_log(gpuw *w, const gpuw_task *t, const char *event, const char *detail) {
+        json_t *o = base_payload(w, t->id, t->attempt, t->g);
+        json_object_set_new(o, "event", json_string(event));
+        json_object_set_new(o, "pid", json_integer(t->pid));
+        json_object_set_new(o, "cgroup", json_boolean(t->cgroup));
+        json_object_set_new(o, "cwd", json_string(t->cwd));
+        if (detail)
+                json_object_set_new(o, "detail", json_string(detail));
+        gpuw_publish(w, "gpu.worker.log", o);
+}
+
 /* Refuses a task: gpu.task.err with the reason, a log line, a counter. */
 static void refuse(gpuw *w, const char *task_id, int64_t attempt, const gpuw_gpu *g, const char *error) {
         w->tasks_refused++;
@@ -253,6 +266,7 @@ static void task_finish(gpuw_task *t, const org_exec_result *res, const char *fo
                 g->tasks_err++;
         w->host->metric_add(w->ctx, done ? "gpuworker_tasks_done_total" : "gpuworker_tasks_err_total", 1,
                             done ? "tasks that exited 0" : "tasks that failed, timed out or were cancelled");
+        worker_log(w, t, "end", done ? "done" : error);
         g->task = NULL;
         if (g->state == GPUW_BUSY)
                 g->state = GPUW_IDLE;
@@ -668,6 +682,7 @@ static void start_task(gpuw *w, gpuw_gpu *g, json_t *task, const char *task_id, 
                 (void)w->host->exec_info(w->ctx, t->exec_id, &t->pid, &t->cgroup);
         w->host->log(w->ctx, ORG_LOG_INFO, "task %s (attempt %" PRId64 ") on gpu%u: started, pid %d%s, cwd %s", t->id,
                      attempt, g->index, (int)t->pid, t->cgroup ? " in its own cgroup" : "", t->cwd);
+        worker_log(w, t, "start", NULL);
         publish_running(w, t);
         return;
 out:

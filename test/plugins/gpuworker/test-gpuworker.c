@@ -283,6 +283,10 @@ static void test_task_lifecycle(void) {
         CHECK_STR(jstr(o, "pci"), "0000:06:00.0");
         CHECK_INT(jint(o, "pid"), 10001);
         json_decref(o);
+        o = expect(&ctx, "gpu.worker.log");
+        CHECK_STR(jstr(o, "event"), "start");
+        CHECK_STR(jstr(o, "cwd"), cwd);
+        json_decref(o);
 
         /* a second task for the busy GPU is refused, not queued */
         run(st, "gpu3", "{\"task_id\": \"t-other\", \"cmd\": [\"/bin/true\"]}");
@@ -325,6 +329,10 @@ static void test_task_lifecycle(void) {
         CHECK_STR(jstr(o, "stderr"), "warn\n");
         CHECK_INT(jint(o, "duration_ms"), 1500);
         CHECK_INT(jint(o, "attempt"), 3);
+        json_t *lg = expect(&ctx, "gpu.worker.log");
+        CHECK_STR(jstr(lg, "event"), "end");
+        CHECK_STR(jstr(lg, "detail"), "done");
+        json_decref(lg);
         CHECK(jstr(o, "ts"));
         CHECK(!json_object_get(o, "error"));
         json_decref(o);
