@@ -190,8 +190,8 @@ def test_tasks(tmp, agents):
     c.close()
 
 
-def escape_test(tmp, agents, how):
-    a, bindir, tasks = start(tmp, agents)
+def escape_test(tmp, agents, how, extra=""):
+    a, bindir, tasks = start(tmp, agents, extra)
     c = subscribe(a, "gpu.task.>")
     pidfile = os.path.join(tmp, "grandchild.pid")
     open(pidfile, "w").close()
@@ -227,6 +227,27 @@ def test_timeout_kills_everything(tmp, agents):
 
 def test_cancel_kills_everything(tmp, agents):
     escape_test(tmp, agents, "cancel")
+
+
+def test_process_group_alone_misses_setsid(tmp, agents):
+    """The control: with cgroup: false only the process group dies, and the grandchild
+    that called setsid survives the time-out (what the cgroup is for)."""
+    a, bindir, _ = start(tmp, agents, "      cgroup: false\n")
+    c = subscribe(a, "gpu.task.>")
+    pidfile = os.path.join(tmp, "grandchild.pid")
+    open(pidfile, "w").close()
+    os.chmod(pidfile, 0o666)
+    run(a, 0, {"task_id": "pg", "timeout": 1, "cmd": ["/bin/sh", bindir + "/escape.sh", pidfile]})
+    subj, p = wait_result(c, "pg", subjects=("gpu.task.running",))
+    assert p["cgroup"] is False, p
+    subj, p = wait_result(c, "pg")
+    assert subj == "gpu.task.err" and "timeout" in p["error"], p
+    grandchild = int(open(pidfile).read())
+    try:
+        assert alive(grandchild), "the setsid grandchild died without a cgroup: the control proves nothing"
+    finally:
+        os.kill(grandchild, 9)
+    c.close()
 
 
 def test_output_capped(tmp, agents):
