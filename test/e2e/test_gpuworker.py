@@ -36,7 +36,7 @@ def need_root():
         raise Skip("tasks run as the unprivileged user nobody: agentd must run as root to switch to it")
 
 
-def start(tmp, agents, extra=""):
+def start(tmp, agents, extra="", user="nobody"):
     need_root()
     root = os.path.join(tmp, "root")
     shutil.copytree(FIXTURE, root, symlinks=True)
@@ -48,9 +48,9 @@ def start(tmp, agents, extra=""):
             f.write("#!/bin/sh\n" + text)
         os.chmod(p, 0o755)
     tasks = os.path.join(tmp, "tasks")
-    plugins = ("  gpuworker:\n    config:\n      task_root: %s\n      user: nobody\n"
+    plugins = ("  gpuworker:\n    config:\n      task_root: %s\n      user: %s\n"
                "      heartbeat_interval: 1s\n      metrics_interval: 1s\n      rescan_interval: 1s\n"
-               "      env: {HSA_OVERRIDE_GFX_VERSION: \"8.0.3\"}\n%s") % (tasks, extra)
+               "      env: {HSA_OVERRIDE_GFX_VERSION: \"8.0.3\"}\n%s") % (tasks, user, extra)
     a = Agent(tmp, plugins, agent_extra="  sysroot: %s\n" % root)
     agents.append(a)
     a.start()
@@ -289,6 +289,44 @@ def test_bad_input(tmp, agents):
     assert "refused" in a.logtext()
     pub.close()
     c.close()
+
+
+def test_user_groups_and_cancel_verb(tmp, agents):
+    """A task user of its own, in the video group (as organism-task is in render and
+    video for /dev/dri): the task runs with that uid, its primary gid and video; the
+    cancel verb of agentctl kills a running task."""
+    import grp
+    import pwd
+    need_root()
+    user = "orgtest-gpuw"
+    if subprocess.run(["getent", "passwd", user], capture_output=True).returncode != 0:
+        r = subprocess.run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", "-G", "video",
+                            user], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Skip("cannot create the test user %s: %s" % (user, r.stderr.strip()))
+    try:
+        pw = pwd.getpwnam(user)
+        video = grp.getgrnam("video").gr_gid
+        a, bindir, tasks = start(tmp, agents, user=user)
+        c = subscribe(a, "gpu.task.>")
+        run(a, 0, {"task_id": "ids", "cmd": ["/usr/bin/id"]})
+        subj, p = wait_result(c, "ids")
+        assert subj == "gpu.task.done", p
+        out = p["stdout"]
+        assert "uid=%d(" % pw.pw_uid in out and "gid=%d(" % pw.pw_gid in out, out
+        assert ("%d(video)" % video) in out.split("groups=", 1)[1], out
+        assert "0(root)" not in out, out
+        run(a, 1, {"task_id": "slow", "cmd": ["/bin/sh", bindir + "/sleep.sh", "300"]})
+        wait_result(c, "slow", subjects=("gpu.task.running",))
+        assert a.ok("gpuworker", "cancel", "slow") == {"task_id": "slow", "cancelled": True}
+        subj, p = wait_result(c, "slow")
+        assert subj == "gpu.task.err" and p["error"] == "cancelled", p
+        rc, _, err = a.ctl("gpuworker", "cancel", "slow")
+        assert rc != 0 and "not running" in err, err
+        c.close()
+        a.stop()
+    finally:
+        subprocess.run(["userdel", user], capture_output=True)
 
 
 def test_libdrm(tmp, agents):
