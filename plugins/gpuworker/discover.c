@@ -267,6 +267,20 @@ void gpuw_drm_check(gpuw *w, gpuw_found *found, size_t n) {
 #endif
 }
 
+int gpuw_read_busy(gpuw *w, const gpuw_found *dev, double *ret) {
+        char path[192], buf[32];
+        uint64_t v;
+        snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/power/runtime_status", dev->pci);
+        if (read_small(w, path, buf, sizeof buf) == 0 && strcmp(buf, "suspended") == 0)
+                return -EAGAIN;
+        snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/gpu_busy_percent", dev->pci);
+        int r = read_u64(w, path, &v);
+        if (r < 0)
+                return r;
+        *ret = (double)v;
+        return 0;
+}
+
 void gpuw_read_metrics(gpuw *w, const gpuw_found *dev, gpuw_metrics *m) {
         char path[192], buf[32];
         uint64_t v;

@@ -82,6 +82,13 @@ static const org_config_entry config_map[] = {
          .min = "100ms",
          .max = "1h",
          .help = "gpu.task.running is repeated at this period while a task runs (extends maestro's lease)"},
+        {.key = "busy_sample_interval",
+         .type = ORG_CFG_DURATION,
+         .default_value = "1s",
+         .min = "100ms",
+         .max = "1h",
+         .help = "gpu_busy_percent is sampled at this period and gpu.worker.metrics reports the mean since the "
+                 "last message (one reading jumps between 0 and 100); not below metrics_interval = one reading"},
         {.key = "env",
          .type = ORG_CFG_STRING_DICT,
          .help = "added to every task's minimal environment, e.g. {HSA_OVERRIDE_GFX_VERSION: \"8.0.3\"}"},
@@ -164,6 +171,8 @@ static json_t *metrics_json(gpuw *w, const gpuw_gpu *g) {
         json_object_set_new(o, "pci", json_string(g->dev.pci));
         json_object_set_new(o, "card", json_string(g->dev.card));
         json_object_set_new(o, "gpu_busy_percent", num_or_null(m->has_busy, m->busy));
+        json_object_set_new(o, "gpu_busy_now", num_or_null(m->has_busy, m->busy_now));
+        json_object_set_new(o, "busy_samples", json_integer(m->has_busy ? m->busy_samples : 0));
         json_object_set_new(o, "temp_c", num_or_null(m->has_temp, m->temp_c));
         json_object_set_new(o, "power_w", num_or_null(m->has_power, m->power_w));
         json_object_set_new(o, "fan_rpm", num_or_null(m->has_fan, m->fan_rpm));
@@ -190,7 +199,15 @@ static void metrics_pass(gpuw *w) {
                 if (g->state == GPUW_GONE || g->state == GPUW_PASSTHROUGH)
                         continue;
                 gpuw_read_metrics(w, &g->dev, &g->last);
-                const gpuw_metrics *m = &g->last;
+                gpuw_metrics *m = &g->last;
+                if (m->has_busy) {
+                        /* the mean of the samples of the window, this reading included */
+                        m->busy_now = m->busy;
+                        m->busy_samples = g->busy_n + 1;
+                        m->busy = (g->busy_sum + m->busy) / m->busy_samples;
+                }
+                g->busy_sum = 0;
+                g->busy_n = 0;
                 gauge(w, g, "gpuworker_gpu_busy_percent", m->has_busy, m->busy, "gpu_busy_percent of the card");
                 gauge(w, g, "gpuworker_temp_celsius", m->has_temp, m->temp_c, "hwmon temp1_input");
                 gauge(w, g, "gpuworker_power_watts", m->has_power, m->power_w, "hwmon power1_average");
@@ -399,10 +416,22 @@ static void on_running(org_ctx *ctx, uint64_t id, void *userdata) {
         gpuw_tasks_running_tick(userdata);
 }
 
+static void on_busy_sample(org_ctx *ctx, uint64_t id, void *userdata) {
+        gpuw *w = userdata;
+        for (size_t i = 0; i < w->n_gpus; i++) {
+                gpuw_gpu *g = &w->gpus[i];
+                double v;
+                if ((g->state == GPUW_IDLE || g->state == GPUW_BUSY) && gpuw_read_busy(w, &g->dev, &v) == 0) {
+                        g->busy_sum += v;
+                        g->busy_n++;
+                }
+        }
+}
+
 static void gpuw_free(gpuw *w) {
         if (!w)
                 return;
-        uint64_t *timers[] = {&w->hb_timer, &w->metrics_timer, &w->rescan_timer, &w->running_timer};
+        uint64_t *timers[] = {&w->hb_timer, &w->metrics_timer, &w->rescan_timer, &w->running_timer, &w->busy_timer};
         for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
                 if (*timers[i])
                         w->host->timer_cancel(w->ctx, *timers[i]);
@@ -473,6 +502,7 @@ static int load_config(gpuw *w) {
         w->metrics_ms = cfg_ms(w, "metrics_interval", 5000);
         w->rescan_ms = cfg_ms(w, "rescan_interval", 10000);
         w->running_ms = cfg_ms(w, "running_interval", 30000);
+        w->busy_sample_ms = cfg_ms(w, "busy_sample_interval", 1000);
         return 0;
 }
 
@@ -506,6 +536,11 @@ static int gpuworker_init(const org_host *host, org_ctx *ctx, void **ret_state) 
             (r = host->timer_add(ctx, w->metrics_ms, w->metrics_ms, on_metrics, w, &w->metrics_timer)) < 0 ||
             (r = host->timer_add(ctx, w->rescan_ms, w->rescan_ms, on_rescan, w, &w->rescan_timer)) < 0 ||
             (r = host->timer_add(ctx, w->running_ms, w->running_ms, on_running, w, &w->running_timer)) < 0) {
+                host->log(ctx, ORG_LOG_ERR, "timers: %s", strerror(-r));
+                goto fail;
+        }
+        if (w->busy_sample_ms < w->metrics_ms &&
+            (r = host->timer_add(ctx, w->busy_sample_ms, w->busy_sample_ms, on_busy_sample, w, &w->busy_timer)) < 0) {
                 host->log(ctx, ORG_LOG_ERR, "timers: %s", strerror(-r));
                 goto fail;
         }

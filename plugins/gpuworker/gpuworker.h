@@ -41,7 +41,9 @@ typedef struct gpuw_metrics {
         bool valid;
         bool suspended;
         bool has_busy, has_temp, has_power, has_fan, has_vram_used, has_vram_total;
-        double busy, temp_c, power_w, fan_rpm;
+        double busy, temp_c, power_w, fan_rpm; /* busy: the mean of the samples since the last pass */
+        double busy_now;                       /* busy: read at this pass */
+        unsigned busy_samples;
         uint64_t vram_used, vram_total;
         uint64_t ts_us;
 } gpuw_metrics;
@@ -65,6 +67,8 @@ typedef struct gpuw_gpu {
         gpuw_state state; /* GPUW_BUSY while task != NULL */
         gpuw_task *task;  /* the one running, or NULL */
         gpuw_metrics last;
+        double busy_sum; /* samples of gpu_busy_percent since the last pass */
+        unsigned busy_n;
         uint64_t tasks_run, tasks_done, tasks_err;
 } gpuw_gpu;
 
@@ -77,7 +81,7 @@ typedef struct gpuw {
         char user[64];
         bool allow_shell;
         uint64_t default_timeout_ms, max_timeout_ms;
-        uint64_t heartbeat_ms, metrics_ms, rescan_ms, running_ms;
+        uint64_t heartbeat_ms, metrics_ms, rescan_ms, running_ms, busy_sample_ms;
         json_t *env;       /* object: added to every task's environment */
         json_t *gpus_list; /* array of PCI addresses, or NULL for auto */
         bool use_cgroup;
@@ -96,7 +100,7 @@ typedef struct gpuw {
         size_t n_gpus;
         char drm_why[160]; /* why libdrm was not used, or "" */
 
-        uint64_t hb_timer, metrics_timer, rescan_timer, running_timer;
+        uint64_t hb_timer, metrics_timer, rescan_timer, running_timer, busy_timer;
         uint64_t metrics_passes, metrics_pass_us;
         uint64_t tasks_refused;
         bool store_ok;
@@ -122,6 +126,8 @@ void gpuw_drm_check(gpuw *w, gpuw_found *found, size_t n);
 /* Reads one GPU's sensors; a runtime-suspended card is not woken (only
  * power/runtime_status is read). */
 void gpuw_read_metrics(gpuw *w, const gpuw_found *dev, gpuw_metrics *ret);
+/* One sample of gpu_busy_percent; -EAGAIN for a runtime-suspended card (not woken). */
+int gpuw_read_busy(gpuw *w, const gpuw_found *dev, double *ret);
 const char *gpuw_state_name(gpuw_state s);
 
 /* tasks.c */

@@ -1,6 +1,7 @@
 /* bench-gpuworker.c — the cost of one gpuworker metrics pass for the twelve GPUs of the
  * gpupool12 fixture (a private copy): sysfs reads of busy, VRAM and hwmon files, twelve
- * gpu.worker.metrics messages built and published, 96 gauges set, through the fake host.
+ * gpu.worker.metrics messages built and published, 96 gauges set, through the fake host,
+ * and the 1 s gpu_busy_percent sampler that feeds the mean busy.
  * It prints µs per pass (CPU and wall) and the share of one core at the default 5 s
  * interval (the budget: under 1 %). Figures only, never asserted. Argument 1 is the
  * folder of fixture sysroots. */
@@ -63,6 +64,18 @@ int main(int argc, char **argv) {
                "pass; %.1f messages per pass\n",
                cpu_us, wall_us, (double)msgs / passes);
         printf("share of one core at a 5 s interval: %.4f %% (budget 1 %%)\n", cpu_us / 5e6 * 100.0);
+        /* the busy sampler (1 s): one gpu_busy_percent read per awake GPU */
+        fake_timer *b = NULL;
+        for (size_t i = 0; i < ctx.n_timers; i++)
+                if (ctx.timers[i].active && ctx.timers[i].period_ms == 1000)
+                        b = &ctx.timers[i];
+        CHECK(b);
+        cpu0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+        for (int i = 0; i < passes; i++)
+                b->cb(&ctx, b->id, b->userdata);
+        double b_us = (double)(clock_ns(CLOCK_PROCESS_CPUTIME_ID) - cpu0) / passes / 1000.0;
+        printf("busy sampler pass (1 s): %.1f us CPU; metrics + sampler: %.4f %% of one core (budget 1 %%)\n", b_us,
+               (cpu_us / 5e6 + b_us / 1e6) * 100.0);
         organism_plugin.fini(st);
         fake_ctx_done(&ctx);
         fx_remove(root);

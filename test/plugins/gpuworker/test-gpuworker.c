@@ -194,6 +194,31 @@ static void test_metrics(void) {
         /* Prometheus gauges carry gpu and pci */
         CHECK(fake_metric(&ctx, "gpuworker_temp_celsius{gpu=\"2\",pci=\"0000:05:00.0\"}") == 42.5);
         CHECK(fake_metric(&ctx, "gpuworker_suspended{gpu=\"5\",pci=\"0000:08:00.0\"}") == 1);
+        /* busy is the mean of the 1 s samples of the window and this reading: one reading
+         * of gpu_busy_percent jumps between 0 and 100 */
+        fake_timer *sampler = NULL;
+        for (size_t i = 0; i < ctx.n_timers; i++)
+                if (ctx.timers[i].active && ctx.timers[i].period_ms == 1000)
+                        sampler = &ctx.timers[i];
+        CHECK(sampler);
+        const char *busy_path = "/sys/bus/pci/devices/0000:04:00.0/gpu_busy_percent";
+        static const char *const vals[] = {"100\n", "0\n", "100\n", "0\n"};
+        for (int k = 0; k < 4; k++) {
+                fx_write(sysroot, busy_path, vals[k]);
+                sampler->cb(&ctx, sampler->id, sampler->userdata);
+        }
+        fx_write(sysroot, busy_path, "50\n");
+        unsigned before = suspended_sensor_reads;
+        fake_ctx_clear_published(&ctx);
+        fake_fire_timers(&ctx); /* the pass (added before the sampler) reads 50 */
+        CHECK_INT(suspended_sensor_reads, before);
+        m = nth_json(&ctx, "gpu.worker.metrics", 1);
+        CHECK(m);
+        CHECK_INT(jint(m, "busy_samples"), 5);
+        CHECK(json_real_value(json_object_get(m, "gpu_busy_percent")) == 50.0); /* (100+0+100+0+50)/5 */
+        CHECK(json_real_value(json_object_get(m, "gpu_busy_now")) == 50.0);
+        json_decref(m);
+        fx_write(sysroot, busy_path, "7\n");
         /* the timer pass reads the sensors again */
         fake_ctx_clear_published(&ctx);
         fake_fire_timers(&ctx);
