@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/netlink.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -89,6 +91,11 @@ static const org_config_entry config_map[] = {
          .max = "1h",
          .help = "gpu_busy_percent is sampled at this period and gpu.worker.metrics reports the mean since the "
                  "last message (one reading jumps between 0 and 100); not below metrics_interval = one reading"},
+        {.key = "uevents",
+         .type = ORG_CFG_BOOL,
+         .default_value = "true",
+         .help = "re-scan within 200 ms of a kernel uevent of the pci or drm subsystem (a card unbound, rebound to "
+                 "vfio-pci, removed), besides rescan_interval"},
         {.key = "env",
          .type = ORG_CFG_STRING_DICT,
          .help = "added to every task's minimal environment, e.g. {HSA_OVERRIDE_GFX_VERSION: \"8.0.3\"}"},
@@ -336,6 +343,74 @@ static void rescan(gpuw *w) {
         }
 }
 
+/* ---- kernel uevents ------------------------------------------------------------ */
+
+#define GPUW_UEVENT_DELAY_MS 200 /* events come in bursts (unbind, remove, the drm nodes) */
+
+static void on_uevent_rescan(org_ctx *ctx, uint64_t id, void *userdata) {
+        gpuw *w = userdata;
+        w->uevent_timer = 0;
+        w->uevent_rescans++;
+        rescan(w);
+}
+
+/* "ACTION@DEVPATH\0KEY=VALUE\0...": a re-scan is due for the pci and drm subsystems. */
+static bool uevent_relevant(const char *buf, size_t n) {
+        for (size_t i = 0; i < n;) {
+                const char *kv = buf + i;
+                size_t l = strnlen(kv, n - i);
+                if ((l == 13 && memcmp(kv, "SUBSYSTEM=pci", 13) == 0) ||
+                    (l == 13 && memcmp(kv, "SUBSYSTEM=drm", 13) == 0))
+                        return true;
+                i += l + 1;
+        }
+        return false;
+}
+
+static void on_uevent(org_ctx *ctx, uint64_t id, int fd, uint32_t revents, void *userdata) {
+        gpuw *w = userdata;
+        char buf[8192];
+        bool due = false;
+        /* drain what is queued (bounded per wake-up); level-triggered brings us back */
+        for (int k = 0; k < 64; k++) {
+                ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+                if (n <= 0)
+                        break;
+                w->uevents++;
+                due |= uevent_relevant(buf, (size_t)n);
+        }
+        if (due && !w->uevent_timer &&
+            w->host->timer_add(w->ctx, GPUW_UEVENT_DELAY_MS, 0, on_uevent_rescan, w, &w->uevent_timer) < 0)
+                w->uevent_timer = 0;
+}
+
+/* Listens to the kernel's uevent multicast group; without it (no permission, a
+ * sandbox) the timer re-scan remains. */
+static void uevent_start(gpuw *w) {
+        w->uevent_fd = -1;
+        if (!w->use_uevents)
+                return;
+        int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_KOBJECT_UEVENT);
+        struct sockaddr_nl sa = {.nl_family = AF_NETLINK, .nl_groups = 1};
+        if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+            w->host->io_add(w->ctx, fd, ORG_IO_IN, on_uevent, w, &w->uevent_watch) < 0) {
+                w->host->log(w->ctx, ORG_LOG_NOTICE, "no kernel uevents (%s): re-scan every %" PRIu64 " ms only",
+                             strerror(errno), w->rescan_ms);
+                if (fd >= 0)
+                        close(fd);
+                return;
+        }
+        w->uevent_fd = fd;
+}
+
+static void uevent_stop(gpuw *w) {
+        if (w->uevent_fd < 0)
+                return;
+        w->host->io_remove(w->ctx, w->uevent_watch);
+        close(w->uevent_fd);
+        w->uevent_fd = -1;
+}
+
 /* ---- the task user ------------------------------------------------------------ */
 
 static int resolve_user(gpuw *w) {
@@ -431,6 +506,9 @@ static void on_busy_sample(org_ctx *ctx, uint64_t id, void *userdata) {
 static void gpuw_free(gpuw *w) {
         if (!w)
                 return;
+        uevent_stop(w);
+        if (w->uevent_timer)
+                w->host->timer_cancel(w->ctx, w->uevent_timer);
         uint64_t *timers[] = {&w->hb_timer, &w->metrics_timer, &w->rescan_timer, &w->running_timer, &w->busy_timer};
         for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
                 if (*timers[i])
@@ -503,6 +581,7 @@ static int load_config(gpuw *w) {
         w->rescan_ms = cfg_ms(w, "rescan_interval", 10000);
         w->running_ms = cfg_ms(w, "running_interval", 30000);
         w->busy_sample_ms = cfg_ms(w, "busy_sample_interval", 1000);
+        w->use_uevents = cfg_bool(w, "uevents", true);
         return 0;
 }
 
@@ -512,6 +591,7 @@ static int gpuworker_init(const org_host *host, org_ctx *ctx, void **ret_state) 
                 return -ENOMEM;
         w->host = host;
         w->ctx = ctx;
+        w->uevent_fd = -1;
         int r = load_config(w);
         if (r < 0)
                 goto fail;
@@ -544,6 +624,7 @@ static int gpuworker_init(const org_host *host, org_ctx *ctx, void **ret_state) 
                 host->log(ctx, ORG_LOG_ERR, "timers: %s", strerror(-r));
                 goto fail;
         }
+        uevent_start(w);
         char ts[40];
         gpuw_publish(w, "gpu.worker.up",
                      json_pack("{s:s, s:i, s:o, s:s, s:b, s:s}", "agent", host->agent_name(ctx), "pid", (int)getpid(),
@@ -582,7 +663,7 @@ static int reply(gpuw *w, const org_msg *req, json_t *o, const char *error) {
         return r;
 }
 
-static json_t *status_json(gpuw *w) {
+static json_t *status_base(gpuw *w) {
         json_t *gpus = json_array();
         for (size_t i = 0; i < w->n_gpus; i++) {
                 gpuw_gpu *g = &w->gpus[i];
@@ -601,6 +682,13 @@ static json_t *status_json(gpuw *w) {
                          "allow_shell", w->allow_shell, "discovery", w->drm_why[0] ? w->drm_why : "sysfs + libdrm",
                          "metrics_passes", (json_int_t)w->metrics_passes, "metrics_pass_us",
                          (json_int_t)w->metrics_pass_us, "tasks_refused", (json_int_t)w->tasks_refused);
+}
+
+static json_t *status_json(gpuw *w) {
+        json_t *o = status_base(w);
+        json_object_set_new(o, "uevents", w->uevent_fd >= 0 ? json_integer((json_int_t)w->uevents) : json_null());
+        json_object_set_new(o, "uevent_rescans", json_integer((json_int_t)w->uevent_rescans));
+        return o;
 }
 
 /* The verb's first argument: {"args": [X]}, {"<key>": X}, or the bare JSON value. */

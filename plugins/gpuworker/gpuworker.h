@@ -101,6 +101,10 @@ typedef struct gpuw {
         char drm_why[160]; /* why libdrm was not used, or "" */
 
         uint64_t hb_timer, metrics_timer, rescan_timer, running_timer, busy_timer;
+        int uevent_fd; /* kernel uevents (NETLINK_KOBJECT_UEVENT), or -1 */
+        uint64_t uevent_watch, uevent_timer;
+        uint64_t uevents, uevent_rescans;
+        bool use_uevents;
         uint64_t metrics_passes, metrics_pass_us;
         uint64_t tasks_refused;
         bool store_ok;

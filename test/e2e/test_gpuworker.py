@@ -36,7 +36,7 @@ def need_root():
         raise Skip("tasks run as the unprivileged user nobody: agentd must run as root to switch to it")
 
 
-def start(tmp, agents, extra="", user="nobody"):
+def start(tmp, agents, extra="", user="nobody", rescan="1s"):
     need_root()
     root = os.path.join(tmp, "root")
     shutil.copytree(FIXTURE, root, symlinks=True)
@@ -49,8 +49,8 @@ def start(tmp, agents, extra="", user="nobody"):
         os.chmod(p, 0o755)
     tasks = os.path.join(tmp, "tasks")
     plugins = ("  gpuworker:\n    config:\n      task_root: %s\n      user: %s\n"
-               "      heartbeat_interval: 1s\n      metrics_interval: 1s\n      rescan_interval: 1s\n"
-               "      env: {HSA_OVERRIDE_GFX_VERSION: \"8.0.3\"}\n%s") % (tasks, user, extra)
+               "      heartbeat_interval: 1s\n      metrics_interval: 1s\n      rescan_interval: %s\n"
+               "      env: {HSA_OVERRIDE_GFX_VERSION: \"8.0.3\"}\n%s") % (tasks, user, rescan, extra)
     a = Agent(tmp, plugins, agent_extra="  sysroot: %s\n" % root)
     agents.append(a)
     a.start()
@@ -327,6 +327,44 @@ def test_user_groups_and_cancel_verb(tmp, agents):
         a.stop()
     finally:
         subprocess.run(["userdel", user], capture_output=True)
+
+
+def test_uevent_gone(tmp, agents):
+    """A card that leaves (its sysfs directory removed, then the kernel's uevent) is
+    noticed through the uevent socket well before rescan_interval (1 h here): its GPU is
+    gone and its running task fails with "gpu gone". The uevent is sent by this test
+    (root may send to the kernel's multicast group), as the kernel would."""
+    import socket
+    a, bindir, _ = start(tmp, agents, rescan="1h")
+    st = a.ok("gpuworker", "status")
+    if st.get("uevents") is None:
+        raise Skip("no uevent socket for agentd here (see its log)")
+    c = subscribe(a, "gpu.task.>")
+    run(a, 4, {"task_id": "doomed", "cmd": ["/bin/sh", bindir + "/sleep.sh", "300"]})
+    wait_result(c, "doomed", subjects=("gpu.task.running",))
+    shutil.rmtree(os.path.join(tmp, "root", "sys", "bus", "pci", "devices", "0000:07:00.0"))
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)  # NETLINK_KOBJECT_UEVENT
+    s.bind((0, 0))
+    try:
+        # an unrelated event first: no re-scan for it
+        s.sendto(b"add@/devices/virtual/net/x\0ACTION=add\0SUBSYSTEM=net\0", (0, 1))
+        wait_for(lambda: a.ok("gpuworker", "status")["uevents"] >= 1, timeout=5, what="the uevent received")
+        assert a.ok("gpuworker", "status")["uevent_rescans"] == 0
+        t0 = time.monotonic()
+        s.sendto(b"remove@/devices/pci0000:00/0000:00:03.1/0000:07:00.0\0ACTION=remove\0"
+                 b"DEVPATH=/devices/pci0000:00/0000:00:03.1/0000:07:00.0\0SUBSYSTEM=pci\0", (0, 1))
+    except PermissionError as e:
+        raise Skip("cannot send a uevent here: %s" % e)
+    finally:
+        s.close()
+    subj, p = wait_result(c, "doomed", timeout=10)
+    took = time.monotonic() - t0
+    assert subj == "gpu.task.err" and p["error"] == "gpu gone", p
+    assert took < 3, took
+    st = a.ok("gpuworker", "status")
+    assert st["gpus"][4]["state"] == "gone" and st["uevent_rescans"] == 1, st["gpus"][4]
+    print("# gone noticed %.0f ms after the uevent" % (took * 1e3))
+    c.close()
 
 
 def test_libdrm(tmp, agents):
