@@ -1,17 +1,22 @@
 /* exec.c — runs one program by argv in its own session and process group, feeds it
  * stdin, captures stdout/stderr up to a cap on the sd-event loop, enforces a time-out by
- * killing the whole group, and reports once through a completion callback. The child
+ * killing the whole group (or, on request, the job's own cgroup v2), and reports once
+ * through a completion callback. The child
  * side only makes async-signal-safe calls, since the daemon may have threads (libnats)
  * and fork() copies only the calling one. */
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
 #include "exec.h"
+#include "log.h"
 #include "util.h"
 
 #define EXEC_CAPTURE_DEFAULT 64000u
@@ -21,6 +26,11 @@
 /* Reads per wake-up of one stream, so a chatty child cannot starve the loop; epoll is
  * level-triggered and brings us back. */
 #define EXEC_READS_PER_WAKEUP 16
+
+/* How long a cgroup whose processes were killed may take to empty before we give up
+ * removing it (rmdir says EBUSY until the last one is gone). */
+#define EXEC_CGROUP_RMDIR_TRIES 250
+#define EXEC_CGROUP_RMDIR_STEP_US (20 * USEC_PER_MSEC)
 
 static const char *const default_env[] = {
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -64,7 +74,219 @@ struct exec_job {
         bool killed;          /* the time-out sent SIGKILL to the group */
         bool pipes_abandoned; /* the grace period after the kill ran out */
         bool finishing;       /* inside the completion callback */
+
+        char *cgroup;         /* the job's cgroup directory, or NULL */
 };
+
+/* ---- cgroup v2 ---------------------------------------------------------------- */
+
+static struct {
+        bool probed;
+        bool warned;
+        char *base;  /* agentd's own cgroup directory, writable, or NULL */
+        unsigned seq;
+} cg;
+
+/* The cgroup2 mount point from /proc/self/mountinfo (fields: ... mountpoint ... - fstype). */
+static char *cgroup2_mount(void) {
+        FILE *f = fopen("/proc/self/mountinfo", "re");
+        if (!f)
+                return NULL;
+        char line[4096], *found = NULL;
+        while (!found && fgets(line, sizeof line, f)) {
+                char *sep = strstr(line, " - cgroup2 ");
+                if (!sep)
+                        continue;
+                /* the 5th field is the mount point */
+                char *p = line;
+                for (int i = 0; i < 4 && p; i++) {
+                        p = strchr(p, ' ');
+                        if (p)
+                                p++;
+                }
+                char *end = p ? strchr(p, ' ') : NULL;
+                if (p && end && end < sep)
+                        found = strndup(p, (size_t)(end - p));
+        }
+        fclose(f);
+        return found;
+}
+
+static char *cgroup2_self(void) {
+        FILE *f = fopen("/proc/self/cgroup", "re");
+        if (!f)
+                return NULL;
+        char line[4096], *found = NULL;
+        while (!found && fgets(line, sizeof line, f))
+                if (strncmp(line, "0::", 3) == 0) {
+                        line[strcspn(line, "\n")] = '\0';
+                        found = strdup(line + 3);
+                }
+        fclose(f);
+        return found;
+}
+
+const char *exec_cgroup_base(void) {
+        if (cg.probed)
+                return cg.base;
+        cg.probed = true;
+        _cleanup_free_ char *mnt = cgroup2_mount(), *self = cgroup2_self();
+        const char *why = NULL;
+        if (!mnt)
+                why = "no cgroup2 mount";
+        else if (!self)
+                why = "no cgroup v2 line in /proc/self/cgroup";
+        else {
+                char buf[PATH_MAX];
+                int n = snprintf(buf, sizeof buf, "%s%s", mnt, strcmp(self, "/") == 0 ? "" : self);
+                if (n < 0 || (size_t)n >= sizeof buf)
+                        why = "cgroup path too long";
+                else if (access(buf, W_OK) < 0)
+                        why = "agentd's cgroup is not writable (no delegation)";
+                else
+                        cg.base = strdup(buf);
+        }
+        if (!cg.base && !cg.warned) {
+                cg.warned = true;
+                log_internal(LOG_NOTICE, 0, NULL, NULL,
+                             "exec: %s; commands asking for their own cgroup run in their process group only",
+                             why ? why : "out of memory");
+        }
+        return cg.base;
+}
+
+/* Kills every process of a cgroup. cgroup.kill (5.14+) is atomic against forks; before
+ * it, SIGKILL each member until the list stays empty (bounded). */
+static void cgroup_kill(const char *dir) {
+        char path[PATH_MAX];
+        if (strlen(dir) > PATH_MAX - 32)
+                return;
+        snprintf(path, sizeof path, "%s/cgroup.kill", dir);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+                bool ok = write(fd, "1", 1) == 1;
+                close(fd);
+                if (ok)
+                        return;
+        }
+        snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+        for (int round = 0; round < 100; round++) {
+                FILE *f = fopen(path, "re");
+                if (!f)
+                        return;
+                unsigned n = 0;
+                long pid;
+                while (fscanf(f, "%ld", &pid) == 1) {
+                        if (pid > 0)
+                                (void)kill((pid_t)pid, SIGKILL);
+                        n++;
+                }
+                fclose(f);
+                if (n == 0)
+                        return;
+        }
+}
+
+typedef struct cgroup_rm {
+        char *dir;
+        unsigned tries;
+        sd_event_source *timer;
+        sd_event_source *on_exit; /* the loop ends first: finish the job synchronously */
+} cgroup_rm;
+
+static void cgroup_rm_free(cgroup_rm *c) {
+        sd_event_source_disable_unref(c->timer);
+        sd_event_source_disable_unref(c->on_exit);
+        free(c->dir);
+        free(c);
+}
+
+static int on_cgroup_rm(sd_event_source *s, uint64_t usec, void *userdata) {
+        cgroup_rm *c = userdata;
+        if (rmdir(c->dir) == 0 || errno != EBUSY || ++c->tries >= EXEC_CGROUP_RMDIR_TRIES) {
+                if (c->tries >= EXEC_CGROUP_RMDIR_TRIES)
+                        log_internal(LOG_WARNING, 0, NULL, NULL, "exec: cgroup %s did not empty; left in place",
+                                     c->dir);
+                cgroup_rm_free(c);
+                return 0;
+        }
+        cgroup_kill(c->dir);
+        (void)sd_event_source_set_time_relative(s, EXEC_CGROUP_RMDIR_STEP_US);
+        (void)sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        return 0;
+}
+
+/* agentd is stopping with a killed cgroup not yet empty: wait for it (bounded; the
+ * processes are SIGKILLed, they go within milliseconds) so no directory is left. */
+static int on_cgroup_rm_exit(sd_event_source *s, void *userdata) {
+        cgroup_rm *c = userdata;
+        for (unsigned i = 0; i < 100 && rmdir(c->dir) < 0 && errno == EBUSY; i++) {
+                cgroup_kill(c->dir);
+                struct timespec ts = {0, 10 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+        }
+        cgroup_rm_free(c);
+        return 0;
+}
+
+/* Kills what is left in the job's cgroup and removes it, now or (while the killed
+ * processes exit) from a timer of its own that outlives the job. Takes dir. */
+static void cgroup_release(sd_event *event, char *dir) {
+        if (!dir)
+                return;
+        cgroup_kill(dir);
+        if (rmdir(dir) == 0 || errno != EBUSY) {
+                free(dir);
+                return;
+        }
+        cgroup_rm *c = new0(cgroup_rm, 1);
+        if (c && event) {
+                c->dir = dir;
+                if (sd_event_add_time_relative(event, &c->timer, CLOCK_MONOTONIC, EXEC_CGROUP_RMDIR_STEP_US, 0,
+                                               on_cgroup_rm, c) >= 0 &&
+                    sd_event_add_exit(event, &c->on_exit, on_cgroup_rm_exit, c) >= 0)
+                        return;
+                c->dir = NULL;
+                sd_event_source_disable_unref(c->timer);
+                sd_event_source_disable_unref(c->on_exit);
+        }
+        log_internal(LOG_WARNING, 0, NULL, NULL, "exec: cgroup %s still busy; left in place", dir);
+        free(c);
+        free(dir);
+}
+
+/* A new cgroup for one job and an O_WRONLY descriptor of its cgroup.procs (for the
+ * child to move itself in before execve), or NULL when none can be had. */
+static char *cgroup_create(int *ret_procs_fd) {
+        const char *base = exec_cgroup_base();
+        if (!base)
+                return NULL;
+        char dir[PATH_MAX - 32], procs[PATH_MAX];
+        int n = snprintf(dir, sizeof dir, "%s/organism-exec-%d-%u", base, (int)getpid(), ++cg.seq);
+        if (n < 0 || (size_t)n >= sizeof dir || mkdir(dir, 0755) < 0)
+                goto fail;
+        snprintf(procs, sizeof procs, "%s/cgroup.procs", dir);
+        int fd = open(procs, O_WRONLY | O_CLOEXEC);
+        if (fd < 0) {
+                (void)rmdir(dir);
+                goto fail;
+        }
+        char *d = strdup(dir);
+        if (!d) {
+                close(fd);
+                (void)rmdir(dir);
+                return NULL;
+        }
+        *ret_procs_fd = fd;
+        return d;
+fail:
+        if (!cg.warned) {
+                cg.warned = true;
+                log_internal(LOG_NOTICE, errno, NULL, NULL,
+                             "exec: cannot create a cgroup under %s (%m); using process groups only", base);
+        }
+        return NULL;
+}
 
 static void close_source(sd_event_source **src, int *fd) {
         *src = sd_event_source_disable_unref(*src);
@@ -82,10 +304,12 @@ static void job_free(exec_job *j) {
         close_source(&j->err_src, &j->err_fd);
         j->timer_src = sd_event_source_disable_unref(j->timer_src);
         j->child_src = sd_event_source_disable_unref(j->child_src);
-        sd_event_unref(j->event);
         free(j->in_buf);
         free(j->out.buf);
         free(j->err.buf);
+        if (j->cgroup)
+                cgroup_release(j->event, j->cgroup);
+        sd_event_unref(j->event);
         free(j);
 }
 
@@ -235,6 +459,10 @@ static int on_child(sd_event_source *s, const siginfo_t *si, void *userdata) {
                 return 0; /* only WEXITED is watched; nothing else should arrive */
         /* sd-event reaps the zombie right after this callback returns. */
         j->exited = true;
+        /* What the command left behind in its cgroup dies with it, and so lets go of
+         * the pipes. */
+        if (j->cgroup)
+                cgroup_kill(j->cgroup);
         maybe_finish(j);
         return 0;
 }
@@ -245,6 +473,8 @@ static int on_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
                 j->killed = true;
                 /* The child called setsid(), so its pid is the group id. */
                 (void)kill(-j->pid, SIGKILL);
+                if (j->cgroup)
+                        cgroup_kill(j->cgroup);
                 if (sd_event_source_set_time_relative(s, EXEC_KILL_GRACE_US) >= 0 &&
                     sd_event_source_set_enabled(s, SD_EVENT_ONESHOT) >= 0)
                         return 0;
@@ -272,7 +502,7 @@ static void close_all_fds_except(int keep, long max_fd) {
 /* The child between fork() and execve(): async-signal-safe calls only. On failure the
  * errno goes up the CLOEXEC error pipe, so exec_start can return it. */
 __attribute__((noreturn)) static void child_run(const exec_params *p, char *const *env, int in_fd, int out_fd,
-                                                int err_fd, int errp, long max_fd) {
+                                                int err_fd, int errp, int cg_fd, long max_fd) {
         struct sigaction sa;
         sigset_t none;
         int e;
@@ -288,6 +518,13 @@ __attribute__((noreturn)) static void child_run(const exec_params *p, char *cons
         if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
                 goto fail;
 
+        /* Into the job's own cgroup first, so whatever it forks later is in it too. */
+        if (cg_fd >= 0) {
+                if (write(cg_fd, "0", 1) != 1)
+                        goto fail;
+                close(cg_fd);
+        }
+
         if (setsid() < 0)
                 goto fail;
 
@@ -300,9 +537,10 @@ __attribute__((noreturn)) static void child_run(const exec_params *p, char *cons
                 goto fail;
 
         if (p->set_ids) {
-                /* Groups first: after setuid we could no longer drop them. No
-                 * supplementary groups at all: least privilege. */
-                if (setgroups(0, NULL) < 0 || setgid(p->gid) < 0 || setuid(p->uid) < 0)
+                /* Groups first: after setuid we could no longer drop them. Only the
+                 * supplementary groups asked for (none by default): least privilege. */
+                if (setgroups(p->groups ? p->n_groups : 0, p->groups) < 0 || setgid(p->gid) < 0 ||
+                    setuid(p->uid) < 0)
                         goto fail;
         }
 
@@ -347,6 +585,7 @@ static void reap(pid_t pid) {
 
 int exec_start(sd_event *event, const exec_params *p, exec_done_fn cb, void *userdata, exec_job **ret_job) {
         int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, errp[2] = { -1, -1 };
+        int cg_fd = -1;
         exec_job *j = NULL;
         pid_t pid = -1;
         int r;
@@ -380,6 +619,12 @@ int exec_start(sd_event *event, const exec_params *p, exec_done_fn cb, void *use
             (r = fd_above_stdio(&err[1])) < 0 || (r = fd_above_stdio(&errp[1])) < 0)
                 goto fail;
 
+        if (p->cgroup) {
+                j->cgroup = cgroup_create(&cg_fd);
+                if (j->cgroup && (r = fd_above_stdio(&cg_fd)) < 0)
+                        goto fail;
+        }
+
         long max_fd = sysconf(_SC_OPEN_MAX);
         if (max_fd <= 0)
                 max_fd = 65536;
@@ -392,7 +637,11 @@ int exec_start(sd_event *event, const exec_params *p, exec_done_fn cb, void *use
                 goto fail;
         }
         if (pid == 0)
-                child_run(p, env, in[0], out[1], err[1], errp[1], max_fd);
+                child_run(p, env, in[0], out[1], err[1], errp[1], cg_fd, max_fd);
+        if (cg_fd >= 0) {
+                close(cg_fd);
+                cg_fd = -1;
+        }
 
         close(in[0]);
         in[0] = -1;
@@ -467,6 +716,8 @@ int exec_start(sd_event *event, const exec_params *p, exec_done_fn cb, void *use
         return 0;
 
 fail:
+        if (cg_fd >= 0)
+                close(cg_fd);
         if (pid > 0) {
                 (void)kill(-pid, SIGKILL);
                 j->child_src = sd_event_source_disable_unref(j->child_src);
@@ -490,8 +741,11 @@ static int on_reaped(sd_event_source *s, const siginfo_t *si, void *userdata) {
 void exec_cancel(exec_job *j) {
         if (!j || j->finishing)
                 return;
-        /* Also kills what the child left behind in its group, even if it has exited. */
+        /* Also kills what the child left behind in its group (and cgroup), even if it
+         * has exited. */
         (void)kill(-j->pid, SIGKILL);
+        if (j->cgroup)
+                cgroup_kill(j->cgroup);
         sd_event *e = j->child_src ? sd_event_ref(sd_event_source_get_event(j->child_src)) : NULL;
         j->child_src = sd_event_source_disable_unref(j->child_src);
         sd_event_source *reaper = NULL; /* its own callback drops this reference */
@@ -502,3 +756,5 @@ void exec_cancel(exec_job *j) {
 }
 
 pid_t exec_job_pid(const exec_job *j) { return j ? j->pid : -1; }
+
+bool exec_job_in_cgroup(const exec_job *j) { return j && j->cgroup; }

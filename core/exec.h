@@ -3,7 +3,12 @@
  * A job runs in its own process group (so a time-out kills everything it started),
  * with a chosen environment, cwd and uid/gid, stdout and stderr captured up to a cap
  * (the rest is read and discarded so the child never blocks on a full pipe), and one
- * completion callback on the loop. Never through a shell. */
+ * completion callback on the loop. Never through a shell. With `cgroup` set, the job
+ * also gets its own cgroup v2 directory under agentd's own cgroup (found through
+ * /proc/self/cgroup and the cgroup2 mount): a time-out, a cancel or the main process's
+ * exit kill the whole cgroup (cgroup.kill, or SIGKILL to each of cgroup.procs on kernels
+ * before 5.14), so even what called setsid() dies; the directory is removed once empty.
+ * Where no cgroup v2 is writable the job runs with its process group only, logged once. */
 #ifndef CORE_EXEC_H
 #define CORE_EXEC_H
 
@@ -30,6 +35,9 @@ typedef struct exec_params {
         size_t capture_max;              /* per stream, 0 = 64000 */
         const void *stdin_data;
         size_t stdin_len;
+        const gid_t *groups;             /* supplementary groups with set_ids (NULL = none) */
+        size_t n_groups;
+        bool cgroup;                     /* own cgroup v2 when one is writable */
 } exec_params;
 
 /* Called once with the result (org_exec_result from the SDK). The job is freed after
@@ -42,5 +50,9 @@ int exec_start(sd_event *event, const exec_params *p, exec_done_fn cb, void *use
 /* Kills the process group (SIGKILL), reaps it, frees the job; cb is not called. */
 void exec_cancel(exec_job *job);
 pid_t exec_job_pid(const exec_job *job);
+/* True when the job runs in its own cgroup. */
+bool exec_job_in_cgroup(const exec_job *job);
+/* agentd's cgroup v2 directory when it is writable (probed once), or NULL. */
+const char *exec_cgroup_base(void);
 
 #endif

@@ -438,10 +438,22 @@ static int on_dry_run_defer(sd_event_source *s, void *userdata) {
         return 0;
 }
 
-static int h_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void *userdata, uint64_t *ret_id) {
+static int h_exec_opts(org_ctx *ctx, const org_exec_spec *spec, const org_exec_opts *opts, org_exec_fn cb,
+                       void *userdata, uint64_t *ret_id) {
         instance *in = ctx->inst;
         if (!spec || !spec->argv || !spec->argv[0])
                 return -EINVAL;
+        /* Only the members the plugin's struct_size covers exist. */
+        org_exec_opts o = {0};
+        if (opts) {
+                if (opts->struct_size < offsetof(org_exec_opts, flags) + sizeof(opts->flags))
+                        return -EINVAL;
+                memcpy(&o, opts, MIN(opts->struct_size, (uint32_t)sizeof(o)));
+                if (opts->struct_size < offsetof(org_exec_opts, n_groups) + sizeof(opts->n_groups))
+                        o.groups = NULL, o.n_groups = 0;
+                if (o.n_groups > 64 || (o.n_groups && !o.groups))
+                        return -EINVAL;
+        }
         const char *name = spec->argv[0], *path;
         if (name[0] == '/') {
                 if (!spec->allow_path) {
@@ -494,6 +506,9 @@ static int h_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void 
                         .capture_max = spec->capture_max,
                         .stdin_data = spec->stdin_data,
                         .stdin_len = spec->stdin_len,
+                        .groups = o.groups,
+                        .n_groups = o.n_groups,
+                        .cgroup = (o.flags & ORG_EXEC_CGROUP) != 0,
                 };
                 log_internal(spec->mutating ? LOG_INFO : LOG_DEBUG, 0, in->cfg.plugin, in->name, "run: %s", line);
                 r = exec_start(ctx_agent(ctx)->event, &p, on_exec_done, x, &x->job);
@@ -509,6 +524,24 @@ fail:
         free(x->argv0);
         free(x);
         return r;
+}
+
+static int h_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void *userdata, uint64_t *ret_id) {
+        return h_exec_opts(ctx, spec, NULL, cb, userdata, ret_id);
+}
+
+static int h_exec_info(org_ctx *ctx, uint64_t id, pid_t *ret_pid, bool *ret_cgroup) {
+        for (ctx_exec *x = ctx->execs; x; x = x->next)
+                if (x->id == id) {
+                        if (!x->job)
+                                return -ENOENT;
+                        if (ret_pid)
+                                *ret_pid = exec_job_pid(x->job);
+                        if (ret_cgroup)
+                                *ret_cgroup = exec_job_in_cgroup(x->job);
+                        return 0;
+                }
+        return -ENOENT;
 }
 
 static int h_exec_cancel(org_ctx *ctx, uint64_t id) {
@@ -607,6 +640,9 @@ const org_host host_table = {
         .consume_durable = h_consume_durable,
         .consume_cancel = h_consume_cancel,
         .ack = h_ack,
+        /* appended by gpuworker */
+        .exec_opts = h_exec_opts,
+        .exec_info = h_exec_info,
 };
 
 org_ctx *ctx_new(instance *in) {

@@ -4,6 +4,7 @@
 # fuzzers and sanitizers, python3 for the end-to-end tests).
 set -euo pipefail
 build=(meson ninja-build gcc pkg-config libsystemd-dev libyaml-dev libsqlite3-dev libjansson-dev libnats-dev libpci-dev)
+build+=(libdrm-dev)  # gpuworker: drmGetDevices2 cross-check
 test=(python3 clang libclang-rt-14-dev nats-server sqlite3 util-linux git)
 test+=(collectd-core) # bench_agent.py: resident memory side by side with collectd
 pkgs=("${build[@]}")

@@ -87,6 +87,21 @@ typedef struct org_exec_spec {
         size_t stdin_len;
 } org_exec_spec;
 
+/* Options of host->exec_opts (appended to the SDK by gpuworker). Set struct_size to
+ * sizeof(org_exec_opts); the host reads only the members that size covers, so the
+ * struct may grow at its end. */
+/* ORG_EXEC_CGROUP: an own cgroup v2 (under agentd's) so a time-out or cancel kills
+ * everything the command started, even what left its process group (setsid,
+ * daemonise); when the command exits, what it left behind is killed too. Where no
+ * cgroup v2 is writable the process group is used and the log says so once. */
+#define ORG_EXEC_CGROUP 0x1u
+typedef struct org_exec_opts {
+        uint32_t struct_size;
+        uint32_t flags;            /* ORG_EXEC_* */
+        const gid_t *groups;       /* supplementary groups with set_ids; NULL = none */
+        size_t n_groups;
+} org_exec_opts;
+
 /* One row from `store_query`: `n` columns, NULL for SQL NULL. */
 typedef int (*org_row_fn)(void *userdata, int n, const char *const *columns, const char *const *names);
 
@@ -209,6 +224,17 @@ typedef struct org_host {
         int (*consume_durable)(org_ctx *ctx, const org_consume_opts *opts, uint64_t *ret_id);
         int (*consume_cancel)(org_ctx *ctx, uint64_t id);
         int (*ack)(org_ctx *ctx, uint64_t ack_token, org_ack_kind kind, uint64_t delay_ms);
+
+        /* -- appended by gpuworker: exec options -- */
+        /* exec with options the first org_exec_spec lacks. org_exec_spec has no size
+         * field, so it cannot grow (an older plugin's struct would be read past its
+         * end); options live in org_exec_opts instead, which starts with its own
+         * struct_size. opts may be NULL (= exec). */
+        int (*exec_opts)(org_ctx *ctx, const org_exec_spec *spec, const org_exec_opts *opts, org_exec_fn cb,
+                         void *userdata, uint64_t *ret_id);
+        /* The pid of a running exec and whether it got its own cgroup; -ENOENT when
+         * the id is not running (finished, cancelled, or a dry_run). */
+        int (*exec_info)(org_ctx *ctx, uint64_t id, pid_t *ret_pid, bool *ret_cgroup);
 } org_host;
 
 /* True when the host table has member M (a host older than the plugin may not). */

@@ -241,12 +241,22 @@ static int f_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void 
         for (size_t i = 0; spec->argv[i] && i < 15; i++)
                 x->argv[i] = strdup(spec->argv[i]);
         x->mutating = spec->mutating;
+        x->allow_path = spec->allow_path;
+        x->set_ids = spec->set_ids;
+        x->uid = (unsigned)spec->uid;
+        x->gid = (unsigned)spec->gid;
+        x->timeout_ms = spec->timeout_ms;
+        x->capture_max = spec->capture_max;
+        x->cwd = spec->cwd ? strdup(spec->cwd) : NULL;
+        for (size_t i = 0; spec->env && spec->env[i] && i < 63; i++)
+                x->env[i] = strdup(spec->env[i]);
         if (ret_id)
                 *ret_id = ctx->n_execs;
         if (ctx->exec_deferred && !(spec->mutating && ctx->dry_run)) {
                 if (ctx->n_pending == FAKE_MAX)
                         return -ENOBUFS;
                 ctx->pending[ctx->n_pending].cb = cb;
+                ctx->pending[ctx->n_pending].id = ctx->n_execs;
                 ctx->pending[ctx->n_pending++].userdata = userdata;
                 return 0;
         }
@@ -273,7 +283,56 @@ bool fake_exec_complete(org_ctx *ctx, int status, const char *out) {
         return true;
 }
 
-static int f_exec_cancel(org_ctx *ctx, uint64_t id) { return 0; }
+bool fake_exec_complete_res(org_ctx *ctx, const org_exec_result *res) {
+        if (ctx->n_pending == 0)
+                return false;
+        org_exec_fn cb = ctx->pending[0].cb;
+        void *ud = ctx->pending[0].userdata;
+        memmove(ctx->pending, ctx->pending + 1, (ctx->n_pending - 1) * sizeof ctx->pending[0]);
+        ctx->n_pending--;
+        if (cb)
+                cb(ctx, res, ud);
+        return true;
+}
+
+/* A cancelled exec never calls back, as in agentd. */
+static int f_exec_cancel(org_ctx *ctx, uint64_t id) {
+        for (size_t i = 0; i < ctx->n_pending; i++)
+                if (ctx->pending[i].id == id) {
+                        memmove(ctx->pending + i, ctx->pending + i + 1,
+                                (ctx->n_pending - i - 1) * sizeof ctx->pending[0]);
+                        ctx->n_pending--;
+                        if (id >= 1 && id <= ctx->n_execs)
+                                ctx->execs[id - 1].cancelled = true;
+                        return 0;
+                }
+        return 0;
+}
+
+static int f_exec_opts(org_ctx *ctx, const org_exec_spec *spec, const org_exec_opts *opts, org_exec_fn cb,
+                       void *userdata, uint64_t *ret_id) {
+        size_t slot = ctx->n_execs;
+        int r = f_exec(ctx, spec, cb, userdata, ret_id);
+        if (r >= 0 && opts && slot < ctx->n_execs) {
+                ctx->execs[slot].flags = opts->flags;
+                ctx->execs[slot].n_groups = opts->n_groups;
+        }
+        return r;
+}
+
+/* Pid 10000 + id for an exec still in flight. */
+static int f_exec_info(org_ctx *ctx, uint64_t id, pid_t *ret_pid, bool *ret_cgroup) {
+        for (size_t i = 0; i < ctx->n_pending; i++)
+                if (ctx->pending[i].id == id) {
+                        if (ret_pid)
+                                *ret_pid = (pid_t)(10000 + id);
+                        if (ret_cgroup)
+                                *ret_cgroup = id >= 1 && id <= ctx->n_execs &&
+                                              (ctx->execs[id - 1].flags & ORG_EXEC_CGROUP);
+                        return 0;
+                }
+        return -ENOENT;
+}
 
 /* The store: a real sqlite database in memory, so plugins' SQL is exercised. */
 static sqlite3 *fake_db(org_ctx *ctx) {
@@ -397,6 +456,8 @@ const org_host fake_host = {
         .sysroot_path = f_sysroot_path,
         .exec = f_exec,
         .exec_cancel = f_exec_cancel,
+        .exec_opts = f_exec_opts,
+        .exec_info = f_exec_info,
         .store_exec = f_store_exec,
         .store_query = f_store_query,
         .kv_get = f_kv_get,
@@ -432,9 +493,13 @@ void fake_ctx_done(org_ctx *ctx) {
         fake_ctx_clear_published(ctx);
         for (size_t i = 0; i < ctx->n_subscriptions; i++)
                 free(ctx->subscriptions[i]);
-        for (size_t i = 0; i < ctx->n_execs; i++)
+        for (size_t i = 0; i < ctx->n_execs; i++) {
                 for (size_t k = 0; k < 16; k++)
                         free(ctx->execs[i].argv[k]);
+                for (size_t k = 0; k < 64; k++)
+                        free(ctx->execs[i].env[k]);
+                free(ctx->execs[i].cwd);
+        }
         sqlite3_close(ctx->db);
         for (size_t i = 0; i < ctx->n_metrics; i++)
                 free(ctx->metric_names[i]);

@@ -43,6 +43,16 @@ typedef struct fake_io {
 typedef struct fake_exec {
         char *argv[16];
         bool mutating;
+        /* what exec_opts (and exec) were asked for */
+        bool allow_path, set_ids;
+        unsigned uid, gid;
+        uint64_t timeout_ms;
+        size_t capture_max;
+        char *cwd;
+        char *env[64];
+        uint32_t flags;           /* org_exec_opts.flags */
+        size_t n_groups;
+        bool cancelled;
 } fake_exec;
 
 struct org_ctx {
@@ -72,6 +82,7 @@ struct org_ctx {
         struct {
                 org_exec_fn cb;
                 void *userdata;
+                uint64_t id;      /* exec id: exec_cancel drops it */
         } pending[FAKE_MAX];
         size_t n_pending;
         void *db;                 /* sqlite3 *, in memory: the store, opened on first use */
@@ -102,6 +113,8 @@ size_t fake_realtime_timers(org_ctx *ctx, uint64_t *ret_first_at);
 double fake_metric(org_ctx *ctx, const char *name);
 /* Completes the oldest deferred exec with status and out; false if none is pending. */
 bool fake_exec_complete(org_ctx *ctx, int status, const char *out);
+/* Completes the oldest deferred exec with a full result. */
+bool fake_exec_complete_res(org_ctx *ctx, const org_exec_result *res);
 /* Builds a message and hands it to the plugin's handle / call hook. */
 int fake_deliver(const org_plugin *p, void *state, const char *subject, const char *data);
 int fake_call(const org_plugin *p, void *state, org_ctx *ctx, const char *verb, const char *args, char **ret_reply);
