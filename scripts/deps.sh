@@ -3,8 +3,8 @@
 # running, `deps.sh --test` adds what the test suite uses (nats-server, clang for the
 # fuzzers and sanitizers, python3 for the end-to-end tests).
 set -euo pipefail
-build=(meson ninja-build gcc pkg-config libsystemd-dev libyaml-dev libsqlite3-dev libjansson-dev libnats-dev)
-test=(python3 clang libclang-rt-14-dev nats-server sqlite3 util-linux git)
+build=(meson ninja-build gcc pkg-config libsystemd-dev libyaml-dev libsqlite3-dev libjansson-dev libnats-dev libgit2-dev libcurl4-openssl-dev)
+test=(python3 clang libclang-rt-14-dev nats-server sqlite3 util-linux git procps)
 pkgs=("${build[@]}")
 [ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")
 missing=()
