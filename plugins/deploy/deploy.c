@@ -656,9 +656,13 @@ static void on_step_done(org_ctx *ctx, const org_exec_result *res, void *userdat
 static void run_step(deploy *d, deploy_step s) {
         char script[DEPLOY_PATH_MAX + 64], rel[DEPLOY_PATH_MAX + 64], home[DEPLOY_PATH_MAX + 16];
         const char *name = step_names[s];
-        if (s == STEP_HEALTH)
+        if (s == STEP_HEALTH) {
+                /* no run is in flight: the check logs into the run that made the release */
                 strfmt(rel, sizeof rel, "%s/%s", d->releases, d->health_release);
-        else
+                strfmt(d->run_id, sizeof d->run_id, "%s", d->health_release);
+                strfmt(d->run_dir, sizeof d->run_dir, "%s/%s", d->runs, d->health_release);
+                (void)deploy_mkdir_p(d->run_dir, 0755);
+        } else
                 strfmt(rel, sizeof rel, "%s", d->rel_dir);
         strfmt(script, sizeof script, "%s/scripts/%s.sh", rel, name);
         d->step = s;
@@ -670,7 +674,7 @@ static void run_step(deploy *d, deploy_step s) {
                         if (!d->health_of_current)
                                 dlog(d, ORG_LOG_WARNING, "auto_promote: %s has no executable scripts/healthcheck.sh",
                                      d->health_release);
-                        health_done(d, false, "missing");
+                        health_done(d, d->health_of_current, "missing");
                         return;
                 }
                 if (d->allow_missing[s]) {
@@ -947,6 +951,8 @@ static void accept_release(deploy *d, const char *name, const char *why) {
         publish(d, "accepted",
                 json_pack("{s:s, s:s, s:s?, s:s}", "release", name, "commit", sha.v, "previous", prev[0] ? prev : NULL,
                           "why", why));
+        if (d->auto_rollback && d->ph != PH_IDLE)
+                dlog(d, ORG_LOG_WARNING, "auto_rollback: no healthcheck of %s, a run is in flight", name);
         if (d->auto_rollback && d->ph == PH_IDLE) {
                 d->health_of_current = true;
                 strfmt(d->health_release, sizeof d->health_release, "%s", name);

@@ -95,6 +95,20 @@ static bool has_commit(git_repository *repo, const char *sha) {
         return true;
 }
 
+/* A corrupt mirror is moved aside (never deleted: an operator may want to look) and
+ * created anew; the next fetch fills it. */
+static int move_aside_and_init(const char *mirror, git_repository **ret, char *err, size_t err_len) {
+        char aside[DEPLOY_PATH_MAX + 32];
+        int n = snprintf(aside, sizeof aside, "%s.corrupt-%lld", mirror, (long long)time(NULL));
+        if (n < 0 || (size_t)n >= sizeof aside || rename(mirror, aside) < 0) {
+                snprintf(err, err_len, "the mirror %s is unreadable and cannot be moved aside: %s", mirror,
+                         strerror(errno));
+                return -EIO;
+        }
+        int r = git_repository_init(ret, mirror, 1);
+        return r < 0 ? git_fail(r, "cannot re-create the mirror", err, err_len) : 0;
+}
+
 static int open_or_init(const char *mirror, git_repository **ret, char *err, size_t err_len) {
         int r = git_repository_open_bare(ret, mirror);
         if (r == GIT_ENOTFOUND || (r < 0 && access(mirror, F_OK) < 0)) {
@@ -103,20 +117,27 @@ static int open_or_init(const char *mirror, git_repository **ret, char *err, siz
                         return git_fail(r, "cannot create the mirror", err, err_len);
                 return 0;
         }
-        if (r < 0) {
-                /* corrupt: moved aside (never deleted: an operator may want to look), fetched anew */
-                char aside[DEPLOY_PATH_MAX + 32];
-                snprintf(aside, sizeof aside, "%s.corrupt-%lld", mirror, (long long)time(NULL));
-                if (rename(mirror, aside) < 0) {
-                        snprintf(err, err_len, "the mirror %s is unreadable and cannot be moved aside: %s", mirror,
-                                 strerror(errno));
-                        return -errno;
-                }
-                r = git_repository_init(ret, mirror, 1);
-                if (r < 0)
-                        return git_fail(r, "cannot re-create the mirror", err, err_len);
+        return r < 0 ? move_aside_and_init(mirror, ret, err, err_len) : 0;
+}
+
+/* Whether the last libgit2 error is the network's (the mirror is fine) or the
+ * repository's own (refs, objects, config: the mirror is damaged). */
+static bool last_error_is_local(void) {
+        const git_error *e = git_error_last();
+        if (!e)
+                return false;
+        switch (e->klass) {
+        case GIT_ERROR_REFERENCE:
+        case GIT_ERROR_ODB:
+        case GIT_ERROR_OBJECT:
+        case GIT_ERROR_REPOSITORY:
+        case GIT_ERROR_CONFIG:
+        case GIT_ERROR_ZLIB:
+        case GIT_ERROR_INDEXER:
+                return true;
+        default:
+                return false;
         }
-        return 0;
 }
 
 int deploy_git_ensure(const char *mirror, const char *url, const char *branch, const deploy_creds *creds,
@@ -143,6 +164,20 @@ int deploy_git_ensure(const char *mirror, const char *url, const char *branch, c
                 fo.prune = GIT_FETCH_PRUNE;
                 fo.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_NONE;
                 r = git_remote_fetch(remote, &refspecs, &fo, "deploy: fetch");
+                if (r < 0 && last_error_is_local()) {
+                        /* once: a damaged mirror is set aside and fetched from scratch */
+                        git_remote_free(remote);
+                        remote = NULL;
+                        git_repository_free(repo);
+                        repo = NULL;
+                        if ((r = move_aside_and_init(mirror, &repo, err, err_len)) < 0)
+                                goto out;
+                        if ((r = git_remote_create_anonymous(&remote, repo, url)) < 0) {
+                                r = git_fail(r, "bad url", err, err_len);
+                                goto out;
+                        }
+                        r = git_remote_fetch(remote, &refspecs, &fo, "deploy: fetch");
+                }
                 if (r < 0) {
                         r = git_fail(r, "fetch", err, err_len);
                         goto out;

@@ -301,6 +301,151 @@ def test_kill9_current_always_valid(tmp, agents):
     assert cur and s["current"] and cur == "releases/" + s["current"], (cur, s)
 
 
+HEALTH = "#!/bin/sh\n[ ! -e \"$FLAG\" ] || { echo unhealthy; exit 1; }\necho healthy\n"
+
+
+def files_health():
+    return {"scripts/healthcheck.sh": HEALTH}
+
+
+def commit_h(repo, msg, **kw):
+    os.makedirs(os.path.join(repo, "scripts"), exist_ok=True)
+    sha = commit(repo, msg, files=files_health(), **kw)
+    os.chmod(os.path.join(repo, "scripts", "healthcheck.sh"), 0o755)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", msg + " (x)")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def test_healthcheck_promote_and_rollback(tmp, agents):
+    repo = make_repo(tmp)
+    flag = os.path.join(tmp, "unhealthy")
+    commit_h(repo, "A")
+    a = start(tmp, agents, repo, extra="      auto_promote: true\n      auto_rollback: true\n"
+              "      env: {FLAG: %s}\n" % flag)
+    s = wait_for(lambda: (lambda s: s if s["current"] else None)(idle(a)), what="auto_promote of A")
+    rel_a = s["current"]
+    assert s["candidate"] is None and link(tmp, "current") == "releases/" + rel_a, s
+    # B while unhealthy: its check as a candidate fails, it stays candidate; accepted by hand
+    commit_h(repo, "B")
+    open(flag, "w").close()
+    s = trigger(a)
+    # the flag makes B's candidate check fail: not promoted
+    assert s["current"] == rel_a and s["candidate"] and s["candidate"] != rel_a, s
+    rel_b = s["candidate"]
+    os.unlink(flag)
+    s = verdict(a, "accept")
+    s = idle(a)
+    assert s["current"] == rel_b, s
+    # now unhealthy: a manual accept of C is followed by its failing check -> back to B
+    commit_h(repo, "C")
+    s = trigger(a)
+    rel_c = s["current"]
+    assert rel_c != rel_b, s  # auto-promoted while healthy
+    open(flag, "w").close()
+    commit_h(repo, "D")
+    s = trigger(a)
+    rel_d = s["candidate"]
+    assert rel_d and s["current"] == rel_c, s
+    verdict(a, "accept")
+    s = wait_for(lambda: (lambda s: s if s["phase"] == "idle" and s["current"] == rel_c else None)(status(a)),
+                 what="auto_rollback to C")
+    assert link(tmp, "current") == "releases/" + rel_c
+    text = a.ok("call", "web", "logs", "healthcheck", rel_d)["text"]
+    assert "unhealthy" in text, text
+
+
+def test_triggers_coalesce_two_instances(tmp, agents):
+    if os.geteuid() != 0:
+        raise Skip("needs root")
+    repo1, repo2 = make_repo(tmp), os.path.join(tmp, "repo2")
+    os.makedirs(repo2)
+    git(repo2, "init", "-q", "-b", "main")
+    slow = "#!/bin/sh\nsleep 1\nexit 0\n"
+    commit(repo1, "A", build=slow)
+    commit(repo2, "X")
+    text = config(tmp, repo1) + config(tmp, repo2).replace("  web:", "  api:").replace(
+        os.path.join(tmp, "deploy"), os.path.join(tmp, "deploy2"))
+    a = Agent(tmp, text)
+    agents.append(a)
+    a.start()
+    wait_for(lambda: a.ok("call", "web", "status")["phase"] != "idle", what="a run of web")
+    sha_b = commit(repo1, "B", build=slow)
+    for _ in range(6):
+        a.ok("call", "web", "trigger")
+    s = idle(a)
+    runs = a.ok("call", "web", "runs", "50")["runs"]
+    assert [r["commit"] for r in runs][:1] == [sha_b] and len(runs) == 2, runs
+    s2 = wait_for(lambda: (lambda s: s if s["candidate"] else None)(a.ok("call", "api", "status")),
+                  what="the second instance's candidate")
+    assert os.path.islink(os.path.join(tmp, "deploy2", "candidate")), s2
+
+
+def test_bad_inputs_are_clear_and_recoverable(tmp, agents):
+    repo = make_repo(tmp)
+    commit(repo, "A")
+    a = start(tmp, agents, repo.replace("repo", "nothere"))
+    s = status(a)
+    assert s["last_poll"] == "error" and s["last_error"], s
+    a.stop()
+    agents.remove(a)
+    # a branch that does not exist
+    a = Agent(tmp, config(tmp, repo).replace("branch: main", "branch: nope"))
+    agents.append(a)
+    a.start()
+    s = idle(a)
+    assert "no branch nope" in s["last_error"], s
+    a.stop()
+    agents.remove(a)
+    # a corrupt mirror is moved aside and fetched again; the run goes on
+    a = start(tmp, agents, repo)
+    assert status(a)["candidate"]
+    mirror = os.path.join(root(tmp), "mirror")
+    for name in ("HEAD", "config"):
+        with open(os.path.join(mirror, name), "w") as f:
+            f.write("garbage\n")
+    sha = commit(repo, "B")
+    s = trigger(a)
+    assert s["runs"][0]["commit"] == sha and s["runs"][0]["status"] == "success", s
+    assert [n for n in os.listdir(root(tmp)) if n.startswith("mirror.corrupt-")]
+
+
+def test_github_wrong_token(tmp, agents):
+    repo = make_repo(tmp)
+    commit(repo, "A")
+
+    class Denied(GitHub):
+        def do_GET(self):
+            if self.headers.get("Authorization") != "Bearer right":
+                body = b'{"message": "Bad credentials"}'
+                self.send_response(401)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            GitHub.do_GET(self)
+
+    Denied.repo = repo
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Denied)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    tok = os.path.join(tmp, "token")
+    with open(tok, "w") as f:
+        f.write("wrong\n")
+    try:
+        api = "http://127.0.0.1:%d" % srv.server_address[1]
+        a = start(tmp, agents, repo, extra="      detect: github\n      api_url: %s\n      github_repo: o/r\n"
+                  "      token_file: %s\n" % (api, tok))
+        s = status(a)
+        assert "401" in s["last_error"] and "Bad credentials" in s["last_error"] and not s["runs"], s
+        with open(tok, "w") as f:
+            f.write("right\n")
+        a.ok("plugin", "reload", "web")
+        s = idle(a)
+        assert s["last_error"] is None and s["runs"] and s["runs"][0]["status"] == "success", s
+    finally:
+        srv.shutdown()
+
+
 def a_cmd(a, verb):
     from harness import AGENTCTL
     return [AGENTCTL, "-s", a.sock, "call", "web", verb, "--confirm", "true"]
