@@ -326,8 +326,22 @@ typedef struct detect_job {
         uint64_t loop_us;
 } detect_job;
 
+static int detect_work_locked(detect_job *j);
+
+/* Each job holds its own reference on libgit2's and libcurl's global state (both are
+ * refcounted and thread-safe in the versions we build with: libgit2 1.5, libcurl 7.88
+ * "threadsafe"), so a fini that drops the instance's while a job still runs on the
+ * pool cannot pull the libraries out from under it. */
 static int detect_work(void *userdata) {
-        detect_job *j = userdata;
+        deploy_git_init();
+        deploy_http_init();
+        int r = detect_work_locked(userdata);
+        deploy_http_shutdown();
+        deploy_git_shutdown();
+        return r;
+}
+
+static int detect_work_locked(detect_job *j) {
         int r;
         j->rate = -1;
         if (j->github) {
@@ -379,7 +393,9 @@ static int checkout_work(void *userdata) {
         checkout_job *j = userdata;
         uint64_t t0 = mono_us();
         (void)deploy_rm_rf(j->tmp);
+        deploy_git_init();
         int r = deploy_git_checkout(j->mirror, j->sha, j->tmp, &j->files, j->err, sizeof j->err);
+        deploy_git_shutdown();
         if (r < 0)
                 goto out;
         if (j->set_ids && ((r = deploy_chown_tree(j->tmp, j->uid, j->gid)) < 0 ||
@@ -407,6 +423,8 @@ static int checkout_work(void *userdata) {
                 (void)deploy_fsync_dir(parent);
         }
 out:
+        if (r < 0)
+                (void)deploy_rm_rf(j->tmp); /* a failed checkout leaves nothing half-made */
         j->duration_us = mono_us() - t0;
         return r;
 }
