@@ -446,6 +446,22 @@ def test_github_wrong_token(tmp, agents):
         srv.shutdown()
 
 
+def test_dry_run_builds_and_switches_nothing(tmp, agents):
+    if os.geteuid() != 0:
+        raise Skip("needs root")
+    repo = make_repo(tmp)
+    commit(repo, "A")
+    a = Agent(tmp, config(tmp, repo).replace("    config:\n", "    dry_run: true\n    config:\n", 1))
+    agents.append(a)
+    a.start()
+    wait_for(lambda: "dry_run: not polling" in a.logtext(), what="the dry_run poll")
+    s = status(a)
+    assert s["runs"] == [] and s["head"] is None, s
+    assert not os.path.exists(os.path.join(root(tmp), "mirror"))
+    out = verdict(a, "rollback", check=1)
+    assert "dry_run" in json.dumps(out), out
+
+
 def a_cmd(a, verb):
     from harness import AGENTCTL
     return [AGENTCTL, "-s", a.sock, "call", "web", verb, "--confirm", "true"]
