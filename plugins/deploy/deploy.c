@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -328,16 +329,30 @@ typedef struct detect_job {
 
 static int detect_work_locked(detect_job *j);
 
-/* Each job holds its own reference on libgit2's and libcurl's global state (both are
- * refcounted and thread-safe in the versions we build with: libgit2 1.5, libcurl 7.88
- * "threadsafe"), so a fini that drops the instance's while a job still runs on the
- * pool cannot pull the libraries out from under it. */
-static int detect_work(void *userdata) {
+/* libgit2 is initialised by each job around its own work, under one lock for the
+ * process, and nowhere else: no instance holds a reference a fini could drop while a
+ * job still runs, and each job's shutdown is the last one, on the thread that used the
+ * library — libgit2 1.5.1 frees only the calling thread's state on its last shutdown,
+ * so any other order leaks the per-thread error state of the pool's threads. The
+ * lock also serialises git work of several instances (the pool has two threads). */
+static pthread_mutex_t git_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void git_enter(void) {
+        pthread_mutex_lock(&git_lock);
         deploy_git_init();
-        deploy_http_init();
+}
+
+static void git_leave(void) {
+        deploy_git_shutdown();
+        pthread_mutex_unlock(&git_lock);
+}
+
+static int detect_work(void *userdata) {
+        git_enter();
+        deploy_http_init(); /* refcounted and thread-safe in libcurl 7.88 ("threadsafe") */
         int r = detect_work_locked(userdata);
         deploy_http_shutdown();
-        deploy_git_shutdown();
+        git_leave();
         return r;
 }
 
@@ -393,9 +408,9 @@ static int checkout_work(void *userdata) {
         checkout_job *j = userdata;
         uint64_t t0 = mono_us();
         (void)deploy_rm_rf(j->tmp);
-        deploy_git_init();
+        git_enter();
         int r = deploy_git_checkout(j->mirror, j->sha, j->tmp, &j->files, j->err, sizeof j->err);
-        deploy_git_shutdown();
+        git_leave();
         if (r < 0)
                 goto out;
         if (j->set_ids && ((r = deploy_chown_tree(j->tmp, j->uid, j->gid)) < 0 ||
@@ -1179,8 +1194,6 @@ static void deploy_free(deploy *d) {
                 free(d->env[i]);
         free(d->env);
         free(d);
-        deploy_git_shutdown();
-        deploy_http_shutdown();
 }
 
 static int load_config(deploy *d) {
@@ -1349,8 +1362,6 @@ static int deploy_init(const org_host *host, org_ctx *ctx, void **ret_state) {
         deploy *d = calloc(1, sizeof *d);
         if (!d)
                 return -ENOMEM;
-        deploy_git_init();
-        deploy_http_init();
         d->host = host;
         d->ctx = ctx;
         d->inst = host->instance_name(ctx);

@@ -140,6 +140,17 @@ static bool last_error_is_local(void) {
         }
 }
 
+/* An in-memory remote on the mirror: no name, no default fetchspec, and no url.*.insteadOf
+ * lookup (nothing in the mirror's config may redirect the URL; that lookup is also where
+ * libgit2 1.5.1 leaks pcre2 match data on every call). */
+static int remote_on(git_repository *repo, const char *url, git_remote **ret) {
+        git_remote_create_options o;
+        git_remote_create_options_init(&o, GIT_REMOTE_CREATE_OPTIONS_VERSION);
+        o.repository = repo;
+        o.flags = GIT_REMOTE_CREATE_SKIP_INSTEADOF | GIT_REMOTE_CREATE_SKIP_DEFAULT_FETCHSPEC;
+        return git_remote_create_with_opts(ret, url, &o);
+}
+
 int deploy_git_ensure(const char *mirror, const char *url, const char *branch, const deploy_creds *creds,
                       const char *sha, bool *ret_fetched, char *err, size_t err_len) {
         git_repository *repo = NULL;
@@ -149,7 +160,7 @@ int deploy_git_ensure(const char *mirror, const char *url, const char *branch, c
                 return r;
         bool fetched = false;
         if (!sha[0] || !has_commit(repo, sha)) {
-                r = git_remote_create_anonymous(&remote, repo, url);
+                r = remote_on(repo, url, &remote);
                 if (r < 0) {
                         r = git_fail(r, "bad url", err, err_len);
                         goto out;
@@ -172,7 +183,7 @@ int deploy_git_ensure(const char *mirror, const char *url, const char *branch, c
                         repo = NULL;
                         if ((r = move_aside_and_init(mirror, &repo, err, err_len)) < 0)
                                 goto out;
-                        if ((r = git_remote_create_anonymous(&remote, repo, url)) < 0) {
+                        if ((r = remote_on(repo, url, &remote)) < 0) {
                                 r = git_fail(r, "bad url", err, err_len);
                                 goto out;
                         }
