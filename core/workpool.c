@@ -257,7 +257,9 @@ unsigned workpool_pending(workpool *p, org_ctx *owner) {
         return n;
 }
 
-unsigned workpool_threads(workpool *p) { return p ? p->n_threads : 0; }
+unsigned workpool_threads(workpool *p) {
+        return p ? p->n_threads : 0;
+}
 
 void workpool_free(workpool *p) {
         if (!p)

@@ -33,7 +33,7 @@
 
 #include "deploy.h"
 
-#define US_PER_SEC 1000000ULL
+#define US_PER_SEC        1000000ULL
 #define DEFAULT_ROOT_BASE "/var/lib/organism/deploy"
 
 typedef enum deploy_phase {
@@ -84,49 +84,101 @@ typedef struct deploy {
 /* ---- config ---- */
 
 static const org_config_entry deploy_config_map[] = {
-        {.key = "url", .type = ORG_CFG_STRING, .required = true,
+        {.key = "url",
+         .type = ORG_CFG_STRING,
+         .required = true,
          .help = "the repository: https://github.com/O/R.git, git@host:O/R.git, file:///srv/git/r.git or a path"},
         {.key = "branch", .type = ORG_CFG_STRING, .default_value = "main", .help = "the branch deployed"},
-        {.key = "root", .type = ORG_CFG_STRING,
+        {.key = "root",
+         .type = ORG_CFG_STRING,
          .help = "folder of mirror/, releases/, runs/ and the current and candidate links (default "
                  "/var/lib/organism/deploy/<instance>)"},
-        {.key = "poll_interval", .type = ORG_CFG_DURATION, .default_value = "60s", .min = "1s", .max = "1d",
+        {.key = "poll_interval",
+         .type = ORG_CFG_DURATION,
+         .default_value = "60s",
+         .min = "1s",
+         .max = "1d",
          .help = "how often the branch is polled (deploy.<instance>.trigger polls at once)"},
-        {.key = "detect", .type = ORG_CFG_STRING, .default_value = "auto", .choices = ORG_CHOICES("auto", "github", "git"),
+        {.key = "detect",
+         .type = ORG_CFG_STRING,
+         .default_value = "auto",
+         .choices = ORG_CHOICES("auto", "github", "git"),
          .help = "auto: the GitHub API for github.com URLs, a libgit2 remote ls otherwise"},
-        {.key = "api_url", .type = ORG_CFG_STRING, .default_value = "https://api.github.com",
+        {.key = "api_url",
+         .type = ORG_CFG_STRING,
+         .default_value = "https://api.github.com",
          .help = "GitHub API base (GitHub Enterprise: https://HOST/api/v3)"},
         {.key = "github_repo", .type = ORG_CFG_STRING, .help = "OWNER/NAME for the API (default: from url)"},
-        {.key = "token_file", .type = ORG_CFG_STRING,
+        {.key = "token_file",
+         .type = ORG_CFG_STRING,
          .help = "file holding a token for the API and HTTPS fetches (never the agent's environment)"},
         {.key = "ssh_key", .type = ORG_CFG_STRING, .help = "private key file for SSH fetches (a read-only deploy key)"},
-        {.key = "user", .type = ORG_CFG_STRING,
+        {.key = "user",
+         .type = ORG_CFG_STRING,
          .help = "unprivileged user the scripts run as; required when agentd runs as root (never root)"},
-        {.key = "path", .type = ORG_CFG_STRING, .default_value = "/usr/local/bin:/usr/bin:/bin",
+        {.key = "path",
+         .type = ORG_CFG_STRING,
+         .default_value = "/usr/local/bin:/usr/bin:/bin",
          .help = "PATH of the scripts' minimal environment"},
         {.key = "env", .type = ORG_CFG_STRING_DICT, .help = "extra environment of the scripts (name -> value)"},
-        {.key = "build_timeout", .type = ORG_CFG_DURATION, .default_value = "20m", .min = "1s", .max = "1d",
+        {.key = "build_timeout",
+         .type = ORG_CFG_DURATION,
+         .default_value = "20m",
+         .min = "1s",
+         .max = "1d",
          .help = "scripts/build.sh is killed (with its process group) after this"},
-        {.key = "test_timeout", .type = ORG_CFG_DURATION, .default_value = "30m", .min = "1s", .max = "1d",
+        {.key = "test_timeout",
+         .type = ORG_CFG_DURATION,
+         .default_value = "30m",
+         .min = "1s",
+         .max = "1d",
          .help = "scripts/test.sh is killed after this"},
-        {.key = "health_timeout", .type = ORG_CFG_DURATION, .default_value = "2m", .min = "1s", .max = "1h",
+        {.key = "health_timeout",
+         .type = ORG_CFG_DURATION,
+         .default_value = "2m",
+         .min = "1s",
+         .max = "1h",
          .help = "scripts/healthcheck.sh is killed after this (a time-out is a failed check)"},
-        {.key = "http_timeout", .type = ORG_CFG_DURATION, .default_value = "30s", .min = "1s", .max = "10m",
+        {.key = "http_timeout",
+         .type = ORG_CFG_DURATION,
+         .default_value = "30s",
+         .min = "1s",
+         .max = "10m",
          .help = "the whole GitHub API request"},
-        {.key = "allow_missing", .type = ORG_CFG_STRING_LIST, .default_value = "[]",
+        {.key = "allow_missing",
+         .type = ORG_CFG_STRING_LIST,
+         .default_value = "[]",
          .choices = ORG_CHOICES("build", "test"),
          .help = "steps whose missing script counts as skipped; otherwise a missing script fails the run"},
-        {.key = "retry_timeouts", .type = ORG_CFG_BOOL, .default_value = "false",
+        {.key = "retry_timeouts",
+         .type = ORG_CFG_BOOL,
+         .default_value = "false",
          .help = "a run that failed only by a time-out is retried once by the next poll"},
-        {.key = "keep_releases", .type = ORG_CFG_INT, .default_value = "10", .min = "1", .max = "1000",
+        {.key = "keep_releases",
+         .type = ORG_CFG_INT,
+         .default_value = "10",
+         .min = "1",
+         .max = "1000",
          .help = "releases kept besides current, candidate and the previous accepted one (failed ones go first)"},
-        {.key = "keep_runs", .type = ORG_CFG_INT, .default_value = "50", .min = "1", .max = "10000",
+        {.key = "keep_runs",
+         .type = ORG_CFG_INT,
+         .default_value = "50",
+         .min = "1",
+         .max = "10000",
          .help = "runs/<run_id>/ folders (logs, result.json) kept"},
-        {.key = "log_max", .type = ORG_CFG_SIZE, .default_value = "1MiB", .min = "4KiB", .max = "64MiB",
+        {.key = "log_max",
+         .type = ORG_CFG_SIZE,
+         .default_value = "1MiB",
+         .min = "4KiB",
+         .max = "64MiB",
          .help = "per stream of a script: what is kept of its output in the log"},
-        {.key = "auto_promote", .type = ORG_CFG_BOOL, .default_value = "false",
+        {.key = "auto_promote",
+         .type = ORG_CFG_BOOL,
+         .default_value = "false",
          .help = "a green candidate is accepted when scripts/healthcheck.sh passes against it"},
-        {.key = "auto_rollback", .type = ORG_CFG_BOOL, .default_value = "false",
+        {.key = "auto_rollback",
+         .type = ORG_CFG_BOOL,
+         .default_value = "false",
          .help = "after an accept, a failing scripts/healthcheck.sh rolls back at once"},
         ORG_CONFIG_END,
 };
@@ -135,15 +187,22 @@ static const org_verb deploy_verbs[] = {
         {.name = "status", .help = "current, candidate, last accepted, the run in flight, last poll, the last 5 runs"},
         {.name = "runs", .args = "[N] (default 20)", .help = "the last N runs, newest first"},
         {.name = "last-result", .help = "result.json of the last finished run"},
-        {.name = "logs", .args = "build|test|agent|healthcheck [RUN_ID] [--lines 120]",
+        {.name = "logs",
+         .args = "build|test|agent|healthcheck [RUN_ID] [--lines 120]",
          .help = "the end of a run's log (default: the last run, 120 lines)"},
         {.name = "trigger", .mutating = true, .help = "poll now (coalesces with a run in flight)"},
         {.name = "retry", .mutating = true, .help = "rebuild the branch head even if it failed before"},
-        {.name = "accept", .mutating = true, .args = "--confirm true",
+        {.name = "accept",
+         .mutating = true,
+         .args = "--confirm true",
          .help = "current -> the candidate; the previous current stays the rollback target"},
-        {.name = "reject", .mutating = true, .args = "--confirm true",
+        {.name = "reject",
+         .mutating = true,
+         .args = "--confirm true",
          .help = "drop the candidate; its commit is not built again (retry does)"},
-        {.name = "rollback", .mutating = true, .args = "--confirm true",
+        {.name = "rollback",
+         .mutating = true,
+         .args = "--confirm true",
          .help = "current -> the previously accepted release (never a failed, rejected or never-accepted one)"},
         ORG_VERBS_END,
 };
@@ -169,7 +228,9 @@ static void dlog(deploy *d, int level, const char *fmt, ...) {
         va_end(ap);
 }
 
-static uint64_t now_us(deploy *d) { return d->host->now_realtime_us(d->ctx); }
+static uint64_t now_us(deploy *d) {
+        return d->host->now_realtime_us(d->ctx);
+}
 
 static void iso_time(uint64_t us, char *buf, size_t len) {
         time_t t = (time_t)(us / US_PER_SEC);
@@ -269,7 +330,9 @@ static void kv_get(deploy *d, const char *key, char *buf, size_t len) {
         free(v);
 }
 
-static int kv_set(deploy *d, const char *key, const char *v) { return d->host->kv_set(d->ctx, key, v); }
+static int kv_set(deploy *d, const char *key, const char *v) {
+        return d->host->kv_set(d->ctx, key, v);
+}
 
 static void release_set_state(deploy *d, const char *name, const char *state) {
         exec_sql(d, "UPDATE deploy_releases SET state = ?2 WHERE name = ?1", (const char *[]){name, state}, 2);
@@ -375,8 +438,8 @@ static int detect_work_locked(detect_job *j) {
                         strfmt(j->new_etag, sizeof j->new_etag, "%s", gh.etag);
                 } else
                         return gh.http_status == 401 || gh.http_status == 403 ? -EACCES
-                               : gh.http_status == 404                         ? -ENOENT
-                                                                               : -EIO;
+                               : gh.http_status == 404                        ? -ENOENT
+                                                                              : -EIO;
         } else {
                 r = deploy_git_ls(j->url, j->branch, &j->creds, j->sha, j->err, sizeof j->err);
                 if (r < 0)
@@ -448,9 +511,13 @@ typedef struct rm_job {
         char path[DEPLOY_PATH_MAX + 8];
 } rm_job;
 
-static int rm_work(void *userdata) { return deploy_rm_rf(((rm_job *)userdata)->path); }
+static int rm_work(void *userdata) {
+        return deploy_rm_rf(((rm_job *)userdata)->path);
+}
 
-static void rm_done(org_ctx *ctx, int result, void *userdata) { free(userdata); }
+static void rm_done(org_ctx *ctx, int result, void *userdata) {
+        free(userdata);
+}
 
 static void rm_later(deploy *d, const char *path) {
         rm_job *j = calloc(1, sizeof *j);
@@ -487,10 +554,10 @@ static void write_result(deploy *d, const char *status, const char *reason, uint
                 json_object_set_new(paths, key, json_string(path));
         }
         json_object_set_new(paths, "release", json_string(d->rel_dir));
-        json_t *o = json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:o, s:s, s:s, s:s?}", "run_id", d->run_id, "commit",
-                              d->run_sha, "status", status, "steps", "build", d->steps[STEP_BUILD], "test",
-                              d->steps[STEP_TEST], "paths", paths, "started", started, "finished", fin, "reason",
-                              reason);
+        json_t *o =
+                json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:o, s:s, s:s, s:s?}", "run_id", d->run_id, "commit",
+                          d->run_sha, "status", status, "steps", "build", d->steps[STEP_BUILD], "test",
+                          d->steps[STEP_TEST], "paths", paths, "started", started, "finished", fin, "reason", reason);
         char *text = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
         json_decref(o);
         strfmt(path, sizeof path, "%s/result.json", d->run_dir);
@@ -542,7 +609,8 @@ static void prune(deploy *d) {
         }
         l.n = 0;
         strfmt(keep, sizeof keep, "%lld", (long long)d->keep_runs);
-        d->host->store_query(d->ctx, "SELECT run_id FROM deploy_runs ORDER BY started_us DESC, rowid DESC LIMIT -1 OFFSET ?1",
+        d->host->store_query(d->ctx,
+                             "SELECT run_id FROM deploy_runs ORDER BY started_us DESC, rowid DESC LIMIT -1 OFFSET ?1",
                              (const char *[]){keep}, 1, row_collect, &l);
         for (size_t i = 0; i < l.n; i++) {
                 strfmt(path, sizeof path, "%s/%s", d->runs, l.v[i]);
@@ -558,8 +626,9 @@ static void finish_run(deploy *d, bool ok, const char *failed_step, const char *
         char fin_s[24];
         strfmt(fin_s, sizeof fin_s, "%llu", (unsigned long long)fin);
         write_result(d, status, reason, fin);
-        exec_sql(d, "UPDATE deploy_runs SET status = ?2, build = ?3, test = ?4, reason = ?5, finished_us = ?6 "
-                    "WHERE run_id = ?1",
+        exec_sql(d,
+                 "UPDATE deploy_runs SET status = ?2, build = ?3, test = ?4, reason = ?5, finished_us = ?6 "
+                 "WHERE run_id = ?1",
                  (const char *[]){d->run_id, status, d->steps[STEP_BUILD], d->steps[STEP_TEST], reason, fin_s}, 6);
         agent_log(d, d->run_id, "run %s: %s%s%s", d->run_id, status, reason ? ": " : "", reason ? reason : "");
         metrics_runs(d, status);
@@ -809,8 +878,9 @@ static void start_run(deploy *d, const char *sha, int auto_retry) {
         char started[24], ar[8];
         strfmt(started, sizeof started, "%llu", (unsigned long long)now);
         strfmt(ar, sizeof ar, "%d", auto_retry);
-        exec_sql(d, "INSERT INTO deploy_runs(run_id, sha, status, build, test, started_us, auto_retry) "
-                    "VALUES (?1, ?2, 'running', 'skipped', 'skipped', ?3, ?4)",
+        exec_sql(d,
+                 "INSERT INTO deploy_runs(run_id, sha, status, build, test, started_us, auto_retry) "
+                 "VALUES (?1, ?2, 'running', 'skipped', 'skipped', ?3, ?4)",
                  (const char *[]){d->run_id, sha, started, ar}, 4);
         d->ph = PH_CHECKOUT;
         int r = deploy_mkdir_p(d->run_dir, 0755);
@@ -851,7 +921,8 @@ static bool want_run(deploy *d, const char *sha, int *ret_auto_retry) {
                         (const char *[]){sha}, 1);
         if (!c.found) {
                 /* a commit already released by an earlier run whose row was pruned is not rebuilt */
-                return !query1(d, "SELECT 1 FROM deploy_releases WHERE sha = ?1 AND pruned = 0", (const char *[]){sha}, 1)
+                return !query1(d, "SELECT 1 FROM deploy_releases WHERE sha = ?1 AND pruned = 0", (const char *[]){sha},
+                               1)
                                 .found;
         }
         strfmt(status, sizeof status, "%s", c.v);
@@ -952,7 +1023,9 @@ static void poll_now(deploy *d) {
         }
 }
 
-static void on_poll_timer(org_ctx *ctx, uint64_t id, void *userdata) { poll_now(userdata); }
+static void on_poll_timer(org_ctx *ctx, uint64_t id, void *userdata) {
+        poll_now(userdata);
+}
 
 /* ---- verdicts ---- */
 
@@ -998,7 +1071,8 @@ static int rollback_release(deploy *d, const char *why, char *err, size_t err_le
         kv_get(d, "current", cur, sizeof cur);
         rollback_target(d, target, sizeof target);
         if (!target[0]) {
-                strfmt(err, err_len, "no earlier accepted release to roll back to (current: %s)", cur[0] ? cur : "none");
+                strfmt(err, err_len, "no earlier accepted release to roll back to (current: %s)",
+                       cur[0] ? cur : "none");
                 return -ENOENT;
         }
         /* the release left is marked: a second rollback goes further back, never forward */
@@ -1077,13 +1151,12 @@ static json_t *status_json(deploy *d) {
                                   ? json_pack("{s:s, s:s, s:s}", "run_id", d->run_id, "commit", d->run_sha, "step",
                                               d->ph == PH_CHECKOUT ? "checkout" : step_names[d->step])
                                   : json_null();
-        return json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:o, s:s, s:s?, s:s, s:s?, s:I, s:o, s:b}", "url", d->url, "branch",
-                         d->branch, "current", cur[0] ? cur : NULL, "candidate", cand[0] ? cand : NULL, "last_accepted",
-                         prev[0] ? prev : NULL, "running", running, "phase", phases[d->ph], "head",
+        return json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:o, s:s, s:s?, s:s, s:s?, s:I, s:o, s:b}", "url", d->url,
+                         "branch", d->branch, "current", cur[0] ? cur : NULL, "candidate", cand[0] ? cand : NULL,
+                         "last_accepted", prev[0] ? prev : NULL, "running", running, "phase", phases[d->ph], "head",
                          d->head[0] ? d->head : NULL, "last_poll", d->last_poll[0] ? d->last_poll : "never",
                          "last_error", d->last_error[0] ? d->last_error : NULL, "rate_remaining",
-                         (json_int_t)d->rate_remaining, "runs", runs_json(d, 5), "trigger_pending",
-                         d->trigger_pending);
+                         (json_int_t)d->rate_remaining, "runs", runs_json(d, 5), "trigger_pending", d->trigger_pending);
 }
 
 static int verb_logs(deploy *d, const org_msg *req, json_t *a) {
@@ -1103,7 +1176,8 @@ static int verb_logs(deploy *d, const org_msg *req, json_t *a) {
                 return reply_error(d, req, "logs: build, test, agent or healthcheck, not \"%s\"", kind);
         char last[DEPLOY_NAME_MAX];
         if (!run) {
-                cell c = query1(d, "SELECT run_id FROM deploy_runs ORDER BY started_us DESC, rowid DESC LIMIT 1", NULL, 0);
+                cell c = query1(d, "SELECT run_id FROM deploy_runs ORDER BY started_us DESC, rowid DESC LIMIT 1", NULL,
+                                0);
                 strfmt(last, sizeof last, "%s", c.v);
                 run = last;
         }
@@ -1115,7 +1189,8 @@ static int verb_logs(deploy *d, const org_msg *req, json_t *a) {
         int r = deploy_tail(path, (unsigned)lines, 1024 * 1024, &tail);
         if (r < 0)
                 return reply_error(d, req, "logs: %s: %s", path, strerror(-r));
-        int rr = reply(d, req, json_pack("{s:s, s:s, s:s, s:s}", "run_id", run, "kind", kind, "path", path, "text", tail));
+        int rr = reply(d, req,
+                       json_pack("{s:s, s:s, s:s, s:s}", "run_id", run, "kind", kind, "path", path, "text", tail));
         free(tail);
         return rr;
 }
@@ -1161,8 +1236,9 @@ static int deploy_call(void *state, const char *verb, const org_msg *req) {
                         n = json_integer_value(a);
                 r = reply(d, req, json_pack("{s:o}", "runs", runs_json(d, n > 0 && n <= 10000 ? (int)n : 20)));
         } else if (strcmp(verb, "last-result") == 0) {
-                cell c = query1(d, "SELECT run_id FROM deploy_runs WHERE status != 'running' "
-                                   "ORDER BY started_us DESC, rowid DESC LIMIT 1",
+                cell c = query1(d,
+                                "SELECT run_id FROM deploy_runs WHERE status != 'running' "
+                                "ORDER BY started_us DESC, rowid DESC LIMIT 1",
                                 NULL, 0);
                 char path[DEPLOY_PATH_MAX + 600];
                 strfmt(path, sizeof path, "%s/%s/result.json", d->runs, c.v);
@@ -1221,7 +1297,9 @@ static int load_config(deploy *d) {
         bool gh_url = deploy_github_repo_of(d->url, d->gh_repo, sizeof d->gh_repo);
         if ((v = cfg_str(d, "github_repo")))
                 strfmt(d->gh_repo, sizeof d->gh_repo, "%s", v);
-        d->use_github = detect && strcmp(detect, "github") == 0 ? true : detect && strcmp(detect, "git") == 0 ? false : gh_url;
+        d->use_github = detect && strcmp(detect, "github") == 0 ? true
+                        : detect && strcmp(detect, "git") == 0  ? false
+                                                                : gh_url;
         if (d->use_github && !strchr(d->gh_repo, '/')) {
                 dlog(d, ORG_LOG_ERR, "detect: github needs github_repo: OWNER/NAME (not derivable from %s)", d->url);
                 return -EINVAL;
@@ -1267,7 +1345,7 @@ static int load_config(deploy *d) {
                 size_t n = 0;
                 const char *k;
                 json_t *val;
-                json_object_foreach(env, k, val) {
+                json_object_foreach (env, k, val) {
                         if (!d->env || !json_is_string(val) || strchr(k, '='))
                                 continue;
                         size_t len = strlen(k) + strlen(json_string_value(val)) + 2;
@@ -1320,7 +1398,8 @@ static int recover(deploy *d) {
                 if ((r = exec_sql(d, schema[i], NULL, 0)) < 0)
                         return r;
         name_list l = {0};
-        d->host->store_query(d->ctx, "SELECT run_id FROM deploy_runs WHERE status = 'running'", NULL, 0, row_collect, &l);
+        d->host->store_query(d->ctx, "SELECT run_id FROM deploy_runs WHERE status = 'running'", NULL, 0, row_collect,
+                             &l);
         for (size_t i = 0; i < l.n; i++) {
                 char path[DEPLOY_PATH_MAX + 80];
                 dlog(d, ORG_LOG_WARNING, "run %s was interrupted (agentd stopped during it): marked failed", l.v[i]);
@@ -1394,7 +1473,9 @@ static int deploy_handle(void *state, const org_msg *msg) {
 
 /* A job still on the pool is not waited for here: the host drops or waits for it and
  * frees its block; its done never runs, and deploy_of_ctx no longer finds us. */
-static void deploy_fini(void *state) { deploy_free(state); }
+static void deploy_fini(void *state) {
+        deploy_free(state);
+}
 
 ORG_PLUGIN_DEFINE(.name = "deploy", .version = "1.0.0",
                   .summary = "git branch -> timestamped release -> build and test as an unprivileged user -> "

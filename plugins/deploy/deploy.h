@@ -11,10 +11,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define DEPLOY_SHA_MAX 41
-#define DEPLOY_ERR_MAX 512
+#define DEPLOY_SHA_MAX  41
+#define DEPLOY_ERR_MAX  512
 #define DEPLOY_PATH_MAX 1024
-#define DEPLOY_URL_MAX 1024
+#define DEPLOY_URL_MAX  1024
 #define DEPLOY_ETAG_MAX 256
 #define DEPLOY_NAME_MAX 64 /* YYYYmmddTHHMMSSZ-sha8 and a few more */
 
@@ -44,10 +44,10 @@ int deploy_git_checkout(const char *mirror, const char *sha, const char *dir, si
 void deploy_http_init(void);
 void deploy_http_shutdown(void);
 typedef struct deploy_gh_result {
-        long http_status;      /* 200, 304, 401, 404, ...; 0: no answer */
+        long http_status; /* 200, 304, 401, 404, ...; 0: no answer */
         char sha[DEPLOY_SHA_MAX];
         char etag[DEPLOY_ETAG_MAX];
-        long rate_remaining;   /* X-RateLimit-Remaining, -1 when absent */
+        long rate_remaining; /* X-RateLimit-Remaining, -1 when absent */
 } deploy_gh_result;
 /* GET API/repos/REPO/commits/BRANCH with If-None-Match: ETAG (when not empty), the
  * token as a bearer when not empty, TLS verified, TIMEOUT_MS overall. 0 when an answer

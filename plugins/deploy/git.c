@@ -20,8 +20,12 @@
 
 #include "deploy.h"
 
-void deploy_git_init(void) { git_libgit2_init(); }
-void deploy_git_shutdown(void) { git_libgit2_shutdown(); }
+void deploy_git_init(void) {
+        git_libgit2_init();
+}
+void deploy_git_shutdown(void) {
+        git_libgit2_shutdown();
+}
 
 static int git_fail(int code, const char *what, char *err, size_t err_len) {
         const git_error *e = git_error_last();

@@ -15,8 +15,12 @@
 
 #define BODY_MAX (256 * 1024)
 
-void deploy_http_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-void deploy_http_shutdown(void) { curl_global_cleanup(); }
+void deploy_http_init(void) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+void deploy_http_shutdown(void) {
+        curl_global_cleanup();
+}
 
 typedef struct body {
         char *data;

@@ -46,7 +46,8 @@ static void *server(void *arg) {
                                 "Connection: close\r\n\r\n";
                         atomic_fetch_add(&answered_304, 1);
                 } else {
-                        reply = "HTTP/1.1 200 OK\r\nETag: \"x\"\r\nContent-Type: application/json\r\nContent-Length: 51\r\n"
+                        reply = "HTTP/1.1 200 OK\r\nETag: \"x\"\r\nContent-Type: application/json\r\nContent-Length: "
+                                "51\r\n"
                                 "Connection: close\r\n\r\n{\"sha\": \"0123456789012345678901234567890123456789\"}";
                         atomic_fetch_add(&answered_other, 1);
                 }

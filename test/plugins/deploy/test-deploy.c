@@ -96,7 +96,8 @@ static void test_pieces(void) {
         CHECK(access(p, F_OK) < 0); /* the mirror never got an index */
         snprintf(p, sizeof p, "%s.index", dir);
         CHECK(access(p, F_OK) < 0); /* the throwaway index is gone */
-        CHECK_INT(deploy_git_checkout(mirror, "0123456789012345678901234567890123456789", dir, NULL, err, sizeof err) < 0,
+        CHECK_INT(deploy_git_checkout(mirror, "0123456789012345678901234567890123456789", dir, NULL, err, sizeof err) <
+                          0,
                   1);
 
         /* links */
@@ -144,7 +145,9 @@ static json_t *call(void *state, org_ctx *ctx, const char *verb, const char *arg
         return o;
 }
 
-static const char *jstr(json_t *o, const char *k) { return json_string_value(json_object_get(o, k)); }
+static const char *jstr(json_t *o, const char *k) {
+        return json_string_value(json_object_get(o, k));
+}
 
 static void poll(org_ctx *ctx) {
         fake_fire_timers(ctx);
@@ -154,7 +157,8 @@ static void poll(org_ctx *ctx) {
 
 static void test_plugin(void) {
         char cfg[1200];
-        snprintf(cfg, sizeof cfg, "{\"url\": \"file://%s\", \"branch\": \"main\", \"root\": \"%s/root\", %s"
+        snprintf(cfg, sizeof cfg,
+                 "{\"url\": \"file://%s\", \"branch\": \"main\", \"root\": \"%s/root\", %s"
                  "\"poll_interval\": 60000, \"build_timeout\": 1000, \"test_timeout\": 1000, \"keep_releases\": 10, "
                  "\"keep_runs\": 50, \"log_max\": 65536, \"allow_missing\": [], \"path\": \"/usr/bin:/bin\"}",
                  repo, tmp, geteuid() == 0 ? "\"user\": \"nobody\"," : "");
