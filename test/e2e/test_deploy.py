@@ -463,6 +463,32 @@ def test_dry_run_builds_and_switches_nothing(tmp, agents):
     assert "dry_run" in json.dumps(out), out
 
 
+def test_retention_keeps_current_candidate_and_rollback_target(tmp, agents):
+    repo = make_repo(tmp)
+    commit(repo, "A")
+    a = start(tmp, agents, repo, extra="      keep_releases: 1\n      keep_runs: 3\n")
+    rel_a = verdict(a, "accept")["current"]
+    commit(repo, "B")
+    rel_b = trigger(a)["candidate"]
+    rel_b = verdict(a, "accept")["current"]
+    sha_c = commit(repo, "C", test=TEST_FAIL)
+    trigger(a)
+    for v in ("D", "E"):
+        commit(repo, v)
+        s = trigger(a)
+    rel_e = s["candidate"]
+    wait_for(lambda: len([n for n in os.listdir(os.path.join(root(tmp), "releases"))]) <= 4,
+             what="pruning")  # removal runs on the worker pool
+    left = sorted(os.listdir(os.path.join(root(tmp), "releases")))
+    # current (B), candidate (E), the rollback target (A) and keep_releases=1 more (D)
+    assert rel_a in left and rel_b in left and rel_e in left and len(left) == 4, left
+    assert not [n for n in left if n.endswith(sha_c[:8])], left  # the failed one went first
+    wait_for(lambda: len(os.listdir(os.path.join(root(tmp), "runs"))) == 3, what="runs pruned to keep_runs")
+    assert len(a.ok("call", "web", "runs", "50")["runs"]) == 3
+    s = verdict(a, "rollback")
+    assert s["current"] == rel_a and os.path.isfile(os.path.join(root(tmp), "current", "VERSION")), s
+
+
 def a_cmd(a, verb):
     from harness import AGENTCTL
     return [AGENTCTL, "-s", a.sock, "call", "web", verb, "--confirm", "true"]
