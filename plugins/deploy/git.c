@@ -20,8 +20,16 @@
 
 #include "deploy.h"
 
+/* No global, XDG or system git config: the mirror's behaviour (credential helpers,
+ * proxies, URL rewrites) comes from the plugin's config, not from ~/.gitconfig of
+ * whoever runs agentd. */
 void deploy_git_init(void) {
-        git_libgit2_init();
+        if (git_libgit2_init() == 1) {
+                git_libgit2_opts(GIT_OPT_SET_SEARCH_PATH, GIT_CONFIG_LEVEL_GLOBAL, "");
+                git_libgit2_opts(GIT_OPT_SET_SEARCH_PATH, GIT_CONFIG_LEVEL_XDG, "");
+                git_libgit2_opts(GIT_OPT_SET_SEARCH_PATH, GIT_CONFIG_LEVEL_SYSTEM, "");
+                git_libgit2_opts(GIT_OPT_SET_SEARCH_PATH, GIT_CONFIG_LEVEL_PROGRAMDATA, "");
+        }
 }
 void deploy_git_shutdown(void) {
         git_libgit2_shutdown();
