@@ -71,7 +71,7 @@ def commit(repo, msg, build=GOOD, test=TEST_OK, files=None):
 def config(tmp, repo, extra=""):
     return ("  web:\n    plugin: deploy\n    config:\n"
             "      url: file://%s\n      branch: main\n      root: %s\n      poll_interval: 1h\n"
-            "      user: nobody\n      build_timeout: 10s\n      test_timeout: 2s\n%s") % (
+            "      user: nobody\n      build_timeout: 20s\n      test_timeout: 4s\n%s") % (
                 repo, os.path.join(tmp, "deploy"), extra)
 
 
