@@ -489,6 +489,23 @@ def test_retention_keeps_current_candidate_and_rollback_target(tmp, agents):
     assert s["current"] == rel_a and os.path.isfile(os.path.join(root(tmp), "current", "VERSION")), s
 
 
+def test_reload_during_a_run(tmp, agents):
+    if os.geteuid() != 0:
+        raise Skip("needs root")
+    repo = make_repo(tmp)
+    sha = commit(repo, "A", build="#!/bin/sh\nsleep 2\nexit 0\n")
+    a = Agent(tmp, config(tmp, repo))
+    agents.append(a)
+    a.start()
+    wait_for(lambda: (status(a).get("running") or {}).get("step") == "build", what="the build running")
+    a.ok("plugin", "reload", "web")
+    # the old generation's build is killed; the run is marked interrupted and retried once
+    s = wait_for(lambda: (lambda s: s if s["candidate"] else None)(idle(a)), timeout=60, what="the retried run")
+    runs = a.ok("call", "web", "runs", "10")["runs"]
+    assert [r["status"] for r in runs] == ["success", "fail"] and runs[1]["reason"] == "interrupted", runs
+    assert runs[0]["commit"] == sha and s["candidate"] == runs[0]["run_id"], (runs, s)
+
+
 def a_cmd(a, verb):
     from harness import AGENTCTL
     return [AGENTCTL, "-s", a.sock, "call", "web", verb, "--confirm", "true"]
