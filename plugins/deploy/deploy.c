@@ -979,7 +979,6 @@ static void on_detect_done(org_ctx *ctx, int result, void *userdata) {
                 int ar = 0;
                 if (d->head[0] && want_run(d, d->head, &ar)) {
                         free(j);
-                        d->trigger_pending = false; /* this run is of the newest commit */
                         start_run(d, d->head, ar);
                         return;
                 }

@@ -369,7 +369,7 @@ def test_triggers_coalesce_two_instances(tmp, agents):
     a = Agent(tmp, text)
     agents.append(a)
     a.start()
-    wait_for(lambda: a.ok("call", "web", "status")["phase"] != "idle", what="a run of web")
+    wait_for(lambda: (status(a).get("running") or {}).get("step") == "build", what="A building")
     sha_b = commit(repo1, "B", build=slow)
     for _ in range(3):
         a.ok("call", "web", "trigger")
