@@ -1385,8 +1385,9 @@ static int load_config(deploy *d) {
         return 0;
 }
 
-/* Start-up: folders, half-made releases of a killed run removed, interrupted runs
- * marked failed (retried once by the next poll), links brought in line with the store. */
+/* Start-up: folders, half-made releases of a killed run (a .tmp, or a release the
+ * store never recorded) removed, interrupted runs marked failed (retried once by the
+ * next poll), links brought in line with the store. */
 static int recover(deploy *d) {
         int r;
         if ((r = deploy_mkdir_p(d->releases, 0755)) < 0 || (r = deploy_mkdir_p(d->runs, 0755)) < 0) {
@@ -1416,10 +1417,20 @@ static int recover(deploy *d) {
                 struct dirent *de;
                 while ((de = readdir(dir))) {
                         size_t n = strlen(de->d_name);
-                        if (n > 4 && strcmp(de->d_name + n - 4, ".tmp") == 0) {
-                                char path[DEPLOY_PATH_MAX + 300];
-                                strfmt(path, sizeof path, "%s/%s", d->releases, de->d_name);
+                        char path[DEPLOY_PATH_MAX + 300];
+                        if (de->d_name[0] == '.')
+                                continue;
+                        strfmt(path, sizeof path, "%s/%s", d->releases, de->d_name);
+                        if ((n > 4 && strcmp(de->d_name + n - 4, ".tmp") == 0) ||
+                            (n > 10 && strcmp(de->d_name + n - 10, ".tmp.index") == 0)) {
                                 dlog(d, ORG_LOG_NOTICE, "removing %s (a checkout cut short)", path);
+                                rm_later(d, path);
+                        } else if (!query1(d, "SELECT 1 FROM deploy_releases WHERE name = ?1",
+                                           (const char *[]){de->d_name}, 1)
+                                            .found) {
+                                /* checked out and renamed, but killed before the store knew it:
+                                 * no run will ever claim it (the retry gets a new name) */
+                                dlog(d, ORG_LOG_NOTICE, "removing %s (a release the store never recorded)", path);
                                 rm_later(d, path);
                         }
                 }

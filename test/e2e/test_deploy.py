@@ -295,8 +295,13 @@ def test_kill9_current_always_valid(tmp, agents):
     s = idle(a)
     current_valid(tmp)
     assert all(r["status"] != "running" for r in a.ok("call", "web", "runs", "100")["runs"])
-    wait_for(lambda: not [n for n in os.listdir(os.path.join(root(tmp), "releases")) if n.endswith(".tmp")],
+    wait_for(lambda: not [n for n in os.listdir(os.path.join(root(tmp), "releases")) if ".tmp" in n],
              what="the .tmp releases removed")
+    # every release folder left is one the store knows (none orphaned by a kill)
+    known = set()
+    for r in a.ok("call", "web", "runs", "100")["runs"]:
+        known.add(r["run_id"])
+    wait_for(lambda: set(os.listdir(os.path.join(root(tmp), "releases"))) <= known, what="orphan releases removed")
     cur = link(tmp, "current")
     assert cur and s["current"] and cur == "releases/" + s["current"], (cur, s)
 
