@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "sysroot.h"
 #include "util.h"
+#include "workpool.h"
 
 #define LOG_WINDOW_US (10 * USEC_PER_SEC)
 #define LOG_WINDOW_MAX 50
@@ -599,6 +600,57 @@ static int h_metric_add(org_ctx *ctx, const char *name, double delta, const char
         return metrics_add(ctx_agent(ctx)->metrics, ctx->inst->name, name, delta, help);
 }
 
+/* One pool for the agent, made on the first submit and freed when the last generation
+ * that used it retires: an agent whose plugins never submit has no extra thread. The
+ * users are the org_ctx that submitted at least once. */
+static workpool *pool;
+static org_ctx **pool_users;
+static size_t n_pool_users;
+
+static bool pool_user_index(org_ctx *ctx, size_t *ret_i) {
+        for (size_t i = 0; i < n_pool_users; i++)
+                if (pool_users[i] == ctx) {
+                        *ret_i = i;
+                        return true;
+                }
+        return false;
+}
+
+static int h_work_submit(org_ctx *ctx, org_work_fn work, org_work_done_fn done, void *userdata, uint64_t *ret_id) {
+        size_t i;
+        if (!work)
+                return -EINVAL;
+        if (!pool) {
+                int r = workpool_new(ctx_agent(ctx)->event, 2, free, &pool);
+                if (r < 0)
+                        return r;
+        }
+        if (!pool_user_index(ctx, &i)) {
+                org_ctx **n = realloc(pool_users, (n_pool_users + 1) * sizeof *n);
+                if (!n)
+                        return -ENOMEM;
+                pool_users = n;
+                pool_users[n_pool_users++] = ctx;
+        }
+        return workpool_submit(pool, ctx, work, done, userdata, ret_id);
+}
+
+/* A retiring generation: its jobs are dropped (queued) or waited for (running), their
+ * userdata freed; the pool goes when nobody uses it any more. */
+static void work_retire(org_ctx *ctx) {
+        size_t i;
+        if (!pool || !pool_user_index(ctx, &i))
+                return;
+        workpool_cancel_owner(pool, ctx);
+        pool_users[i] = pool_users[--n_pool_users];
+        if (n_pool_users == 0) {
+                workpool_free(pool);
+                pool = NULL;
+                free(pool_users);
+                pool_users = NULL;
+        }
+}
+
 const org_host host_table = {
         .abi_version = ORG_HOST_ABI_VERSION,
         .struct_size = sizeof(org_host),
@@ -643,6 +695,7 @@ const org_host host_table = {
         /* appended by gpuworker */
         .exec_opts = h_exec_opts,
         .exec_info = h_exec_info,
+        .work_submit = h_work_submit,
 };
 
 org_ctx *ctx_new(instance *in) {
@@ -657,6 +710,7 @@ org_ctx *ctx_new(instance *in) {
 void ctx_free(org_ctx *ctx) {
         if (!ctx)
                 return;
+        work_retire(ctx);
         while (ctx->timers) {
                 ctx_timer *t = ctx->timers;
                 ctx->timers = t->next;

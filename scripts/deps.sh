@@ -7,6 +7,8 @@ build=(meson ninja-build gcc pkg-config libsystemd-dev libyaml-dev libsqlite3-de
 build+=(libdrm-dev)  # gpuworker: drmGetDevices2 cross-check
 test=(python3 clang libclang-rt-14-dev nats-server sqlite3 util-linux git)
 test+=(collectd-core) # bench_agent.py: resident memory side by side with collectd
+build+=(libgit2-dev libcurl4-openssl-dev)  # deploy
+test+=(procps)
 pkgs=("${build[@]}")
 [ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")
 missing=()

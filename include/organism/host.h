@@ -129,6 +129,17 @@ typedef enum org_ack_kind {
         ORG_TERM,                  /* never deliver again, not done either (poison message) */
 } org_ack_kind;
 
+/* The worker pool (host->work_submit). `work` runs on a pool thread: it must not call
+ * the host, nor touch plugin state the loop also uses — only its userdata. Its return
+ * (0 or a negative errno, by convention) reaches `done`, which runs later on the loop.
+ * A job of a generation that retires (reload, disable, stop) before its `done` ran:
+ * a queued job never runs; a running one is waited for (so work must be bounded: give
+ * the library inside it a time-out, or a cancel flag in the userdata that fini sets);
+ * `done` is not called, and the host calls free(userdata) instead. So userdata must be
+ * NULL or one malloc'd block that owns nothing else (fixed-size strings inside it). */
+typedef int (*org_work_fn)(void *userdata);
+typedef void (*org_work_done_fn)(org_ctx *ctx, int result, void *userdata);
+
 typedef struct org_host {
         uint32_t abi_version;
         uint32_t struct_size;
@@ -235,6 +246,12 @@ typedef struct org_host {
         /* The pid of a running exec and whether it got its own cgroup; -ENOENT when
          * the id is not running (finished, cancelled, or a dry_run). */
         int (*exec_info)(org_ctx *ctx, uint64_t id, pid_t *ret_pid, bool *ret_cgroup);
+        /* Runs work(userdata) on the agent's small worker pool (started on first use, so
+         * an agent whose plugins never submit has no extra thread), then done(ctx,
+         * result, userdata) on the loop. Blocking library calls (libgit2 fetch and
+         * checkout, libcurl, big copies) belong here, never on the loop. See org_work_fn
+         * for a job that outlives its generation. *ret_id may be NULL. */
+        int (*work_submit)(org_ctx *ctx, org_work_fn work, org_work_done_fn done, void *userdata, uint64_t *ret_id);
 } org_host;
 
 /* True when the host table has member M (a host older than the plugin may not). */

@@ -429,6 +429,37 @@ static int f_metric_add(org_ctx *ctx, const char *name, double delta, const char
         return f_metric_set(ctx, name, ORG_METRIC_COUNTER, fake_metric(ctx, name) + delta, help);
 }
 
+static int f_work_submit(org_ctx *ctx, org_work_fn work, org_work_done_fn done, void *userdata, uint64_t *ret_id) {
+        if (!work)
+                return -EINVAL;
+        if (ctx->n_works == FAKE_MAX)
+                return -ENOSPC;
+        ctx->works[ctx->n_works].work = work;
+        ctx->works[ctx->n_works].done = done;
+        ctx->works[ctx->n_works].userdata = userdata;
+        ctx->n_works++;
+        ctx->works_submitted++;
+        if (ret_id)
+                *ret_id = ctx->works_submitted;
+        return 0;
+}
+
+unsigned fake_work_run(org_ctx *ctx) {
+        unsigned n = 0;
+        while (ctx->n_works > 0) {
+                org_work_fn work = ctx->works[0].work;
+                org_work_done_fn done = ctx->works[0].done;
+                void *ud = ctx->works[0].userdata;
+                memmove(&ctx->works[0], &ctx->works[1], (ctx->n_works - 1) * sizeof ctx->works[0]);
+                ctx->n_works--;
+                int r = work(ud);
+                if (done)
+                        done(ctx, r, ud);
+                n++;
+        }
+        return n;
+}
+
 const org_host fake_host = {
         .abi_version = ORG_HOST_ABI_VERSION,
         .struct_size = sizeof(org_host),
@@ -468,6 +499,7 @@ const org_host fake_host = {
         .io_remove = f_io_remove,
         .timer_add_realtime = f_timer_add_realtime,
         .time_change_add = f_time_change_add,
+        .work_submit = f_work_submit,
 };
 
 void fake_ctx_init(org_ctx *ctx, const char *instance, const char *config_json) {
@@ -500,6 +532,8 @@ void fake_ctx_done(org_ctx *ctx) {
                         free(ctx->execs[i].env[k]);
                 free(ctx->execs[i].cwd);
         }
+        for (size_t i = 0; i < ctx->n_works; i++)
+                free(ctx->works[i].userdata); /* as the host does for a job of a retired generation */
         sqlite3_close(ctx->db);
         for (size_t i = 0; i < ctx->n_metrics; i++)
                 free(ctx->metric_names[i]);

@@ -90,6 +90,14 @@ struct org_ctx {
         double metric_values[FAKE_MAX];
         size_t n_metrics;
         unsigned logs;
+        /* work_submit: queued until fake_work_run(), as a pool would, never inside submit */
+        struct {
+                org_work_fn work;
+                org_work_done_fn done;
+                void *userdata;
+        } works[FAKE_MAX];
+        size_t n_works;
+        unsigned works_submitted;
 };
 
 extern const org_host fake_host;
@@ -117,6 +125,9 @@ bool fake_exec_complete(org_ctx *ctx, int status, const char *out);
 bool fake_exec_complete_res(org_ctx *ctx, const org_exec_result *res);
 /* Builds a message and hands it to the plugin's handle / call hook. */
 int fake_deliver(const org_plugin *p, void *state, const char *subject, const char *data);
+/* Runs every queued job (work, then done, in submit order, jobs they submit too);
+ * returns how many ran. */
+unsigned fake_work_run(org_ctx *ctx);
 int fake_call(const org_plugin *p, void *state, org_ctx *ctx, const char *verb, const char *args, char **ret_reply);
 
 #endif
