@@ -850,7 +850,7 @@ static json_t *task_json(const maestro_task *t) {
                          "priority", (json_int_t)t->priority, "attempt", (json_int_t)t->attempt, "failures",
                          (json_int_t)t->failures, "gpu",
                          t->lease_gpu >= 0 ? json_integer(t->lease_gpu) : json_null(), "last_gpu",
-                         t->last_gpu >= 0 ? json_integer(t->last_gpu) : json_null(), "error", t->error,
+                         t->last_gpu >= 0 ? json_integer(t->last_gpu) : json_null(), "last_error", t->error,
                          "cancel_requested", t->cancel_requested);
 }
 

@@ -61,10 +61,10 @@
 
 #define MAESTRO_SQL_GET                                                                  \
         "SELECT id, state, pin, priority, attempt, failures, lease_gpu, last_gpu, created_us, updated_us," \
-        " error, result, spec FROM maestro_tasks WHERE id = ?1;"
+        " error AS last_error, result, spec FROM maestro_tasks WHERE id = ?1;"
 
 #define MAESTRO_SQL_LIST                                                                 \
         "SELECT id, state, pin, priority, attempt, failures, lease_gpu, last_gpu, created_us, updated_us," \
-        " error FROM maestro_tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY seq DESC LIMIT ?2;"
+        " error AS last_error FROM maestro_tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY seq DESC LIMIT ?2;"
 
 #endif

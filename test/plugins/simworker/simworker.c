@@ -26,11 +26,11 @@ typedef struct sim {
         org_ctx *ctx;
         int64_t gpus;
         uint64_t hb_ms;
-        int64_t fail_first;
+        int64_t fail_first, delay_ms;
         uint64_t silent; /* bitmask of GPUs that never answer */
         const char *marker_dir;
         /* load */
-        int64_t count, rate, window;
+        int64_t count, rate, window, timeout;
         int64_t submitted, accepted, rejected, results, runs, reruns_prevented;
         uint64_t *sent_us; /* per seq */
         uint64_t *lat_us;
@@ -44,6 +44,7 @@ static const org_config_entry load_entries[] = {
         {.key = "rate", .type = ORG_CFG_INT, .default_value = "0", .min = "0", .help = "per second; 0 = window-bound"},
         {.key = "window", .type = ORG_CFG_INT, .default_value = "2000", .min = "1", .help = "outstanding at most"},
         {.key = "start", .type = ORG_CFG_DURATION, .default_value = "1s", .help = "delay before the first"},
+        {.key = "timeout", .type = ORG_CFG_INT, .default_value = "60", .min = "1", .help = "each task's timeout, seconds"},
         ORG_CONFIG_END,
 };
 
@@ -52,6 +53,7 @@ static const org_config_entry config_map[] = {
         {.key = "heartbeat", .type = ORG_CFG_DURATION, .default_value = "1s", .help = "heartbeat period"},
         {.key = "fail_first", .type = ORG_CFG_INT, .default_value = "0", .help = "attempts answered err first"},
         {.key = "silent", .type = ORG_CFG_INT_LIST, .default_value = "[]", .help = "GPUs that never answer"},
+        {.key = "delay_ms", .type = ORG_CFG_INT, .default_value = "0", .min = "0", .help = "answer after this"},
         {.key = "marker_dir", .type = ORG_CFG_STRING, .help = "one file per task_id, created once"},
         {.key = "load", .type = ORG_CFG_OBJECT, .children = load_entries, .help = "the load generator"},
         ORG_CONFIG_END,
@@ -92,7 +94,8 @@ static void submit_some(sim *s, int64_t k) {
         for (; k > 0 && s->submitted < s->count; k--) {
                 char buf[256];
                 int64_t seq = s->submitted++;
-                int n = snprintf(buf, sizeof buf, "{\"task_id\":\"b%" PRId64 "\",\"cmd\":[\"true\"],\"timeout\":60}", seq);
+                int n = snprintf(buf, sizeof buf, "{\"task_id\":\"b%" PRId64 "\",\"cmd\":[\"true\"],\"timeout\":%" PRId64 "}", seq,
+                                 s->timeout);
                 s->sent_us[seq] = s->host->now_monotonic_us(s->ctx);
                 if (s->host->request(s->ctx, "gpu.task.enqueue", buf, (size_t)n, 30000, on_reply, s) < 0)
                         s->rejected++;
@@ -127,6 +130,23 @@ static void answer(sim *s, const char *subject, const char *id, int64_t attempt,
         s->host->publish(s->ctx, subject, NULL, 0, buf, (size_t)n);
 }
 
+typedef struct later {
+        sim *s;
+        char id[136];
+        int64_t attempt;
+        int gpu;
+} later;
+
+static void finish(sim *s, const char *id, int64_t attempt, int gpu);
+
+static void on_later(org_ctx *ctx, uint64_t tid, void *userdata) {
+        later *l = userdata;
+        finish(l->s, l->id, l->attempt, l->gpu);
+        free(l);
+        (void)ctx;
+        (void)tid;
+}
+
 static void on_run(sim *s, const org_msg *msg) {
         json_error_t e;
         json_t *o = json_loadb(msg->data, msg->len, 0, &e);
@@ -152,6 +172,28 @@ static void on_run(sim *s, const org_msg *msg) {
                 json_decref(o);
                 return;
         }
+        if (s->delay_ms > 0) {
+                later *l = calloc(1, sizeof *l);
+                if (l) {
+                        l->s = s;
+                        snprintf(l->id, sizeof l->id, "%s", id);
+                        l->attempt = attempt;
+                        l->gpu = gpu;
+                        char buf[256];
+                        int n = snprintf(buf, sizeof buf, "{\"task_id\":\"%s\",\"attempt\":%" PRId64 ",\"gpu\":%d,\"pid\":1}",
+                                         id, attempt, gpu);
+                        s->host->publish(s->ctx, "gpu.task.running", NULL, 0, buf, (size_t)n);
+                        if (s->host->timer_add(s->ctx, (uint64_t)s->delay_ms, 0, on_later, l, NULL) < 0)
+                                free(l);
+                }
+                json_decref(o);
+                return;
+        }
+        finish(s, id, attempt, gpu);
+        json_decref(o);
+}
+
+static void finish(sim *s, const char *id, int64_t attempt, int gpu) {
         if (s->marker_dir) {
                 char path[4096];
                 snprintf(path, sizeof path, "%s/%s", s->marker_dir, id);
@@ -166,7 +208,6 @@ static void on_run(sim *s, const org_msg *msg) {
                         s->reruns_prevented++; /* ran before: answered from the "store" */
         }
         answer(s, "gpu.task.done", id, attempt, gpu, 0, NULL);
-        json_decref(o);
 }
 
 static int sim_handle(void *state, const org_msg *msg) {
@@ -216,6 +257,7 @@ static int sim_init(const org_host *host, org_ctx *ctx, void **ret_state) {
         s->gpus = host->config_int(ctx, "gpus", &v) == 0 ? v : 12;
         s->hb_ms = host->config_int(ctx, "heartbeat", &v) == 0 ? (uint64_t)v : 1000;
         s->fail_first = host->config_int(ctx, "fail_first", &v) == 0 ? v : 0;
+        s->delay_ms = host->config_int(ctx, "delay_ms", &v) == 0 ? v : 0;
         if (host->config_string(ctx, "marker_dir", &s->marker_dir) < 0)
                 s->marker_dir = NULL;
         json_error_t e;
@@ -231,6 +273,7 @@ static int sim_init(const org_host *host, org_ctx *ctx, void **ret_state) {
         if (host->config_int(ctx, "load.rate", &v) == 0)
                 s->rate = v;
         s->window = host->config_int(ctx, "load.window", &v) == 0 ? v : 2000;
+        s->timeout = host->config_int(ctx, "load.timeout", &v) == 0 ? v : 60;
         if (host->config_int(ctx, "load.start", &v) == 0)
                 start = (uint64_t)v;
         host->subscribe(ctx, "gpu.task.run.>", NULL);
