@@ -153,6 +153,7 @@ static void task_free(maestro_task *t) {
         if (!t)
                 return;
         free(t->spec);
+        free(t->reply);
         free(t->error);
         free(t->result);
         free(t);
@@ -389,7 +390,10 @@ static void send_out(maestro *m) {
         m->n_out = 0;
 }
 
+static void admit_incoming(maestro *m);
+
 static void flush(maestro *m) {
+        admit_incoming(m);
         m->in_flush = true;
         int r = commit(m);
         m->in_flush = false;
@@ -645,42 +649,67 @@ static maestro_task *task_from_json(maestro *m, json_t *o, const char **ret_why,
         return t;
 }
 
+static void add_waiter(maestro *m, const char *id, const char *reply) {
+        maestro_waiter *w = calloc(1, sizeof(*w));
+        if (!w || !(w->reply = strdup(reply))) {
+                free(w);
+                return;
+        }
+        snprintf(w->id, sizeof w->id, "%s", id);
+        w->m = m;
+        w->next = m->waiters;
+        m->waiters = w;
+        maestro_task *cur = maestro_find(m, id);
+        if (!cur || maestro_state_final(cur->state))
+                maestro_waiters_notify(m, cur);
+}
+
 /* What a submission gets: accepted (new or existing), or refused with why. A refused
  * publish without reply subject is said on gpu.task.state.<id> when the id is known.
- * With watch, the accepted reply is replaced by the result once final. */
+ * With watch, the accepted reply is replaced by the result once final. A new task
+ * waits in `incoming` until the turn's flush, which checks all of them against the
+ * store in one query (an id seen before is the existing task) and admits the rest. */
 static void intake(maestro *m, const char *data, size_t len, const char *reply, bool watch) {
         json_error_t e;
         const char *why = NULL;
         char id[MAESTRO_ID_MAX + 1] = "";
         json_t *o = NULL;
         maestro_task *t = NULL;
+        bool client_id = false;
         if ((int64_t)len > m->cfg.max_task_bytes)
                 why = "bad task: too large (max_task_bytes)";
         else if (!(o = json_loadb(data, len, 0, &e)))
                 why = "bad task: not JSON";
         if (!why) {
-                json_t *idv = json_object_get(o, "task_id");
-                const char *sid = json_string_value(idv);
-                if (sid && id_valid(sid)) {
-                        maestro_task *old = maestro_find(m, sid);
-                        char st[24] = "";
-                        json_t *row = old ? NULL : stored(m, sid, st);
-                        if (old || row) {
-                                snprintf(id, sizeof id, "%s", sid);
-                                json_decref(row);
-                                json_decref(o);
-                                if (watch && reply)
-                                        goto watch_it;
-                                emit_reply(m, reply,
-                                           reply_text(true, id, old ? maestro_state_name(old->state) : st, true, NULL));
-                                return;
-                        }
+                const char *sid = json_string_value(json_object_get(o, "task_id"));
+                maestro_task *old = sid && id_valid(sid) ? maestro_find(m, sid) : NULL;
+                if (old) {
+                        snprintf(id, sizeof id, "%s", sid);
+                        json_decref(o);
+                        if (watch && reply)
+                                add_waiter(m, id, reply);
+                        else
+                                emit_reply(m, reply, reply_text(true, id, maestro_state_name(old->state), true, NULL));
+                        return;
                 }
+                client_id = sid != NULL;
                 t = task_from_json(m, o, &why, id);
         }
         if (!why && m->n_queued >= (size_t)m->cfg.max_queue)
                 why = "queue full";
         json_decref(o);
+        if (!why && (m->n_incoming == m->incoming_cap)) {
+                size_t cap = m->incoming_cap ? m->incoming_cap * 2 : 256;
+                maestro_task **v = realloc(m->incoming, cap * sizeof(*v));
+                if (!v)
+                        why = "out of memory";
+                else {
+                        m->incoming = v;
+                        m->incoming_cap = cap;
+                }
+        }
+        if (!why && ((reply && !(t->reply = strdup(reply))) || hash_add(m, t) < 0))
+                why = "out of memory";
         if (why) {
                 task_free(t);
                 m->rejected_total++;
@@ -700,39 +729,89 @@ static void intake(maestro *m, const char *data, size_t len, const char *reply, 
                 m->host->log(m->ctx, ORG_LOG_INFO, "task %s rejected: %s", id[0] ? id : "(no id)", why);
                 return;
         }
-        if (hash_add(m, t) < 0) {
-                task_free(t);
-                emit_reply(m, reply, reply_text(false, id, "rejected", false, "out of memory"));
-                return;
-        }
-        t->seq = ++m->next_seq;
         t->state = TS_ENQUEUED;
+        t->incoming = true;
+        t->client_id = client_id;
+        t->watch = watch;
         t->enqueue_mono_us = m->host->now_monotonic_us(m->ctx);
         m->n_queued++;
-        m->accepted_total++;
-        maestro_mark_dirty(m, t);
-        if (!watch)
-                emit_reply(m, reply, reply_text(true, t->id, "enqueued", false, NULL));
-        maestro_emit_state(m, t, ",\"qsize\":%zu", m->n_queued);
-        maestro_queue(m, t);
-        maestro_dispatch(m);
-        maestro_note_waiting(m, t);
-        maestro_rearm(m);
-        if (!watch || !reply)
-                return;
-watch_it:;
-        maestro_waiter *w = calloc(1, sizeof(*w));
-        if (!w || !(w->reply = strdup(reply))) {
-                free(w);
-                return;
+        m->incoming[m->n_incoming++] = t;
+        arm_flush(m, 0);
+}
+
+static int known_row(void *userdata, int n, const char *const *cols, const char *const *names) {
+        maestro *m = userdata;
+        maestro_task *t = n >= 2 && cols[0] ? maestro_find(m, cols[0]) : NULL;
+        if (t && t->incoming && !t->dup) {
+                t->dup = true;
+                snprintf(t->dup_state, sizeof t->dup_state, "%s", cols[1] ? cols[1] : "");
         }
-        snprintf(w->id, sizeof w->id, "%s", id);
-        w->m = m;
-        w->next = m->waiters;
-        m->waiters = w;
-        maestro_task *cur = maestro_find(m, id);
-        if (!cur || maestro_state_final(cur->state))
-                maestro_waiters_notify(m, cur);
+        (void)names;
+        return 0;
+}
+
+/* The turn's new submissions: one query for the ids seen before, then the others are
+ * accepted (a row in this turn's commit, the reply after it) and dispatched. */
+static void admit_incoming(maestro *m) {
+        if (m->n_incoming == 0)
+                return;
+        buf b = {0};
+        buf_add(&b, "[", 1);
+        size_t n_ids = 0;
+        for (size_t i = 0; i < m->n_incoming; i++)
+                if (m->incoming[i]->client_id) {
+                        buf_printf(&b, "%s\"%s\"", n_ids++ ? "," : "", m->incoming[i]->id);
+                }
+        buf_add(&b, "]", 1);
+        if (n_ids && !b.oom) {
+                const char *p[] = {b.p};
+                int r = m->host->store_query(m->ctx, MAESTRO_SQL_KNOWN, p, 1, known_row, m);
+                if (r < 0)
+                        m->host->log(m->ctx, ORG_LOG_WARNING, "cannot look submitted ids up: %s", strerror(-r));
+        }
+        free(b.p);
+        for (size_t i = 0; i < m->n_incoming; i++) {
+                maestro_task *t = m->incoming[i];
+                t->incoming = false;
+                if (t->dup) {
+                        /* submitted before (and since forgotten in memory): the existing task */
+                        char id[MAESTRO_ID_MAX + 1];
+                        snprintf(id, sizeof id, "%s", t->id);
+                        char *reply = t->reply, st[24];
+                        snprintf(st, sizeof st, "%s", t->dup_state);
+                        bool watch = t->watch;
+                        t->reply = NULL;
+                        m->n_queued--;
+                        maestro_forget(m, t);
+                        if (reply && watch)
+                                add_waiter(m, id, reply);
+                        else
+                                emit_reply(m, reply, reply_text(true, id, st, true, NULL));
+                        free(reply);
+                        m->incoming[i] = NULL;
+                        continue;
+                }
+                t->seq = ++m->next_seq;
+                m->accepted_total++;
+                maestro_mark_dirty(m, t);
+                if (!t->watch)
+                        emit_reply(m, t->reply, reply_text(true, t->id, "enqueued", false, NULL));
+                maestro_emit_state(m, t, ",\"qsize\":%zu", m->n_queued);
+                maestro_queue(m, t);
+        }
+        maestro_dispatch(m);
+        for (size_t i = 0; i < m->n_incoming; i++) {
+                maestro_task *t = m->incoming[i];
+                if (!t)
+                        continue;
+                if (t->watch && t->reply)
+                        add_waiter(m, t->id, t->reply);
+                free(t->reply);
+                t->reply = NULL;
+                if (!maestro_state_final(t->state))
+                        maestro_note_waiting(m, t);
+        }
+        m->n_incoming = 0;
 }
 
 /* ---- watchers ---- */
@@ -1181,6 +1260,7 @@ static void maestro_free(maestro *m) {
         for (int g = 0; g < MAESTRO_MAX_GPUS; g++)
                 maestro_heap_free(&m->pinned[g]);
         free(m->dirty);
+        free(m->incoming);
         for (size_t i = 0; i < m->n_out; i++) {
                 free(m->out[i].subject);
                 free(m->out[i].data);

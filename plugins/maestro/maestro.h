@@ -63,6 +63,10 @@ struct maestro_task {
         bool waiting_published;
         bool dirty;
         bool started;            /* running seen for this attempt */
+        /* a submission of this turn, not yet checked against the store nor admitted */
+        bool incoming, client_id, watch, dup;
+        char dup_state[24];
+        char *reply;
         /* membership */
         maestro_heap *queue;     /* ready queue holding it, or NULL */
         size_t qpos;
@@ -136,6 +140,9 @@ typedef struct maestro {
         size_t n_out, out_cap;
         uint64_t flush_timer;
         bool in_flush;
+
+        maestro_task **incoming;
+        size_t n_incoming, incoming_cap;
 
         maestro_waiter *waiters;
         uint64_t hb_timer;

@@ -63,6 +63,9 @@
         "SELECT id, state, pin, priority, attempt, failures, lease_gpu, last_gpu, created_us, updated_us," \
         " error AS last_error, result, spec FROM maestro_tasks WHERE id = ?1;"
 
+/* ?1: a JSON array of ids; the ones already in the store. */
+#define MAESTRO_SQL_KNOWN "SELECT id, state FROM maestro_tasks WHERE id IN (SELECT value FROM json_each(?1));"
+
 #define MAESTRO_SQL_LIST                                                                 \
         "SELECT id, state, pin, priority, attempt, failures, lease_gpu, last_gpu, created_us, updated_us," \
         " error AS last_error FROM maestro_tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY seq DESC LIMIT ?2;"

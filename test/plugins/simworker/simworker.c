@@ -31,6 +31,7 @@ typedef struct sim {
         const char *marker_dir;
         /* load */
         int64_t count, rate, window, timeout;
+        bool wait_results;
         int64_t submitted, accepted, rejected, results, runs, reruns_prevented;
         uint64_t *sent_us; /* per seq */
         uint64_t *lat_us;
@@ -44,6 +45,8 @@ static const org_config_entry load_entries[] = {
         {.key = "rate", .type = ORG_CFG_INT, .default_value = "0", .min = "0", .help = "per second; 0 = window-bound"},
         {.key = "window", .type = ORG_CFG_INT, .default_value = "2000", .min = "1", .help = "outstanding at most"},
         {.key = "start", .type = ORG_CFG_DURATION, .default_value = "1s", .help = "delay before the first"},
+        {.key = "wait_results", .type = ORG_CFG_BOOL, .default_value = "true",
+         .help = "the window counts tasks until their result (else until the reply)"},
         {.key = "timeout", .type = ORG_CFG_INT, .default_value = "60", .min = "1", .help = "each task's timeout, seconds"},
         ORG_CONFIG_END,
 };
@@ -81,12 +84,17 @@ static int cmp_u64(const void *a, const void *b) {
         return x < y ? -1 : x > y;
 }
 
+static void on_load(org_ctx *ctx, uint64_t id, void *userdata);
+
 static void on_reply(org_ctx *ctx, int error, const org_msg *reply, void *userdata) {
         sim *s = userdata;
         if (!error && reply && strstr(reply->data, "\"accepted\":true"))
                 s->accepted++;
         else
                 s->rejected++;
+        if (!s->wait_results && s->rate == 0 && s->submitted < s->count && !s->load_timer &&
+            s->submitted - (s->accepted + s->rejected) < s->window / 2)
+                s->host->timer_add(s->ctx, 0, 0, on_load, s, &s->load_timer);
         (void)ctx;
 }
 
@@ -116,7 +124,8 @@ static void on_load(org_ctx *ctx, uint64_t id, void *userdata) {
                 }
         } else {
                 s->load_timer = 0;
-                submit_some(s, s->window - (s->submitted - s->results));
+                int64_t done = s->wait_results ? s->results : s->accepted + s->rejected;
+                submit_some(s, s->window - (s->submitted - done));
         }
         (void)id;
 }
@@ -217,7 +226,7 @@ static int sim_handle(void *state, const org_msg *msg) {
         else if (strncmp(msg->subject, "gpu.task.result.", 16) == 0) {
                 s->results++;
                 s->t_last_us = s->host->now_monotonic_us(s->ctx);
-                if (s->rate == 0 && s->submitted < s->count && !s->load_timer &&
+                if (s->rate == 0 && s->wait_results && s->submitted < s->count && !s->load_timer &&
                     s->submitted - s->results < s->window / 2)
                         s->host->timer_add(s->ctx, 0, 0, on_load, s, &s->load_timer);
         }
@@ -274,6 +283,10 @@ static int sim_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                 s->rate = v;
         s->window = host->config_int(ctx, "load.window", &v) == 0 ? v : 2000;
         s->timeout = host->config_int(ctx, "load.timeout", &v) == 0 ? v : 60;
+        bool wr = true;
+        if (host->config_bool(ctx, "load.wait_results", &wr) < 0)
+                wr = true;
+        s->wait_results = wr;
         if (host->config_int(ctx, "load.start", &v) == 0)
                 start = (uint64_t)v;
         host->subscribe(ctx, "gpu.task.run.>", NULL);
