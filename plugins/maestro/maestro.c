@@ -296,80 +296,88 @@ static void buf_printf(buf *b, const char *fmt, ...) {
         buf_add(b, tmp, (size_t)n);
 }
 
-static void buf_str(buf *b, const char *key, const char *s) {
-        buf_printf(b, ",\"%s\":", key);
-        if (!s) {
-                buf_add(b, "null", 4);
-                return;
-        }
-        char *q = maestro_json_str(s, strlen(s));
-        if (!q) {
-                b->oom = true;
-                return;
-        }
-        buf_add(b, q, strlen(q));
-        free(q);
+/* Numbers as text for the parameters. */
+typedef struct numbuf {
+        char p[MAESTRO_SQL_INSERT_COLUMNS][24];
+        size_t n;
+} numbuf;
+
+static const char *num(numbuf *nb, bool has, long long v) {
+        if (!has || nb->n == MAESTRO_SQL_INSERT_COLUMNS)
+                return NULL;
+        snprintf(nb->p[nb->n], sizeof nb->p[0], "%lld", v);
+        return nb->p[nb->n++];
 }
 
-static void buf_opt_int(buf *b, const char *key, bool has, long long v) {
-        if (has)
-                buf_printf(b, ",\"%s\":%lld", key, v);
-        else
-                buf_printf(b, ",\"%s\":null", key);
+static void update_params(const maestro_task *t, uint64_t now, numbuf *nb, const char **p) {
+        p[0] = t->id;
+        p[1] = num(nb, true, (long long)now);
+        p[2] = maestro_state_name(t->state);
+        p[3] = num(nb, true, t->attempt);
+        p[4] = num(nb, true, t->failures);
+        p[5] = num(nb, t->lease_gpu >= 0, t->lease_gpu);
+        p[6] = num(nb, t->last_gpu >= 0, t->last_gpu);
+        p[7] = num(nb, t->lease_gpu >= 0, (long long)t->lease_expiry_us);
+        p[8] = num(nb, t->state == TS_RETRY, (long long)t->next_try_us);
+        p[9] = t->cancel_requested ? "1" : "0";
+        p[10] = t->error;
+        p[11] = t->result;
 }
 
-static void row_json(maestro *m, buf *b, const maestro_task *t, uint64_t now) {
-        buf_printf(b, "{\"id\":\"%s\",\"pr\":%" PRId64 ",\"mr\":%" PRId64 ",\"to\":%" PRIu64 ",\"seq\":%" PRIu64
-                      ",\"cr\":%" PRIu64 ",\"up\":%" PRIu64 ",\"st\":\"%s\",\"at\":%" PRId64 ",\"fl\":%" PRId64
-                      ",\"cx\":%d",
-                   t->id, t->priority, t->max_retries, t->timeout_ms, t->seq, t->created_us, now,
-                   maestro_state_name(t->state), t->attempt, t->failures, t->cancel_requested ? 1 : 0);
-        buf_opt_int(b, "pin", t->pin >= 0, t->pin);
-        buf_opt_int(b, "dl", t->deadline_us != 0, (long long)t->deadline_us);
-        buf_opt_int(b, "lg", t->lease_gpu >= 0, t->lease_gpu);
-        buf_opt_int(b, "pg", t->last_gpu >= 0, t->last_gpu);
-        buf_opt_int(b, "le", t->lease_gpu >= 0, (long long)t->lease_expiry_us);
-        buf_opt_int(b, "nt", t->state == TS_RETRY, (long long)t->next_try_us);
-        buf_str(b, "spec", t->spec);
-        buf_str(b, "err", t->error);
-        buf_str(b, "res", t->result);
-        buf_add(b, "}", 1);
-        (void)m;
+static void row_params(const maestro_task *t, uint64_t now, numbuf *nb, const char **p) {
+        p[0] = t->id;
+        p[1] = t->spec;
+        p[2] = num(nb, t->pin >= 0, t->pin);
+        p[3] = num(nb, true, t->priority);
+        p[4] = num(nb, true, t->max_retries);
+        p[5] = num(nb, true, (long long)t->timeout_ms);
+        p[6] = num(nb, t->deadline_us != 0, (long long)t->deadline_us);
+        p[7] = num(nb, true, (long long)t->seq);
+        p[8] = num(nb, true, (long long)t->created_us);
+        p[9] = num(nb, true, (long long)now);
+        p[10] = maestro_state_name(t->state);
+        p[11] = num(nb, true, t->attempt);
+        p[12] = num(nb, true, t->failures);
+        p[13] = num(nb, t->lease_gpu >= 0, t->lease_gpu);
+        p[14] = num(nb, t->last_gpu >= 0, t->last_gpu);
+        p[15] = num(nb, t->lease_gpu >= 0, (long long)t->lease_expiry_us);
+        p[16] = num(nb, t->state == TS_RETRY, (long long)t->next_try_us);
+        p[17] = t->cancel_requested ? "1" : "0";
+        p[18] = t->error;
+        p[19] = t->result;
 }
 
 static int commit(maestro *m) {
         if (m->n_dirty == 0)
                 return 0;
         uint64_t now = maestro_now(m);
-        buf b = {0};
-        buf_add(&b, "[", 1);
-        for (size_t i = 0; i < m->n_dirty; i++) {
-                if (i)
-                        buf_add(&b, ",", 1);
-                row_json(m, &b, m->dirty[i], now);
-        }
-        buf_add(&b, "]", 1);
-        if (b.oom) {
-                free(b.p);
-                return -ENOMEM;
-        }
-        const char *params[] = {b.p};
         const org_host *h = m->host;
         int r = h->store_exec(m->ctx, "BEGIN IMMEDIATE;", NULL, 0);
         if (r >= 0) {
-                r = h->store_exec(m->ctx, MAESTRO_SQL_UPSERT, params, 1);
+                for (size_t i = 0; i < m->n_dirty && r >= 0; i++) {
+                        const char *p[MAESTRO_SQL_INSERT_COLUMNS];
+                        numbuf nb = {.n = 0};
+                        maestro_task *t = m->dirty[i];
+                        if (t->stored) {
+                                update_params(t, now, &nb, p);
+                                r = h->store_exec(m->ctx, MAESTRO_SQL_UPDATE, p, MAESTRO_SQL_UPDATE_COLUMNS);
+                        } else {
+                                row_params(t, now, &nb, p);
+                                r = h->store_exec(m->ctx, MAESTRO_SQL_INSERT, p, MAESTRO_SQL_INSERT_COLUMNS);
+                        }
+                }
                 if (r >= 0)
                         r = h->store_exec(m->ctx, "COMMIT;", NULL, 0);
                 if (r < 0)
                         (void)h->store_exec(m->ctx, "ROLLBACK;", NULL, 0);
         }
-        free(b.p);
         if (r < 0)
                 return r;
         m->commits_total++;
         for (size_t i = 0; i < m->n_dirty; i++) {
                 maestro_task *t = m->dirty[i];
                 t->dirty = false;
+                t->stored = true;
                 if (maestro_state_final(t->state))
                         maestro_forget(m, t);
         }
@@ -393,10 +401,21 @@ static void send_out(maestro *m) {
 static void admit_incoming(maestro *m);
 
 static void flush(maestro *m) {
+        uint64_t t0 = m->host->now_monotonic_us(m->ctx);
         admit_incoming(m);
+        uint64_t t1 = m->host->now_monotonic_us(m->ctx);
         m->in_flush = true;
+        struct timespec c0, c1;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
         int r = commit(m);
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+        m->commit_cpu_us += (uint64_t)((c1.tv_sec - c0.tv_sec) * 1000000LL + (c1.tv_nsec - c0.tv_nsec) / 1000);
         m->in_flush = false;
+        uint64_t t2 = m->host->now_monotonic_us(m->ctx);
+        m->admit_us += t1 - t0;
+        m->commit_us += t2 - t1;
+        if (t2 - t1 > m->commit_max_us)
+                m->commit_max_us = t2 - t1;
         if (r < 0) {
                 /* nothing leaves before it is stored: replies and runs wait for the retry */
                 m->commit_errors_total++;
@@ -406,6 +425,7 @@ static void flush(maestro *m) {
                 return;
         }
         send_out(m);
+        m->send_us += m->host->now_monotonic_us(m->ctx) - t2;
 }
 
 static void on_flush(org_ctx *ctx, uint64_t id, void *userdata) {
@@ -970,7 +990,7 @@ static json_t *overview_json(maestro *m) {
                                         u->has_busy ? json_real(u->busy) : json_null(), "temp_c",
                                         u->has_temp ? json_real(u->temp) : json_null()));
         }
-        return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "gpus_alive",
+        return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o}", "gpus_alive",
                          (json_int_t)maestro_gpus_alive(m, now), "queued", (json_int_t)m->n_queued, "inflight",
                          (json_int_t)m->n_inflight, "accepted_total", (json_int_t)m->accepted_total, "rejected_total",
                          (json_int_t)m->rejected_total, "dispatched_total", (json_int_t)m->dispatched_total,
@@ -978,7 +998,11 @@ static json_t *overview_json(maestro *m) {
                          "cancelled_total", (json_int_t)m->cancelled_total, "retries_total",
                          (json_int_t)m->retries_total, "lease_expiries_total", (json_int_t)m->lease_expiries_total,
                          "stale_results_total", (json_int_t)m->stale_total, "commits_total",
-                         (json_int_t)m->commits_total, "dispatch_latency", latency_json(m), "gpus", gpus);
+                         (json_int_t)m->commits_total, "dispatch_latency", latency_json(m), "gpus", gpus,
+                         "flush_ms", json_pack("{s:f, s:f, s:f, s:f, s:f}", "admit", (double)m->admit_us / 1000.0,
+                                               "commit_cpu", (double)m->commit_cpu_us / 1000.0, "commit",
+                                               (double)m->commit_us / 1000.0, "commit_max",
+                                               (double)m->commit_max_us / 1000.0, "send", (double)m->send_us / 1000.0));
 }
 
 static int list_row(void *userdata, int n, const char *const *cols, const char *const *names) {
@@ -1194,6 +1218,7 @@ static int recover_row(void *userdata, int n, const char *const *c, const char *
                 task_free(t);
                 return -ENOMEM;
         }
+        t->stored = true;
         t->pin = (int)col_i64(c[2], -1);
         if (t->pin >= MAESTRO_MAX_GPUS)
                 t->pin = -1;

@@ -62,6 +62,7 @@ struct maestro_task {
         bool cancel_requested;
         bool waiting_published;
         bool dirty;
+        bool stored;             /* its row exists (committed): changes are updates */
         bool started;            /* running seen for this attempt */
         /* a submission of this turn, not yet checked against the store nor admitted */
         bool incoming, client_id, watch, dup;
@@ -151,6 +152,7 @@ typedef struct maestro {
         uint64_t accepted_total, rejected_total, dispatched_total, done_total, failed_total, cancelled_total;
         uint64_t retries_total, lease_expiries_total, stale_total, commits_total, commit_errors_total;
         uint64_t busy_refusals_total;
+        uint64_t admit_us, commit_us, commit_cpu_us, commit_max_us, send_us; /* time spent in flushes */
         /* enqueue → dispatch latency (µs), a ring of the last samples for quantiles */
         uint64_t lat[4096];
         size_t n_lat;

@@ -1,8 +1,8 @@
 /* maestro_sql.h — the task table and its statements, kept apart from the C so the SQL
  * reads as SQL. One row per task, the source of truth: a task is answered `accepted`
  * only once its row is committed. Every change of a loop turn goes into one
- * transaction as one statement over a JSON array (json_each), so the statement is
- * prepared once per turn however many tasks moved. Times are Unix microseconds. */
+ * transaction (the store keeps the row statement prepared), so a turn costs one
+ * commit however many tasks moved. Times are Unix microseconds. */
 #ifndef PLUGINS_MAESTRO_MAESTRO_SQL_H
 #define PLUGINS_MAESTRO_MAESTRO_SQL_H
 
@@ -30,27 +30,22 @@
         "  result TEXT"                                                                  \
         ");"                                                                             \
         "CREATE INDEX IF NOT EXISTS maestro_tasks_open ON maestro_tasks(seq)"            \
-        "  WHERE state NOT IN ('done', 'failed', 'cancelled', 'rejected');"              \
-        "CREATE INDEX IF NOT EXISTS maestro_tasks_state ON maestro_tasks(state, seq);"
+        "  WHERE state NOT IN ('done', 'failed', 'cancelled', 'rejected');"
 
-/* ?1: a JSON array of rows; spec only matters to a new row. */
-#define MAESTRO_SQL_UPSERT                                                               \
+/* A new row, then updates of what changes: run once per row changed in the turn, all
+ * inside one transaction; the store keeps both statements prepared. */
+#define MAESTRO_SQL_INSERT_COLUMNS 20
+#define MAESTRO_SQL_INSERT                                                               \
         "INSERT INTO maestro_tasks(id, spec, pin, priority, max_retries, timeout_ms, deadline_us, seq," \
         " created_us, updated_us, state, attempt, failures, lease_gpu, last_gpu, lease_expiry_us," \
         " next_try_us, cancel_requested, error, result)"                                 \
-        " SELECT json_extract(value, '$.id'), json_extract(value, '$.spec'),"            \
-        " json_extract(value, '$.pin'), json_extract(value, '$.pr'), json_extract(value, '$.mr'),"  \
-        " json_extract(value, '$.to'), json_extract(value, '$.dl'), json_extract(value, '$.seq')," \
-        " json_extract(value, '$.cr'), json_extract(value, '$.up'), json_extract(value, '$.st')," \
-        " json_extract(value, '$.at'), json_extract(value, '$.fl'), json_extract(value, '$.lg')," \
-        " json_extract(value, '$.pg'), json_extract(value, '$.le'), json_extract(value, '$.nt')," \
-        " json_extract(value, '$.cx'), json_extract(value, '$.err'), json_extract(value, '$.res')" \
-        " FROM json_each(?1) WHERE true"                                                 \
-        " ON CONFLICT(id) DO UPDATE SET updated_us = excluded.updated_us, state = excluded.state," \
-        " attempt = excluded.attempt, failures = excluded.failures, lease_gpu = excluded.lease_gpu," \
-        " last_gpu = excluded.last_gpu, lease_expiry_us = excluded.lease_expiry_us,"     \
-        " next_try_us = excluded.next_try_us, cancel_requested = excluded.cancel_requested," \
-        " error = excluded.error, result = excluded.result;"
+        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20);"
+
+#define MAESTRO_SQL_UPDATE_COLUMNS 12
+#define MAESTRO_SQL_UPDATE                                                               \
+        "UPDATE maestro_tasks SET updated_us = ?2, state = ?3, attempt = ?4, failures = ?5, lease_gpu = ?6," \
+        " last_gpu = ?7, lease_expiry_us = ?8, next_try_us = ?9, cancel_requested = ?10, error = ?11," \
+        " result = ?12 WHERE id = ?1;"
 
 #define MAESTRO_SQL_OPEN                                                                 \
         "SELECT id, spec, pin, priority, max_retries, timeout_ms, deadline_us, seq, created_us, state," \
