@@ -27,30 +27,31 @@
         "  next_try_us INTEGER,"                                                         \
         "  cancel_requested INTEGER NOT NULL DEFAULT 0,"                                 \
         "  error TEXT,"                                                                  \
-        "  result TEXT"                                                                  \
+        "  result TEXT,"                                                                 \
+        "  final INTEGER NOT NULL DEFAULT 0" /* done, failed, cancelled (a plain column: an IN list \
+                                              * in the index predicate costs a temporary table per row) */ \
         ");"                                                                             \
-        "CREATE INDEX IF NOT EXISTS maestro_tasks_open ON maestro_tasks(seq)"            \
-        "  WHERE state NOT IN ('done', 'failed', 'cancelled', 'rejected');"
+        "CREATE INDEX IF NOT EXISTS maestro_tasks_open ON maestro_tasks(seq) WHERE final = 0;"
 
 /* A new row, then updates of what changes: run once per row changed in the turn, all
  * inside one transaction; the store keeps both statements prepared. */
-#define MAESTRO_SQL_INSERT_COLUMNS 20
+#define MAESTRO_SQL_INSERT_COLUMNS 21
 #define MAESTRO_SQL_INSERT                                                               \
         "INSERT INTO maestro_tasks(id, spec, pin, priority, max_retries, timeout_ms, deadline_us, seq," \
         " created_us, updated_us, state, attempt, failures, lease_gpu, last_gpu, lease_expiry_us," \
-        " next_try_us, cancel_requested, error, result)"                                 \
-        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20);"
+        " next_try_us, cancel_requested, error, result, final)"                          \
+        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21);"
 
-#define MAESTRO_SQL_UPDATE_COLUMNS 12
+#define MAESTRO_SQL_UPDATE_COLUMNS 13
 #define MAESTRO_SQL_UPDATE                                                               \
         "UPDATE maestro_tasks SET updated_us = ?2, state = ?3, attempt = ?4, failures = ?5, lease_gpu = ?6," \
         " last_gpu = ?7, lease_expiry_us = ?8, next_try_us = ?9, cancel_requested = ?10, error = ?11," \
-        " result = ?12 WHERE id = ?1;"
+        " result = ?12, final = ?13 WHERE id = ?1;"
 
 #define MAESTRO_SQL_OPEN                                                                 \
         "SELECT id, spec, pin, priority, max_retries, timeout_ms, deadline_us, seq, created_us, state," \
         " attempt, failures, lease_gpu, last_gpu, lease_expiry_us, next_try_us, cancel_requested, error" \
-        " FROM maestro_tasks WHERE state NOT IN ('done', 'failed', 'cancelled', 'rejected') ORDER BY seq;"
+        " FROM maestro_tasks WHERE final = 0 ORDER BY seq;"
 
 #define MAESTRO_SQL_MAX_SEQ "SELECT COALESCE(MAX(seq), 0) FROM maestro_tasks;"
 

@@ -69,7 +69,7 @@ def main():
     for inflight in (1, 16):
         rates = []
         for _ in range(RUNS):
-            b = run("count: %d, window: 4000, start: 300ms" % n, "max_queue: 10000, max_inflight: %d" % inflight)
+            b = run("count: %d, window: 1000, start: 300ms" % n, "max_queue: 10000, max_inflight: %d" % inflight)
             rates.append(b["tasks_per_s"])
             print("#   run: %d tasks in %.2f s = %.0f tasks/s (accepted %d, rejected %d, %d commits)" % (
                 b["results"], b["seconds"], b["tasks_per_s"], b["accepted"], b["rejected"], b["commits"]))
