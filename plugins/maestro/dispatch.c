@@ -252,8 +252,10 @@ void maestro_on_heartbeat(maestro *m, const char *data, size_t len) {
                 if (pci)
                         snprintf(u->pci, sizeof u->pci, "%s", pci);
                 snprintf(u->state, sizeof u->state, "%s", state ? state : "idle");
-                /* busy with a task we did not lease there: somebody else's work */
-                if (state && strcmp(state, "busy") == 0 && tid && !leased_here(u, tid))
+                /* busy with a task we never leased there: somebody else's work (busy with
+                 * the one that just ended there is the heartbeat lagging behind) */
+                if (state && strcmp(state, "busy") == 0 && tid && !leased_here(u, tid) &&
+                    strcmp(tid, u->last_task) != 0)
                         snprintf(u->state, sizeof u->state, "foreign");
         }
         json_decref(o);
@@ -339,6 +341,7 @@ void maestro_lease_release(maestro *m, maestro_task *t) {
         m->n_inflight--;
         uint64_t now = maestro_now(m);
         u->last_release_us = now;
+        snprintf(u->last_task, sizeof u->last_task, "%s", t->id);
         t->last_gpu = t->lease_gpu;
         t->lease_gpu = -1;
         /* tasks queued at the worker behind this one start now: their clock starts now */

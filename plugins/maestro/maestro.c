@@ -46,6 +46,8 @@ static const org_config_entry config_map[] = {
          .help = "a task's timeout when it gives none"},
         {.key = "lease_grace", .type = ORG_CFG_DURATION, .default_value = "60s", .min = "1s", .max = "1d",
          .help = "lease = task timeout + this, renewed by the worker's gpu.task.running"},
+        {.key = "keep_final", .type = ORG_CFG_DURATION, .default_value = "7d", .min = "1m", .max = "3650d",
+         .help = "done, failed and cancelled tasks stay in the store (status, watch, idempotent ids) this long"},
         {.key = "heartbeat_interval", .type = ORG_CFG_DURATION, .default_value = "5s", .min = "100ms", .max = "1h",
          .help = "period of maestro.heartbeat"},
         {.key = "max_task_bytes", .type = ORG_CFG_SIZE, .default_value = "64KiB", .min = "256", .max = "8MiB",
@@ -1160,9 +1162,23 @@ static void publish_heartbeat(maestro *m) {
                       "store commits that failed (retried)");
 }
 
+static void prune(maestro *m) {
+        uint64_t now = maestro_now(m);
+        if (now < m->cfg.keep_final_ms * 1000)
+                return;
+        char before[24];
+        snprintf(before, sizeof before, "%" PRIu64, now - m->cfg.keep_final_ms * 1000);
+        const char *p[] = {before, "5000"};
+        int r = m->host->store_exec(m->ctx, MAESTRO_SQL_PRUNE, p, 2);
+        if (r < 0)
+                m->host->log(m->ctx, ORG_LOG_WARNING, "cannot prune old tasks: %s", strerror(-r));
+}
+
 static void on_heartbeat(org_ctx *ctx, uint64_t id, void *userdata) {
         maestro *m = userdata;
         publish_heartbeat(m);
+        if (!m->flush_timer)
+                prune(m); /* between batches, never inside one */
         /* a GPU whose heartbeat went stale frees nothing, but one that became eligible
          * again by time alone (metrics aging out) may take work */
         maestro_dispatch(m);
@@ -1190,6 +1206,7 @@ static int load_config(maestro *m) {
         DUR("default_timeout", m->cfg.default_timeout_ms);
         DUR("lease_grace", m->cfg.lease_grace_ms);
         DUR("heartbeat_interval", m->cfg.heartbeat_ms);
+        DUR("keep_final", m->cfg.keep_final_ms);
 #undef DUR
         if (h->config_double(m->ctx, "max_temp", &d) == 0)
                 m->cfg.max_temp = d;
@@ -1330,6 +1347,7 @@ static int maestro_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                                .default_timeout_ms = 3600000,
                                .lease_grace_ms = 60000,
                                .heartbeat_ms = 5000,
+                               .keep_final_ms = 7ULL * 86400 * 1000,
                                .max_task_bytes = 65536};
         m->timers.timer = true;
         load_config(m);

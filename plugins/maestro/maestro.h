@@ -86,6 +86,7 @@ typedef struct maestro_gpu {
         bool has_busy, has_temp;
         double busy, temp;
         uint64_t last_release_us; /* a task of ours ended there (its busy% is ours, not load) */
+        char last_task[MAESTRO_ID_MAX + 1]; /* the task that ended there last */
         unsigned inflight;       /* tasks scheduled or running there */
         maestro_task *leased;    /* list of those tasks */
         uint64_t dispatched;
@@ -111,7 +112,7 @@ typedef struct maestro_cfg {
         uint64_t heartbeat_ttl_us, metrics_ttl_us;
         double max_temp, max_busy, inflight_weight;
         int64_t max_inflight, max_retries, max_queue;
-        uint64_t retry_backoff_ms, default_timeout_ms, lease_grace_ms, heartbeat_ms;
+        uint64_t retry_backoff_ms, default_timeout_ms, lease_grace_ms, heartbeat_ms, keep_final_ms;
         int64_t max_task_bytes;
         bool allow_shell, durability_full;
 } maestro_cfg;

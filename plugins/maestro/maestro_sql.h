@@ -31,7 +31,14 @@
         "  final INTEGER NOT NULL DEFAULT 0" /* done, failed, cancelled (a plain column: an IN list \
                                               * in the index predicate costs a temporary table per row) */ \
         ");"                                                                             \
-        "CREATE INDEX IF NOT EXISTS maestro_tasks_open ON maestro_tasks(seq) WHERE final = 0;"
+        "CREATE INDEX IF NOT EXISTS maestro_tasks_open ON maestro_tasks(seq) WHERE final = 0;" \
+        "CREATE INDEX IF NOT EXISTS maestro_tasks_final ON maestro_tasks(updated_us) WHERE final = 1;"
+
+/* Final tasks older than ?1 (keep_final), at most ?2 per pass: the table does not grow
+ * without bound, and one pass stays short. */
+#define MAESTRO_SQL_PRUNE                                                                \
+        "DELETE FROM maestro_tasks WHERE rowid IN (SELECT rowid FROM maestro_tasks"      \
+        " WHERE final = 1 AND updated_us < ?1 LIMIT ?2);"
 
 /* A new row, then updates of what changes: run once per row changed in the turn, all
  * inside one transaction; the store keeps both statements prepared. */

@@ -440,6 +440,65 @@ static void test_recovery(void) {
         fake_ctx_done(&ctx);
 }
 
+/* A heartbeat lagging behind (busy with the task that just ended) keeps the GPU usable;
+ * busy with a task we never leased there is somebody else's work. */
+static void test_heartbeat_busy_lag_and_foreign(void) {
+        org_ctx ctx;
+        void *s = start(&ctx, "{}");
+        heartbeat(s, 1);
+        enqueue(s, "{\"task_id\":\"A\",\"cmd\":[\"a\"]}");
+        turn(&ctx);
+        result(s, "done", "A", 1, 0, 0);
+        CHECK_INT(fake_deliver(&organism_plugin, s, "gpu.worker.heartbeat",
+                               "{\"gpus\":[{\"gpu\":0,\"pci\":\"p\",\"state\":\"busy\",\"task_id\":\"A\"}]}"),
+                  0);
+        fake_ctx_clear_published(&ctx);
+        enqueue(s, "{\"task_id\":\"B\",\"cmd\":[\"a\"]}");
+        turn(&ctx);
+        CHECK_INT(run_gpu(&ctx, "B", NULL), 0);
+        result(s, "done", "B", 1, 0, 0);
+        CHECK_INT(fake_deliver(&organism_plugin, s, "gpu.worker.heartbeat",
+                               "{\"gpus\":[{\"gpu\":0,\"pci\":\"p\",\"state\":\"busy\",\"task_id\":\"other\"}]}"),
+                  0);
+        fake_ctx_clear_published(&ctx);
+        enqueue(s, "{\"task_id\":\"C\",\"cmd\":[\"a\"]}");
+        turn(&ctx);
+        CHECK_INT(run_gpu(&ctx, "C", NULL), -1);
+        CHECK(state_seen(&ctx, "C", "no eligible GPU"));
+        /* the worker says idle again: C goes */
+        heartbeat(s, 1);
+        turn(&ctx);
+        CHECK_INT(run_gpu(&ctx, "C", NULL), 0);
+        organism_plugin.fini(s);
+        fake_ctx_done(&ctx);
+}
+
+/* Final tasks older than keep_final leave the store; open ones never do. */
+static void test_prune(void) {
+        org_ctx ctx;
+        void *s = start(&ctx, "{\"keep_final\": 60000}");
+        heartbeat(s, 1);
+        enqueue(s, "{\"task_id\":\"old\",\"cmd\":[\"a\"]}");
+        enqueue(s, "{\"task_id\":\"open\",\"cmd\":[\"a\"],\"gpu\":5}");
+        turn(&ctx);
+        result(s, "done", "old", 1, 0, 0);
+        turn(&ctx);
+        char *reply = NULL;
+        CHECK_INT(fake_call(&organism_plugin, s, &ctx, "status", "{\"args\":[\"old\"]}", &reply), 0);
+        CHECK_CONTAINS(reply, "\"state\":\"done\"");
+        free(reply);
+        ctx.now_realtime_us += 120 * SEC;
+        turn(&ctx); /* the heartbeat timer prunes */
+        CHECK_INT(fake_call(&organism_plugin, s, &ctx, "status", "{\"args\":[\"old\"]}", &reply), 0);
+        CHECK_CONTAINS(reply, "unknown task");
+        free(reply);
+        CHECK_INT(fake_call(&organism_plugin, s, &ctx, "status", "{\"args\":[\"open\"]}", &reply), 0);
+        CHECK_CONTAINS(reply, "waiting_gpu");
+        free(reply);
+        organism_plugin.fini(s);
+        fake_ctx_done(&ctx);
+}
+
 int main(void) {
         RUN(test_spread_and_hot_gpu);
         RUN(test_inflight_weight_spreads);
@@ -451,5 +510,7 @@ int main(void) {
         RUN(test_malformed);
         RUN(test_cancel);
         RUN(test_recovery);
+        RUN(test_heartbeat_busy_lag_and_foreign);
+        RUN(test_prune);
         return 0;
 }
