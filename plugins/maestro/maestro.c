@@ -1403,6 +1403,10 @@ static void maestro_fini(void *state) {
         if (!m)
                 return;
         flush(m); /* what was decided this turn is kept */
+        uint64_t timers[] = {m->hb_timer, m->wake_timer, m->flush_timer};
+        for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
+                if (timers[i])
+                        m->host->timer_cancel(m->ctx, timers[i]);
         maestro_free(m);
 }
 
