@@ -18,12 +18,16 @@
 #include "maestro.h"
 
 static const char *const state_names[TS__COUNT] = {
-        [TS_ENQUEUED] = "enqueued", [TS_WAITING_GPU] = "waiting_gpu", [TS_SCHEDULED] = "scheduled",
-        [TS_RUNNING] = "running",   [TS_RETRY] = "retry",             [TS_DONE] = "done",
-        [TS_FAILED] = "failed",     [TS_CANCELLED] = "cancelled",     [TS_REJECTED] = "rejected",
+        [TS_ENQUEUED] = "enqueued",   [TS_WAITING_GPU] = "waiting_gpu",
+        [TS_SCHEDULED] = "scheduled", [TS_RUNNING] = "running",
+        [TS_RETRY] = "retry",         [TS_DONE] = "done",
+        [TS_FAILED] = "failed",       [TS_CANCELLED] = "cancelled",
+        [TS_REJECTED] = "rejected",
 };
 
-const char *maestro_state_name(maestro_state s) { return s < TS__COUNT ? state_names[s] : "unknown"; }
+const char *maestro_state_name(maestro_state s) {
+        return s < TS__COUNT ? state_names[s] : "unknown";
+}
 
 bool maestro_state_final(maestro_state s) {
         return s == TS_DONE || s == TS_FAILED || s == TS_CANCELLED || s == TS_REJECTED;
@@ -44,7 +48,9 @@ static void setpos(const maestro_heap *h, maestro_task *t, size_t i) {
                 t->qpos = i;
 }
 
-static size_t getpos(const maestro_heap *h, const maestro_task *t) { return h->timer ? t->tpos : t->qpos; }
+static size_t getpos(const maestro_heap *h, const maestro_task *t) {
+        return h->timer ? t->tpos : t->qpos;
+}
 
 static void sift_up(maestro_heap *h, size_t i) {
         maestro_task *t = h->v[i];
@@ -110,7 +116,9 @@ void maestro_heap_remove(maestro_heap *h, maestro_task *t) {
         setpos(h, t, SIZE_MAX);
 }
 
-maestro_task *maestro_heap_top(const maestro_heap *h) { return h->n ? h->v[0] : NULL; }
+maestro_task *maestro_heap_top(const maestro_heap *h) {
+        return h->n ? h->v[0] : NULL;
+}
 
 void maestro_heap_free(maestro_heap *h) {
         free(h->v);
@@ -239,7 +247,7 @@ void maestro_on_heartbeat(maestro *m, const char *data, size_t len) {
         uint64_t now = maestro_now(m);
         size_t i;
         json_t *x;
-        json_array_foreach(gpus, i, x) {
+        json_array_foreach (gpus, i, x) {
                 int g = gpu_index(json_object_get(x, "gpu"));
                 const char *state = json_string_value(json_object_get(x, "state"));
                 const char *pci = json_string_value(json_object_get(x, "pci"));
@@ -490,8 +498,8 @@ static void attempt_failed(maestro *m, maestro_task *t, const char *error, json_
         m->retries_total++;
         maestro_mark_dirty(m, t);
         char *err = maestro_json_str(error, strlen(error));
-        maestro_emit_state(m, t, ",\"attempt\":%" PRId64 ",\"gpu\":%d,\"error\":%s,\"retry_in_ms\":%" PRIu64, t->attempt,
-                           gpu, err ? err : "null", backoff_us(m, t->failures) / 1000);
+        maestro_emit_state(m, t, ",\"attempt\":%" PRId64 ",\"gpu\":%d,\"error\":%s,\"retry_in_ms\":%" PRIu64,
+                           t->attempt, gpu, err ? err : "null", backoff_us(m, t->failures) / 1000);
         free(err);
 }
 
@@ -541,8 +549,8 @@ void maestro_on_result(maestro *m, const char *kind, const char *data, size_t le
         } else {
                 char why[160];
                 if (strcmp(kind, "done") == 0)
-                        snprintf(why, sizeof why, json_is_integer(rc) ? "done with returncode %lld"
-                                                                      : "done without a returncode",
+                        snprintf(why, sizeof why,
+                                 json_is_integer(rc) ? "done with returncode %lld" : "done without a returncode",
                                  (long long)json_integer_value(rc));
                 else if (err)
                         snprintf(why, sizeof why, "%.150s", err);

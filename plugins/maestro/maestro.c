@@ -20,60 +20,128 @@
 #include "maestro.h"
 #include "maestro_sql.h"
 
-#define ENQUEUE_SUBJECT "gpu.task.enqueue"
+#define ENQUEUE_SUBJECT          "gpu.task.enqueue"
 #define WATCH_TIMEOUT_MS_DEFAULT 3600000ULL
 
 static const org_config_entry config_map[] = {
-        {.key = "heartbeat_ttl", .type = ORG_CFG_DURATION, .default_value = "15s", .min = "1s", .max = "1h",
+        {.key = "heartbeat_ttl",
+         .type = ORG_CFG_DURATION,
+         .default_value = "15s",
+         .min = "1s",
+         .max = "1h",
          .help = "a GPU is alive while its worker's last heartbeat is younger than this"},
-        {.key = "metrics_ttl", .type = ORG_CFG_DURATION, .default_value = "15s", .min = "1s", .max = "1h",
+        {.key = "metrics_ttl",
+         .type = ORG_CFG_DURATION,
+         .default_value = "15s",
+         .min = "1s",
+         .max = "1h",
          .help = "metrics older than this are stale: busy/temp unknown and a penalty of 30 in the score"},
-        {.key = "max_temp", .type = ORG_CFG_DOUBLE, .default_value = "78", .min = "0", .max = "150",
+        {.key = "max_temp",
+         .type = ORG_CFG_DOUBLE,
+         .default_value = "78",
+         .min = "0",
+         .max = "150",
          .help = "a GPU hotter than this (degrees C, when known) gets no task"},
-        {.key = "max_busy", .type = ORG_CFG_DOUBLE, .default_value = "95", .min = "0", .max = "100",
+        {.key = "max_busy",
+         .type = ORG_CFG_DOUBLE,
+         .default_value = "95",
+         .min = "0",
+         .max = "100",
          .help = "a GPU busier than this (percent, when known) gets no task"},
-        {.key = "inflight_weight", .type = ORG_CFG_DOUBLE, .default_value = "40", .min = "0", .max = "10000",
+        {.key = "inflight_weight",
+         .type = ORG_CFG_DOUBLE,
+         .default_value = "40",
+         .min = "0",
+         .max = "10000",
          .help = "score added per task already scheduled or running on a GPU (spreads work)"},
-        {.key = "max_inflight", .type = ORG_CFG_INT, .default_value = "1", .min = "1", .max = "1024",
+        {.key = "max_inflight",
+         .type = ORG_CFG_INT,
+         .default_value = "1",
+         .min = "1",
+         .max = "1024",
          .help = "tasks leased to one GPU at once (gpuworker runs one at a time and refuses more)"},
-        {.key = "max_retries", .type = ORG_CFG_INT, .default_value = "2", .min = "0", .max = "100",
+        {.key = "max_retries",
+         .type = ORG_CFG_INT,
+         .default_value = "2",
+         .min = "0",
+         .max = "100",
          .help = "retries after an err or a lease expiry, unless the task says otherwise"},
-        {.key = "retry_backoff", .type = ORG_CFG_DURATION, .default_value = "2s", .min = "0", .max = "1h",
+        {.key = "retry_backoff",
+         .type = ORG_CFG_DURATION,
+         .default_value = "2s",
+         .min = "0",
+         .max = "1h",
          .help = "wait before retry n: retry_backoff x n (n capped at 10)"},
-        {.key = "max_queue", .type = ORG_CFG_INT, .default_value = "10000", .min = "1", .max = "10000000",
+        {.key = "max_queue",
+         .type = ORG_CFG_INT,
+         .default_value = "10000",
+         .min = "1",
+         .max = "10000000",
          .help = "tasks not yet final, at most; beyond, submissions are refused with \"queue full\""},
-        {.key = "default_timeout", .type = ORG_CFG_DURATION, .default_value = "1h", .min = "1s", .max = "7d",
+        {.key = "default_timeout",
+         .type = ORG_CFG_DURATION,
+         .default_value = "1h",
+         .min = "1s",
+         .max = "7d",
          .help = "a task's timeout when it gives none"},
-        {.key = "lease_grace", .type = ORG_CFG_DURATION, .default_value = "60s", .min = "1s", .max = "1d",
+        {.key = "lease_grace",
+         .type = ORG_CFG_DURATION,
+         .default_value = "60s",
+         .min = "1s",
+         .max = "1d",
          .help = "lease = task timeout + this, renewed by the worker's gpu.task.running"},
-        {.key = "keep_final", .type = ORG_CFG_DURATION, .default_value = "7d", .min = "1m", .max = "3650d",
+        {.key = "keep_final",
+         .type = ORG_CFG_DURATION,
+         .default_value = "7d",
+         .min = "1m",
+         .max = "3650d",
          .help = "done, failed and cancelled tasks stay in the store (status, watch, idempotent ids) this long"},
-        {.key = "heartbeat_interval", .type = ORG_CFG_DURATION, .default_value = "5s", .min = "100ms", .max = "1h",
+        {.key = "heartbeat_interval",
+         .type = ORG_CFG_DURATION,
+         .default_value = "5s",
+         .min = "100ms",
+         .max = "1h",
          .help = "period of maestro.heartbeat"},
-        {.key = "max_task_bytes", .type = ORG_CFG_SIZE, .default_value = "64KiB", .min = "256", .max = "8MiB",
+        {.key = "max_task_bytes",
+         .type = ORG_CFG_SIZE,
+         .default_value = "64KiB",
+         .min = "256",
+         .max = "8MiB",
          .help = "a submission larger than this is rejected"},
-        {.key = "allow_shell", .type = ORG_CFG_BOOL, .default_value = "false",
+        {.key = "allow_shell",
+         .type = ORG_CFG_BOOL,
+         .default_value = "false",
          .help = "accept type: shell tasks (the worker must allow them too); cmd (argv) otherwise"},
-        {.key = "durability", .type = ORG_CFG_STRING, .default_value = "normal", .choices = ORG_CHOICES("normal", "full"),
+        {.key = "durability",
+         .type = ORG_CFG_STRING,
+         .default_value = "normal",
+         .choices = ORG_CHOICES("normal", "full"),
          .help = "normal: synchronous=NORMAL (survives a crash of agentd, a power cut may lose the last commits); "
                  "full: synchronous=FULL (fsync per commit)"},
         ORG_CONFIG_END,
 };
 
 static const org_verb verbs[] = {
-        {.name = "submit", .mutating = true,
-         .args = "[--gpu N] [--timeout S] [--retries N] [--id ID] [--priority P] [--shell TEXT] [--watch true] -- ARGV...",
+        {.name = "submit",
+         .mutating = true,
+         .args = "[--gpu N] [--timeout S] [--retries N] [--id ID] [--priority P] [--shell TEXT] [--watch true] -- "
+                 "ARGV...",
          .help = "enqueue a task (type cmd by default); --watch answers with its result"},
         {.name = "status", .mutating = false, .args = "[ID]", .help = "one task, or the queue and the GPUs"},
         {.name = "list", .mutating = false, .args = "[--state S] [--limit N]", .help = "tasks, newest first"},
-        {.name = "cancel", .mutating = true, .args = "ID", .help = "cancel a task (queued: at once; leased: via its worker)"},
+        {.name = "cancel",
+         .mutating = true,
+         .args = "ID",
+         .help = "cancel a task (queued: at once; leased: via its worker)"},
         {.name = "watch", .mutating = false, .args = "ID", .help = "answers with the task's result once it is final"},
         ORG_VERBS_END,
 };
 
 /* ---- small helpers ---- */
 
-uint64_t maestro_now(const maestro *m) { return m->host->now_realtime_us(m->ctx); }
+uint64_t maestro_now(const maestro *m) {
+        return m->host->now_realtime_us(m->ctx);
+}
 
 /* Every message carries a ts: the text of the last millisecond formatted is kept (a
  * busy turn stamps thousands of messages within one). */
@@ -239,7 +307,9 @@ static void out_push(maestro *m, const char *subject, char *data, bool reply) {
         arm_flush(m, 0);
 }
 
-void maestro_emit(maestro *m, const char *subject, char *data) { out_push(m, subject, data, false); }
+void maestro_emit(maestro *m, const char *subject, char *data) {
+        out_push(m, subject, data, false);
+}
 
 static void emit_reply(maestro *m, const char *reply, char *data) {
         if (reply)
@@ -431,8 +501,8 @@ static void flush(maestro *m) {
         if (r < 0) {
                 /* nothing leaves before it is stored: replies and runs wait for the retry */
                 m->commit_errors_total++;
-                m->host->log(m->ctx, ORG_LOG_ERR, "cannot commit %zu task changes (retrying in 200 ms): %s",
-                             m->n_dirty, strerror(-r));
+                m->host->log(m->ctx, ORG_LOG_ERR, "cannot commit %zu task changes (retrying in 200 ms): %s", m->n_dirty,
+                             strerror(-r));
                 arm_flush(m, 200);
                 return;
         }
@@ -453,8 +523,8 @@ static void on_flush(org_ctx *ctx, uint64_t id, void *userdata) {
 static char *reply_text(bool accepted, const char *id, const char *state, bool existing, const char *error) {
         char *err = error ? maestro_json_str(error, strlen(error)) : NULL, *s = NULL;
         if (asprintf(&s, "{\"accepted\":%s,\"task_id\":%s%s%s,\"state\":\"%s\",\"existing\":%s%s%s}",
-                     accepted ? "true" : "false", id ? "\"" : "", id ? id : "null", id ? "\"" : "",
-                     state ? state : "", existing ? "true" : "false", err ? ",\"error\":" : "", err ? err : "") < 0)
+                     accepted ? "true" : "false", id ? "\"" : "", id ? id : "null", id ? "\"" : "", state ? state : "",
+                     existing ? "true" : "false", err ? ",\"error\":" : "", err ? err : "") < 0)
                 s = NULL;
         free(err);
         return s;
@@ -519,7 +589,7 @@ static int parse_duration_ms(json_t *v, uint64_t *ret) {
         double d = strtod(s, &end);
         if (errno || end == s || !(d > 0))
                 return -EINVAL;
-        double mul = strcmp(end, "ms") == 0 ? 0.001
+        double mul = strcmp(end, "ms") == 0             ? 0.001
                      : (!*end || strcmp(end, "s") == 0) ? 1
                      : strcmp(end, "m") == 0            ? 60
                      : strcmp(end, "h") == 0            ? 3600
@@ -550,9 +620,8 @@ static int parse_rfc3339(const char *s, uint64_t *ret_us) {
 
 /* Builds a task from a submission; NULL with *ret_why on a bad one. */
 static maestro_task *task_from_json(maestro *m, json_t *o, const char **ret_why, char ret_id[MAESTRO_ID_MAX + 1]) {
-        static const char *const known[] = {"ts",  "task_id", "type",     "cmd",         "shell",    "cwd",
-                                            "env", "timeout", "gpu",      "max_retries", "deadline", "priority",
-                                            NULL};
+        static const char *const known[] = {"ts",      "task_id", "type",        "cmd",      "shell",    "cwd", "env",
+                                            "timeout", "gpu",     "max_retries", "deadline", "priority", NULL};
         *ret_why = NULL;
         if (!json_is_object(o)) {
                 *ret_why = "bad task: not a JSON object";
@@ -571,7 +640,7 @@ static maestro_task *task_from_json(maestro *m, json_t *o, const char **ret_why,
         memcpy(ret_id, id, sizeof id);
         const char *key;
         json_t *v;
-        json_object_foreach(o, key, v) {
+        json_object_foreach (o, key, v) {
                 bool ok = false;
                 for (size_t i = 0; known[i]; i++)
                         ok = ok || strcmp(key, known[i]) == 0;
@@ -591,8 +660,9 @@ static maestro_task *task_from_json(maestro *m, json_t *o, const char **ret_why,
                 size_t i;
                 if (!json_is_array(cmd) || json_array_size(cmd) == 0)
                         *ret_why = "bad task: cmd must be a non-empty array of strings";
-                json_array_foreach(cmd, i, v) if (!json_is_string(v) || !*json_string_value(v)) *ret_why =
-                        "bad task: cmd must be a non-empty array of strings";
+                json_array_foreach (cmd, i, v)
+                        if (!json_is_string(v) || !*json_string_value(v))
+                                *ret_why = "bad task: cmd must be a non-empty array of strings";
                 if (!*ret_why)
                         json_object_set(spec, "cmd", cmd);
         } else if (strcmp(type, "shell") == 0) {
@@ -614,7 +684,9 @@ static maestro_task *task_from_json(maestro *m, json_t *o, const char **ret_why,
         if (env) {
                 if (!json_is_object(env))
                         *ret_why = "bad task: env must be an object of strings";
-                json_object_foreach(env, key, v) if (!json_is_string(v)) *ret_why = "bad task: env must be an object of strings";
+                json_object_foreach (env, key, v)
+                        if (!json_is_string(v))
+                                *ret_why = "bad task: env must be an object of strings";
                 json_object_set(spec, "env", env);
         }
         uint64_t timeout_ms = m->cfg.default_timeout_ms;
@@ -921,7 +993,7 @@ static int verb_submit(maestro *m, const org_msg *req) {
         json_t *words = json_object_get(a, "args"), *cmd = json_array();
         size_t i;
         json_t *v;
-        json_array_foreach(words, i, v) {
+        json_array_foreach (words, i, v) {
                 if (i == 0 && json_is_string(v) && strcmp(json_string_value(v), "--") == 0)
                         continue;
                 json_array_append_new(cmd, word_string(v));
@@ -931,10 +1003,10 @@ static int verb_submit(maestro *m, const org_msg *req) {
         else if (json_array_size(cmd))
                 json_object_set(task, "cmd", cmd);
         json_decref(cmd);
-        static const char *const map[][2] = {{"gpu", "gpu"},          {"timeout", "timeout"},   {"retries", "max_retries"},
-                                             {"max_retries", "max_retries"}, {"id", "task_id"}, {"task_id", "task_id"},
-                                             {"priority", "priority"}, {"shell", "shell"},     {"cwd", "cwd"},
-                                             {"env", "env"},           {"deadline", "deadline"}, {"type", "type"}};
+        static const char *const map[][2] = {
+                {"gpu", "gpu"},    {"timeout", "timeout"}, {"retries", "max_retries"}, {"max_retries", "max_retries"},
+                {"id", "task_id"}, {"task_id", "task_id"}, {"priority", "priority"},   {"shell", "shell"},
+                {"cwd", "cwd"},    {"env", "env"},         {"deadline", "deadline"},   {"type", "type"}};
         for (i = 0; i < sizeof map / sizeof map[0]; i++) {
                 json_t *x = json_object_get(a, map[i][0]);
                 if (!x)
@@ -962,9 +1034,8 @@ static json_t *task_json(const maestro_task *t) {
         return json_pack("{s:s, s:s, s:o, s:I, s:I, s:I, s:o, s:o, s:s?, s:b}", "task_id", t->id, "state",
                          maestro_state_name(t->state), "pin", t->pin >= 0 ? json_integer(t->pin) : json_null(),
                          "priority", (json_int_t)t->priority, "attempt", (json_int_t)t->attempt, "failures",
-                         (json_int_t)t->failures, "gpu",
-                         t->lease_gpu >= 0 ? json_integer(t->lease_gpu) : json_null(), "last_gpu",
-                         t->last_gpu >= 0 ? json_integer(t->last_gpu) : json_null(), "last_error", t->error,
+                         (json_int_t)t->failures, "gpu", t->lease_gpu >= 0 ? json_integer(t->lease_gpu) : json_null(),
+                         "last_gpu", t->last_gpu >= 0 ? json_integer(t->last_gpu) : json_null(), "last_error", t->error,
                          "cancel_requested", t->cancel_requested);
 }
 
@@ -997,27 +1068,25 @@ static json_t *overview_json(maestro *m) {
                         continue;
                 const char *why = NULL;
                 bool ok = maestro_gpu_eligible(m, g, now, &why);
-                json_array_append_new(
-                        gpus, json_pack("{s:i, s:s, s:s, s:b, s:s?, s:f, s:I, s:I, s:o, s:o}", "gpu", g, "pci", u->pci,
-                                        "state", u->state, "eligible", ok, "why", why, "score",
-                                        maestro_gpu_score(m, g, now), "inflight", (json_int_t)u->inflight,
-                                        "dispatched", (json_int_t)u->dispatched, "busy",
-                                        u->has_busy ? json_real(u->busy) : json_null(), "temp_c",
-                                        u->has_temp ? json_real(u->temp) : json_null()));
+                json_array_append_new(gpus, json_pack("{s:i, s:s, s:s, s:b, s:s?, s:f, s:I, s:I, s:o, s:o}", "gpu", g,
+                                                      "pci", u->pci, "state", u->state, "eligible", ok, "why", why,
+                                                      "score", maestro_gpu_score(m, g, now), "inflight",
+                                                      (json_int_t)u->inflight, "dispatched", (json_int_t)u->dispatched,
+                                                      "busy", u->has_busy ? json_real(u->busy) : json_null(), "temp_c",
+                                                      u->has_temp ? json_real(u->temp) : json_null()));
         }
-        return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o}", "gpus_alive",
-                         (json_int_t)maestro_gpus_alive(m, now), "queued", (json_int_t)m->n_queued, "inflight",
-                         (json_int_t)m->n_inflight, "accepted_total", (json_int_t)m->accepted_total, "rejected_total",
-                         (json_int_t)m->rejected_total, "dispatched_total", (json_int_t)m->dispatched_total,
-                         "done_total", (json_int_t)m->done_total, "failed_total", (json_int_t)m->failed_total,
-                         "cancelled_total", (json_int_t)m->cancelled_total, "retries_total",
-                         (json_int_t)m->retries_total, "lease_expiries_total", (json_int_t)m->lease_expiries_total,
-                         "stale_results_total", (json_int_t)m->stale_total, "commits_total",
-                         (json_int_t)m->commits_total, "dispatch_latency", latency_json(m), "gpus", gpus,
-                         "flush_ms", json_pack("{s:f, s:f, s:f, s:f, s:f}", "admit", (double)m->admit_us / 1000.0,
-                                               "commit_cpu", (double)m->commit_cpu_us / 1000.0, "commit",
-                                               (double)m->commit_us / 1000.0, "commit_max",
-                                               (double)m->commit_max_us / 1000.0, "send", (double)m->send_us / 1000.0));
+        return json_pack(
+                "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o}", "gpus_alive",
+                (json_int_t)maestro_gpus_alive(m, now), "queued", (json_int_t)m->n_queued, "inflight",
+                (json_int_t)m->n_inflight, "accepted_total", (json_int_t)m->accepted_total, "rejected_total",
+                (json_int_t)m->rejected_total, "dispatched_total", (json_int_t)m->dispatched_total, "done_total",
+                (json_int_t)m->done_total, "failed_total", (json_int_t)m->failed_total, "cancelled_total",
+                (json_int_t)m->cancelled_total, "retries_total", (json_int_t)m->retries_total, "lease_expiries_total",
+                (json_int_t)m->lease_expiries_total, "stale_results_total", (json_int_t)m->stale_total, "commits_total",
+                (json_int_t)m->commits_total, "dispatch_latency", latency_json(m), "gpus", gpus, "flush_ms",
+                json_pack("{s:f, s:f, s:f, s:f, s:f}", "admit", (double)m->admit_us / 1000.0, "commit_cpu",
+                          (double)m->commit_cpu_us / 1000.0, "commit", (double)m->commit_us / 1000.0, "commit_max",
+                          (double)m->commit_max_us / 1000.0, "send", (double)m->send_us / 1000.0));
 }
 
 static int list_row(void *userdata, int n, const char *const *cols, const char *const *names) {
@@ -1055,7 +1124,8 @@ static int maestro_call(void *state, const char *verb, const org_msg *req) {
                 const char *st = json_string_value(json_object_get(a, "state"));
                 json_t *lim = json_object_get(a, "limit");
                 char limit[24];
-                snprintf(limit, sizeof limit, "%lld", json_is_integer(lim) ? (long long)json_integer_value(lim) : 100LL);
+                snprintf(limit, sizeof limit, "%lld",
+                         json_is_integer(lim) ? (long long)json_integer_value(lim) : 100LL);
                 const char *p[] = {st, limit};
                 json_t *rows = json_array();
                 r = m->host->store_query(m->ctx, MAESTRO_SQL_LIST, p, 2, list_row, rows);
@@ -1064,21 +1134,23 @@ static int maestro_call(void *state, const char *verb, const org_msg *req) {
                         respond_json(m, req, json_pack("{s:s}", "error", strerror(-r)));
                         r = 0;
                 } else
-                        respond_json(m, req, json_pack("{s:I, s:o}", "count", (json_int_t)json_array_size(rows),
-                                                       "tasks", rows));
+                        respond_json(
+                                m, req,
+                                json_pack("{s:I, s:o}", "count", (json_int_t)json_array_size(rows), "tasks", rows));
         } else if (strcmp(verb, "cancel") == 0) {
                 maestro_task *t = id ? maestro_find(m, id) : NULL;
                 if (!t) {
                         char st[24] = "";
                         json_t *row = id ? stored(m, id, st) : NULL;
-                        respond_json(m, req, json_pack("{s:s?, s:s}", "task_id", id, "error",
-                                                       row ? "already final" : "unknown task"));
+                        respond_json(m, req,
+                                     json_pack("{s:s?, s:s}", "task_id", id, "error",
+                                               row ? "already final" : "unknown task"));
                         json_decref(row);
                 } else {
                         int c = maestro_cancel(m, t);
-                        respond_json(m, req, json_pack("{s:s, s:s, s:b}", "task_id", t->id, "state",
-                                                       c > 0 ? "cancelling" : maestro_state_name(t->state),
-                                                       "pending", c > 0));
+                        respond_json(m, req,
+                                     json_pack("{s:s, s:s, s:b}", "task_id", t->id, "state",
+                                               c > 0 ? "cancelling" : maestro_state_name(t->state), "pending", c > 0));
                         maestro_dispatch(m);
                         maestro_rearm(m);
                 }
@@ -1148,12 +1220,16 @@ static void publish_heartbeat(maestro *m) {
         h->metric_set(m->ctx, "maestro_queued", ORG_METRIC_GAUGE, (double)m->n_queued, "tasks not yet final");
         h->metric_set(m->ctx, "maestro_inflight", ORG_METRIC_GAUGE, (double)m->n_inflight, "tasks leased to a GPU");
         h->metric_set(m->ctx, "maestro_gpus_alive", ORG_METRIC_GAUGE, (double)alive, "eligible GPUs");
-        h->metric_set(m->ctx, "maestro_accepted_total", ORG_METRIC_COUNTER, (double)m->accepted_total, "tasks accepted");
-        h->metric_set(m->ctx, "maestro_rejected_total", ORG_METRIC_COUNTER, (double)m->rejected_total, "submissions refused");
-        h->metric_set(m->ctx, "maestro_dispatched_total", ORG_METRIC_COUNTER, (double)m->dispatched_total, "leases handed out");
+        h->metric_set(m->ctx, "maestro_accepted_total", ORG_METRIC_COUNTER, (double)m->accepted_total,
+                      "tasks accepted");
+        h->metric_set(m->ctx, "maestro_rejected_total", ORG_METRIC_COUNTER, (double)m->rejected_total,
+                      "submissions refused");
+        h->metric_set(m->ctx, "maestro_dispatched_total", ORG_METRIC_COUNTER, (double)m->dispatched_total,
+                      "leases handed out");
         h->metric_set(m->ctx, "maestro_done_total", ORG_METRIC_COUNTER, (double)m->done_total, "tasks done");
         h->metric_set(m->ctx, "maestro_failed_total", ORG_METRIC_COUNTER, (double)m->failed_total, "tasks failed");
-        h->metric_set(m->ctx, "maestro_retries_total", ORG_METRIC_COUNTER, (double)m->retries_total, "retries scheduled");
+        h->metric_set(m->ctx, "maestro_retries_total", ORG_METRIC_COUNTER, (double)m->retries_total,
+                      "retries scheduled");
         h->metric_set(m->ctx, "maestro_lease_expiries_total", ORG_METRIC_COUNTER, (double)m->lease_expiries_total,
                       "leases that ended without a result");
         h->metric_set(m->ctx, "maestro_stale_results_total", ORG_METRIC_COUNTER, (double)m->stale_total,
@@ -1193,10 +1269,10 @@ static int load_config(maestro *m) {
         double d;
         bool b;
         const char *s;
-#define DUR(key, field)                                                                                    \
-        do {                                                                                               \
-                if (h->config_int(m->ctx, key, &v) == 0)                                                   \
-                        field = (uint64_t)v;                                                               \
+#define DUR(key, field)                                                                                                \
+        do {                                                                                                           \
+                if (h->config_int(m->ctx, key, &v) == 0)                                                               \
+                        field = (uint64_t)v;                                                                           \
         } while (0)
         DUR("heartbeat_ttl", m->cfg.heartbeat_ttl_us);
         DUR("metrics_ttl", m->cfg.metrics_ttl_us);
@@ -1236,8 +1312,12 @@ static maestro_state state_from_name(const char *s) {
         return TS_ENQUEUED;
 }
 
-static uint64_t col_u64(const char *c) { return c ? strtoull(c, NULL, 10) : 0; }
-static int64_t col_i64(const char *c, int64_t dflt) { return c ? strtoll(c, NULL, 10) : dflt; }
+static uint64_t col_u64(const char *c) {
+        return c ? strtoull(c, NULL, 10) : 0;
+}
+static int64_t col_i64(const char *c, int64_t dflt) {
+        return c ? strtoll(c, NULL, 10) : dflt;
+}
 
 static int recover_row(void *userdata, int n, const char *const *c, const char *const *names) {
         maestro *m = userdata;
@@ -1388,8 +1468,8 @@ static int maestro_init(const org_host *host, org_ctx *ctx, void **ret_state) {
         }
         char ts[40], *up = NULL;
         maestro_ts(maestro_now(m), ts, sizeof ts);
-        if (asprintf(&up, "{\"ts\":\"%s\",\"event\":\"up\",\"version\":\"%s\",\"recovered\":%zu}", ts,
-                     MAESTRO_VERSION, m->n_queued) >= 0) {
+        if (asprintf(&up, "{\"ts\":\"%s\",\"event\":\"up\",\"version\":\"%s\",\"recovered\":%zu}", ts, MAESTRO_VERSION,
+                     m->n_queued) >= 0) {
                 host->publish(ctx, "maestro.up", NULL, 0, up, strlen(up));
                 free(up);
         }

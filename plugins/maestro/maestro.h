@@ -12,10 +12,10 @@
 
 #include <organism/plugin.h>
 
-#define MAESTRO_VERSION "0.1.0"
+#define MAESTRO_VERSION  "0.1.0"
 #define MAESTRO_MAX_GPUS 64
-#define MAESTRO_ID_MAX 128
-#define MAESTRO_US 1000000ULL
+#define MAESTRO_ID_MAX   128
+#define MAESTRO_US       1000000ULL
 
 typedef enum maestro_state {
         TS_ENQUEUED,
@@ -41,54 +41,54 @@ typedef struct maestro_heap {
 
 struct maestro_task {
         char id[MAESTRO_ID_MAX + 1];
-        char *spec;              /* JSON object: {type, cmd, shell, cwd, env, timeout} of the run payload */
-        int pin;                 /* -1: any GPU */
+        char *spec; /* JSON object: {type, cmd, shell, cwd, env, timeout} of the run payload */
+        int pin;    /* -1: any GPU */
         int64_t priority;
         int64_t max_retries;
         uint64_t timeout_ms;
-        uint64_t deadline_us;    /* realtime; 0: none */
-        uint64_t seq;            /* FIFO order within a priority */
+        uint64_t deadline_us; /* realtime; 0: none */
+        uint64_t seq;         /* FIFO order within a priority */
         uint64_t created_us;
         maestro_state state;
-        int64_t attempt;         /* the attempt of the lease (1 = first dispatch) */
-        int64_t failures;        /* attempts that failed (err, lease expiry): retried while <= max_retries */
-        int lease_gpu;           /* -1 none */
-        int last_gpu;            /* the GPU of the previous attempt, avoided on retry */
+        int64_t attempt;  /* the attempt of the lease (1 = first dispatch) */
+        int64_t failures; /* attempts that failed (err, lease expiry): retried while <= max_retries */
+        int lease_gpu;    /* -1 none */
+        int last_gpu;     /* the GPU of the previous attempt, avoided on retry */
         uint64_t lease_expiry_us;
         uint64_t next_try_us;
         uint64_t enqueue_mono_us;
-        char *error;             /* last error */
-        char *result;            /* final result JSON (done/failed) */
+        char *error;  /* last error */
+        char *result; /* final result JSON (done/failed) */
         bool cancel_requested;
         bool waiting_published;
         bool dirty;
-        bool stored;             /* its row exists (committed): changes are updates */
-        bool started;            /* running seen for this attempt */
+        bool stored;  /* its row exists (committed): changes are updates */
+        bool started; /* running seen for this attempt */
         /* a submission of this turn, not yet checked against the store nor admitted */
         bool incoming, client_id, watch, dup;
         char dup_state[24];
         char *reply;
         /* membership */
-        maestro_heap *queue;     /* ready queue holding it, or NULL */
+        maestro_heap *queue; /* ready queue holding it, or NULL */
         size_t qpos;
-        size_t tpos;             /* position in the timer heap, SIZE_MAX when absent */
-        uint64_t when_us;        /* key in the timer heap (realtime) */
-        maestro_task *hnext;     /* hash chain */
+        size_t tpos;                 /* position in the timer heap, SIZE_MAX when absent */
+        uint64_t when_us;            /* key in the timer heap (realtime) */
+        maestro_task *hnext;         /* hash chain */
         maestro_task *gprev, *gnext; /* tasks leased on lease_gpu */
 };
 
 typedef struct maestro_gpu {
         bool seen;
         char pci[32];
-        char state[24];          /* from the heartbeat: idle, busy, gone, passthrough... */
-        uint64_t hb_us;          /* realtime of the last heartbeat naming it */
-        uint64_t metrics_us;     /* realtime of the last metrics */
+        char state[24];      /* from the heartbeat: idle, busy, gone, passthrough... */
+        uint64_t hb_us;      /* realtime of the last heartbeat naming it */
+        uint64_t metrics_us; /* realtime of the last metrics */
         bool has_busy, has_temp;
         double busy, temp;
-        uint64_t last_release_us; /* a task of ours ended there (its busy% is ours, not load) */
+        uint64_t last_release_us;           /* a task of ours ended there (its busy% is ours, not load) */
         char last_task[MAESTRO_ID_MAX + 1]; /* the task that ended there last */
-        unsigned inflight;       /* tasks scheduled or running there */
-        maestro_task *leased;    /* list of those tasks */
+        unsigned inflight;                  /* tasks scheduled or running there */
+        maestro_task *leased;               /* list of those tasks */
         uint64_t dispatched;
 } maestro_gpu;
 
@@ -129,7 +129,7 @@ typedef struct maestro {
         size_t n_inflight;
         uint64_t next_seq;
 
-        maestro_heap ready;       /* unpinned */
+        maestro_heap ready; /* unpinned */
         maestro_heap pinned[MAESTRO_MAX_GPUS];
         maestro_heap timers;
         uint64_t wake_timer, wake_at;

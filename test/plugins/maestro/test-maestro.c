@@ -36,8 +36,9 @@ static void heartbeat(void *s, int n) {
         char buf[4096];
         size_t k = (size_t)snprintf(buf, sizeof buf, "{\"gpus\":[");
         for (int g = 0; g < n; g++)
-                k += (size_t)snprintf(buf + k, sizeof buf - k, "%s{\"gpu\":%d,\"pci\":\"0000:%02x:00.0\",\"state\":\"idle\"}",
-                                      g ? "," : "", g, g + 1);
+                k += (size_t)snprintf(buf + k, sizeof buf - k,
+                                      "%s{\"gpu\":%d,\"pci\":\"0000:%02x:00.0\",\"state\":\"idle\"}", g ? "," : "", g,
+                                      g + 1);
         snprintf(buf + k, sizeof buf - k, "]}");
         CHECK_INT(fake_deliver(&organism_plugin, s, "gpu.worker.heartbeat", buf), 0);
 }
@@ -390,8 +391,9 @@ static void test_cancel(void) {
         CHECK_CONTAINS(state_of(&ctx, "q1"), "\"state\":\"cancelled\"");
         CHECK_CONTAINS(fake_last_published(&ctx, "gpu.task.cancel.0"), "run1");
         /* the worker confirms with err cancelled */
-        CHECK_INT(fake_deliver(&organism_plugin, s, "gpu.task.err",
-                               "{\"task_id\":\"run1\",\"attempt\":1,\"gpu\":0,\"error\":\"cancelled\",\"returncode\":-9}"),
+        CHECK_INT(fake_deliver(
+                          &organism_plugin, s, "gpu.task.err",
+                          "{\"task_id\":\"run1\",\"attempt\":1,\"gpu\":0,\"error\":\"cancelled\",\"returncode\":-9}"),
                   0);
         turn(&ctx);
         CHECK_CONTAINS(state_of(&ctx, "run1"), "\"state\":\"cancelled\"");

@@ -45,9 +45,15 @@ static const org_config_entry load_entries[] = {
         {.key = "rate", .type = ORG_CFG_INT, .default_value = "0", .min = "0", .help = "per second; 0 = window-bound"},
         {.key = "window", .type = ORG_CFG_INT, .default_value = "2000", .min = "1", .help = "outstanding at most"},
         {.key = "start", .type = ORG_CFG_DURATION, .default_value = "1s", .help = "delay before the first"},
-        {.key = "wait_results", .type = ORG_CFG_BOOL, .default_value = "true",
+        {.key = "wait_results",
+         .type = ORG_CFG_BOOL,
+         .default_value = "true",
          .help = "the window counts tasks until their result (else until the reply)"},
-        {.key = "timeout", .type = ORG_CFG_INT, .default_value = "60", .min = "1", .help = "each task's timeout, seconds"},
+        {.key = "timeout",
+         .type = ORG_CFG_INT,
+         .default_value = "60",
+         .min = "1",
+         .help = "each task's timeout, seconds"},
         ORG_CONFIG_END,
 };
 
@@ -72,7 +78,8 @@ static void heartbeat(org_ctx *ctx, uint64_t id, void *userdata) {
         char buf[8192];
         size_t n = (size_t)snprintf(buf, sizeof buf, "{\"gpus\":[");
         for (int64_t g = 0; g < s->gpus; g++)
-                n += (size_t)snprintf(buf + n, sizeof buf - n, "%s{\"gpu\":%" PRId64 ",\"pci\":\"0000:%02" PRIx64 ":00.0\",\"state\":\"idle\"}",
+                n += (size_t)snprintf(buf + n, sizeof buf - n,
+                                      "%s{\"gpu\":%" PRId64 ",\"pci\":\"0000:%02" PRIx64 ":00.0\",\"state\":\"idle\"}",
                                       g ? "," : "", g, g + 1);
         n += (size_t)snprintf(buf + n, sizeof buf - n, "]}");
         s->host->publish(ctx, "gpu.worker.heartbeat", NULL, 0, buf, n);
@@ -102,7 +109,8 @@ static void submit_some(sim *s, int64_t k) {
         for (; k > 0 && s->submitted < s->count; k--) {
                 char buf[256];
                 int64_t seq = s->submitted++;
-                int n = snprintf(buf, sizeof buf, "{\"task_id\":\"b%" PRId64 "\",\"cmd\":[\"true\"],\"timeout\":%" PRId64 "}", seq,
+                int n = snprintf(buf, sizeof buf,
+                                 "{\"task_id\":\"b%" PRId64 "\",\"cmd\":[\"true\"],\"timeout\":%" PRId64 "}", seq,
                                  s->timeout);
                 s->sent_us[seq] = s->host->now_monotonic_us(s->ctx);
                 if (s->host->request(s->ctx, "gpu.task.enqueue", buf, (size_t)n, 30000, on_reply, s) < 0)
@@ -116,7 +124,8 @@ static void on_load(org_ctx *ctx, uint64_t id, void *userdata) {
                 s->t0_us = s->host->now_monotonic_us(ctx);
         if (s->rate > 0) {
                 /* every 10 ms its share; the timer is periodic */
-                int64_t due = (int64_t)((s->host->now_monotonic_us(ctx) - s->t0_us) * (uint64_t)s->rate / 1000000ULL) + 1;
+                int64_t due =
+                        (int64_t)((s->host->now_monotonic_us(ctx) - s->t0_us) * (uint64_t)s->rate / 1000000ULL) + 1;
                 submit_some(s, due - s->submitted);
                 if (s->submitted >= s->count && s->load_timer) {
                         s->host->timer_cancel(ctx, s->load_timer);
@@ -133,7 +142,8 @@ static void on_load(org_ctx *ctx, uint64_t id, void *userdata) {
 static void answer(sim *s, const char *subject, const char *id, int64_t attempt, int gpu, int rc, const char *err) {
         char buf[512];
         int n = snprintf(buf, sizeof buf,
-                         "{\"task_id\":\"%s\",\"attempt\":%" PRId64 ",\"gpu\":%d,\"returncode\":%d,\"stdout\":\"ok\\n\","
+                         "{\"task_id\":\"%s\",\"attempt\":%" PRId64
+                         ",\"gpu\":%d,\"returncode\":%d,\"stdout\":\"ok\\n\","
                          "\"stderr\":\"\",\"duration_ms\":0%s%s%s}",
                          id, attempt, gpu, rc, err ? ",\"error\":\"" : "", err ? err : "", err ? "\"" : "");
         s->host->publish(s->ctx, subject, NULL, 0, buf, (size_t)n);
@@ -189,8 +199,9 @@ static void on_run(sim *s, const org_msg *msg) {
                         l->attempt = attempt;
                         l->gpu = gpu;
                         char buf[256];
-                        int n = snprintf(buf, sizeof buf, "{\"task_id\":\"%s\",\"attempt\":%" PRId64 ",\"gpu\":%d,\"pid\":1}",
-                                         id, attempt, gpu);
+                        int n = snprintf(buf, sizeof buf,
+                                         "{\"task_id\":\"%s\",\"attempt\":%" PRId64 ",\"gpu\":%d,\"pid\":1}", id,
+                                         attempt, gpu);
                         s->host->publish(s->ctx, "gpu.task.running", NULL, 0, buf, (size_t)n);
                         if (s->host->timer_add(s->ctx, (uint64_t)s->delay_ms, 0, on_later, l, NULL) < 0)
                                 free(l);
@@ -246,8 +257,9 @@ static int sim_call(void *state, const char *verb, const org_msg *req) {
         char buf[1024];
         double secs = s->t_last_us > s->t0_us ? (double)(s->t_last_us - s->t0_us) / 1e6 : 0;
         int len = snprintf(buf, sizeof buf,
-                           "{\"count\":%" PRId64 ",\"submitted\":%" PRId64 ",\"accepted\":%" PRId64 ",\"rejected\":%" PRId64
-                           ",\"runs\":%" PRId64 ",\"results\":%" PRId64 ",\"reruns_prevented\":%" PRId64
+                           "{\"count\":%" PRId64 ",\"submitted\":%" PRId64 ",\"accepted\":%" PRId64
+                           ",\"rejected\":%" PRId64 ",\"runs\":%" PRId64 ",\"results\":%" PRId64
+                           ",\"reruns_prevented\":%" PRId64
                            ",\"seconds\":%.4f,\"tasks_per_s\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}",
                            s->count, s->submitted, s->accepted, s->rejected, s->runs, s->results, s->reruns_prevented,
                            secs, secs > 0 ? (double)s->results / secs : 0, v ? (double)v[n / 2] / 1000 : 0,
@@ -273,8 +285,9 @@ static int sim_init(const org_host *host, org_ctx *ctx, void **ret_state) {
         json_t *cfg = json_loads(host->config_json(ctx), 0, &e);
         size_t i;
         json_t *x;
-        json_array_foreach(json_object_get(cfg, "silent"), i, x) if (json_integer_value(x) >= 0 && json_integer_value(x) < 64)
-                s->silent |= 1ULL << json_integer_value(x);
+        json_array_foreach (json_object_get(cfg, "silent"), i, x)
+                if (json_integer_value(x) >= 0 && json_integer_value(x) < 64)
+                        s->silent |= 1ULL << json_integer_value(x);
         json_decref(cfg);
         uint64_t start = 1000;
         if (host->config_int(ctx, "load.count", &v) == 0)
