@@ -15,7 +15,7 @@
 #include "util.h"
 
 #define STORE_BUSY_TIMEOUT_MS 5000
-#define STORE_CACHE           16
+#define STORE_CACHE 16
 
 /* A prepared single statement kept for its SQL text; in_use while a call steps it (a
  * row callback running the same SQL gets a fresh statement). */
@@ -67,7 +67,7 @@ static int errno_from_sqlite(int rc) {
                 return -ERANGE;
         case SQLITE_INTERRUPT:
                 return -EINTR;
-        case SQLITE_ERROR: /* SQL syntax, missing table...: the caller's statement */
+        case SQLITE_ERROR:  /* SQL syntax, missing table...: the caller's statement */
         case SQLITE_MISUSE:
         case SQLITE_MISMATCH:
                 return -EINVAL;
@@ -310,8 +310,8 @@ int store_open(const char *path, store **ret) {
                     SQLITE_OK ||
             (rc = sqlite3_prepare_v3(s->db, STORE_SQL_KV_SET, -1, SQLITE_PREPARE_PERSISTENT, &s->kv_set, NULL)) !=
                     SQLITE_OK ||
-            (rc = sqlite3_prepare_v3(s->db, STORE_SQL_KV_DELETE, -1, SQLITE_PREPARE_PERSISTENT, &s->kv_delete, NULL)) !=
-                    SQLITE_OK) {
+            (rc = sqlite3_prepare_v3(s->db, STORE_SQL_KV_DELETE, -1, SQLITE_PREPARE_PERSISTENT, &s->kv_delete,
+                                     NULL)) != SQLITE_OK) {
                 r = errno_from_sqlite(rc);
                 goto fail;
         }
@@ -329,7 +329,8 @@ int store_exec(store *s, const char *sql, const char *const *params, size_t n_pa
 
 /* The column texts handed to row are valid during that call only. A negative return
  * from row is returned as the error; a positive one stops quietly (0). */
-int store_query(store *s, const char *sql, const char *const *params, size_t n_params, org_row_fn row, void *userdata) {
+int store_query(store *s, const char *sql, const char *const *params, size_t n_params, org_row_fn row,
+                void *userdata) {
         if (!row)
                 return -EINVAL;
         return run_sql(s, sql, params, n_params, row, userdata);
