@@ -23,6 +23,19 @@
 #define ENQUEUE_SUBJECT          "gpu.task.enqueue"
 #define WATCH_TIMEOUT_MS_DEFAULT 3600000ULL
 
+static const org_config_entry intake_entries[] = {
+        {.key = "stream", .type = ORG_CFG_STRING, .help = "the stream holding gpu.task.enqueue (e.g. ORG_WQ)"},
+        {.key = "durable", .type = ORG_CFG_STRING, .default_value = "MAESTRO_ENQ", .format = "identifier",
+         .help = "the durable consumer shared by the maestros taking this work"},
+        {.key = "filter", .type = ORG_CFG_PATTERN, .default_value = "gpu.task.enqueue",
+         .help = "the subjects of the stream taken as submissions"},
+        {.key = "ack_wait", .type = ORG_CFG_DURATION, .default_value = "60s", .min = "1s", .max = "1h",
+         .help = "a message not acked within this comes back"},
+        {.key = "max_pending", .type = ORG_CFG_INT, .default_value = "256", .min = "1", .max = "65536",
+         .help = "messages delivered but not yet acked, at most"},
+        ORG_CONFIG_END,
+};
+
 static const org_config_entry config_map[] = {
         {.key = "heartbeat_ttl",
          .type = ORG_CFG_DURATION,
@@ -112,6 +125,11 @@ static const org_config_entry config_map[] = {
          .type = ORG_CFG_BOOL,
          .default_value = "false",
          .help = "accept type: shell tasks (the worker must allow them too); cmd (argv) otherwise"},
+        {.key = "intake",
+         .type = ORG_CFG_OBJECT,
+         .children = intake_entries,
+         .help = "also take gpu.task.enqueue from a JetStream work-queue stream (needs bus.nats.jetstream): "
+                 "{stream, durable, filter, ack_wait, max_pending}; each message acked once committed"},
         {.key = "durability",
          .type = ORG_CFG_STRING,
          .default_value = "normal",
@@ -285,7 +303,7 @@ void maestro_mark_dirty(maestro *m, maestro_task *t) {
         arm_flush(m, 0);
 }
 
-static void out_push(maestro *m, const char *subject, char *data, bool reply) {
+static void out_push(maestro *m, const char *subject, char *data, maestro_out_kind kind) {
         if (!data)
                 return;
         if (m->n_out == m->out_cap) {
@@ -303,19 +321,33 @@ static void out_push(maestro *m, const char *subject, char *data, bool reply) {
                 free(data);
                 return;
         }
-        m->out[m->n_out++] = (maestro_out){.subject = s, .data = data, .reply = reply};
+        m->out[m->n_out++] = (maestro_out){.kind = kind, .subject = s, .data = data};
         arm_flush(m, 0);
 }
 
 void maestro_emit(maestro *m, const char *subject, char *data) {
-        out_push(m, subject, data, false);
+        out_push(m, subject, data, OUT_PUBLISH);
 }
 
 static void emit_reply(maestro *m, const char *reply, char *data) {
         if (reply)
-                out_push(m, reply, data, true);
+                out_push(m, reply, data, OUT_REPLY);
         else
                 free(data);
+}
+
+/* A JetStream submission is answered once this turn is committed. */
+static void emit_ack(maestro *m, uint64_t token, org_ack_kind kind, uint64_t delay_ms) {
+        if (!token)
+                return;
+        size_t before = m->n_out;
+        out_push(m, "ack", strdup(""), OUT_ACK);
+        if (m->n_out > before) {
+                maestro_out *o = &m->out[m->n_out - 1];
+                o->ack_token = token;
+                o->ack = (int)kind;
+                o->ack_delay_ms = delay_ms;
+        }
 }
 
 void maestro_emit_state(maestro *m, const maestro_task *t, const char *extra_fmt, ...) {
@@ -470,8 +502,9 @@ static int commit(maestro *m) {
 static void send_out(maestro *m) {
         for (size_t i = 0; i < m->n_out; i++) {
                 maestro_out *o = &m->out[i];
-                int r = o->reply ? m->host->respond(m->ctx, o->subject, o->data, strlen(o->data))
-                                 : m->host->publish(m->ctx, o->subject, NULL, 0, o->data, strlen(o->data));
+                int r = o->kind == OUT_REPLY ? m->host->respond(m->ctx, o->subject, o->data, strlen(o->data))
+                        : o->kind == OUT_ACK ? m->host->ack(m->ctx, o->ack_token, (org_ack_kind)o->ack, o->ack_delay_ms)
+                                             : m->host->publish(m->ctx, o->subject, NULL, 0, o->data, strlen(o->data));
                 if (r < 0)
                         m->host->log(m->ctx, ORG_LOG_WARNING, "cannot publish %s: %s", o->subject, strerror(-r));
                 free(o->subject);
@@ -776,7 +809,7 @@ static void add_waiter(maestro *m, const char *id, const char *reply) {
  * With watch, the accepted reply is replaced by the result once final. A new task
  * waits in `incoming` until the turn's flush, which checks all of them against the
  * store in one query (an id seen before is the existing task) and admits the rest. */
-static void intake(maestro *m, const char *data, size_t len, const char *reply, bool watch) {
+static void intake(maestro *m, const char *data, size_t len, const char *reply, bool watch, uint64_t ack_token) {
         json_error_t e;
         const char *why = NULL;
         char id[MAESTRO_ID_MAX + 1] = "";
@@ -793,6 +826,7 @@ static void intake(maestro *m, const char *data, size_t len, const char *reply, 
                 if (old) {
                         snprintf(id, sizeof id, "%s", sid);
                         json_decref(o);
+                        emit_ack(m, ack_token, ORG_ACK, 0);
                         if (watch && reply)
                                 add_waiter(m, id, reply);
                         else
@@ -817,9 +851,16 @@ static void intake(maestro *m, const char *data, size_t len, const char *reply, 
         }
         if (!why && ((reply && !(t->reply = strdup(reply))) || hash_add(m, t) < 0))
                 why = "out of memory";
+        if (why && ack_token && strcmp(why, "queue full") == 0) {
+                /* durable: it stays in the stream and comes back, not refused */
+                task_free(t);
+                emit_ack(m, ack_token, ORG_NAK, 1000);
+                return;
+        }
         if (why) {
                 task_free(t);
                 m->rejected_total++;
+                emit_ack(m, ack_token, ORG_TERM, 0); /* it will never be a good task */
                 char *r = reply_text(false, id[0] ? id : NULL, "rejected", false, why);
                 if (reply)
                         emit_reply(m, reply, r);
@@ -837,6 +878,7 @@ static void intake(maestro *m, const char *data, size_t len, const char *reply, 
                 return;
         }
         t->state = TS_ENQUEUED;
+        t->ack_token = ack_token;
         t->incoming = true;
         t->client_id = client_id;
         t->watch = watch;
@@ -880,6 +922,10 @@ static void admit_incoming(maestro *m) {
         for (size_t i = 0; i < m->n_incoming; i++) {
                 maestro_task *t = m->incoming[i];
                 t->incoming = false;
+                emit_ack(m, t->ack_token, ORG_ACK, 0); /* sent after this turn's commit */
+                t->ack_token = 0;
+                emit_ack(m, t->ack_token, ORG_ACK, 0); /* sent after this turn's commit */
+                t->ack_token = 0;
                 if (t->dup) {
                         /* submitted before (and since forgotten in memory): the existing task */
                         char id[MAESTRO_ID_MAX + 1];
@@ -1025,7 +1071,7 @@ static int verb_submit(maestro *m, const org_msg *req) {
         json_decref(a);
         if (!text)
                 return -ENOMEM;
-        intake(m, text, strlen(text), req->reply, watch);
+        intake(m, text, strlen(text), req->reply, watch, 0);
         free(text);
         return 0;
 }
@@ -1188,8 +1234,10 @@ static int maestro_call(void *state, const char *verb, const org_msg *req) {
 static int maestro_handle(void *state, const org_msg *msg) {
         maestro *m = state;
         const char *s = msg->subject;
-        if (strcmp(s, ENQUEUE_SUBJECT) == 0)
-                intake(m, msg->data, msg->len, msg->reply, false);
+        if (msg->ack_token)
+                intake(m, msg->data, msg->len, NULL, false, msg->ack_token);
+        else if (strcmp(s, ENQUEUE_SUBJECT) == 0)
+                intake(m, msg->data, msg->len, msg->reply, false, 0);
         else if (strcmp(s, "gpu.worker.heartbeat") == 0)
                 maestro_on_heartbeat(m, msg->data, msg->len);
         else if (strcmp(s, "gpu.worker.metrics") == 0)
@@ -1300,6 +1348,21 @@ static int load_config(maestro *m) {
                 m->cfg.max_task_bytes = v;
         if (h->config_bool(m->ctx, "allow_shell", &b) == 0)
                 m->cfg.allow_shell = b;
+        if (h->config_string(m->ctx, "intake.stream", &s) == 0 && s && *s) {
+                m->cfg.intake_stream = s;
+                m->cfg.intake_durable = "MAESTRO_ENQ";
+                m->cfg.intake_filter = ENQUEUE_SUBJECT;
+                m->cfg.intake_ack_wait_ms = 60000;
+                m->cfg.intake_max_pending = 256;
+                if (h->config_string(m->ctx, "intake.durable", &s) == 0 && s)
+                        m->cfg.intake_durable = s;
+                if (h->config_string(m->ctx, "intake.filter", &s) == 0 && s)
+                        m->cfg.intake_filter = s;
+                if (h->config_int(m->ctx, "intake.ack_wait", &v) == 0 && v > 0)
+                        m->cfg.intake_ack_wait_ms = (uint64_t)v;
+                if (h->config_int(m->ctx, "intake.max_pending", &v) == 0 && v > 0)
+                        m->cfg.intake_max_pending = v;
+        }
         if (h->config_string(m->ctx, "durability", &s) == 0 && s)
                 m->cfg.durability_full = strcmp(s, "full") == 0;
         return 0;
@@ -1462,6 +1525,21 @@ static int maestro_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                         maestro_free(m);
                         return r;
                 }
+        if (m->cfg.intake_stream) {
+                org_consume_opts o = {.stream = m->cfg.intake_stream,
+                                      .durable = m->cfg.intake_durable,
+                                      .filter = m->cfg.intake_filter,
+                                      .max_deliver = 1000000,
+                                      .ack_wait_ms = m->cfg.intake_ack_wait_ms,
+                                      .max_pending = (unsigned)m->cfg.intake_max_pending};
+                r = ORG_HOST_HAS(host, consume_durable) ? host->consume_durable(ctx, &o, NULL) : -EOPNOTSUPP;
+                if (r < 0) {
+                        host->log(ctx, ORG_LOG_ERR, "cannot consume %s from stream %s (intake needs bus.nats.jetstream): %s",
+                                  m->cfg.intake_filter, m->cfg.intake_stream, strerror(-r));
+                        maestro_free(m);
+                        return r;
+                }
+        }
         if ((r = host->timer_add(ctx, m->cfg.heartbeat_ms, m->cfg.heartbeat_ms, on_heartbeat, m, &m->hb_timer)) < 0) {
                 maestro_free(m);
                 return r;

@@ -68,6 +68,7 @@ struct maestro_task {
         bool incoming, client_id, watch, dup;
         char dup_state[24];
         char *reply;
+        uint64_t ack_token; /* a JetStream submission: acked once committed */
         /* membership */
         maestro_heap *queue; /* ready queue holding it, or NULL */
         size_t qpos;
@@ -92,11 +93,15 @@ typedef struct maestro_gpu {
         uint64_t dispatched;
 } maestro_gpu;
 
-/* A bus message or reply held until the turn's commit. */
+/* A bus message, reply or JetStream ack held until the turn's commit. */
+typedef enum maestro_out_kind { OUT_PUBLISH, OUT_REPLY, OUT_ACK } maestro_out_kind;
 typedef struct maestro_out {
+        maestro_out_kind kind;
         char *subject;
         char *data;
-        bool reply;
+        uint64_t ack_token;
+        int ack; /* org_ack_kind */
+        uint64_t ack_delay_ms;
 } maestro_out;
 
 /* A verb or request answered later (watch, submit --watch). */
@@ -115,6 +120,9 @@ typedef struct maestro_cfg {
         uint64_t retry_backoff_ms, default_timeout_ms, lease_grace_ms, heartbeat_ms, keep_final_ms;
         int64_t max_task_bytes;
         bool allow_shell, durability_full;
+        const char *intake_stream, *intake_durable, *intake_filter;
+        uint64_t intake_ack_wait_ms;
+        int64_t intake_max_pending;
 } maestro_cfg;
 
 typedef struct maestro {
