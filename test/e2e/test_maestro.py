@@ -6,13 +6,14 @@ exactly once) and its load generator submitting through gpu.task.enqueue request
 1000 tasks accepted → dispatched → done once each over 12 GPUs; agentd killed -9 at a
 random instant mid-run and restarted: every accepted task ends done, exactly once;
 `agentctl task submit --watch`, status, list, cancel; refusals with their reason."""
+import json
 import os
 import random
 import signal
 import sqlite3
 import time
 
-from harness import PLUGINS, TEST_PLUGINS, Agent, Control, run_tests, wait_for
+from harness import PLUGINS, TEST_PLUGINS, Agent, Control, NatsServer, run_tests, wait_for
 
 SIM_DIR = os.path.join(TEST_PLUGINS, "simworker")
 
@@ -150,6 +151,62 @@ def test_enqueue_request_over_the_bus(tmp, agents):
     res = [p for s, p in seen if s == "gpu.task.result.viabus"][0]
     assert res["ok"] is True and res["gpu"] == int(runs[0].split(".")[-1]), res
     c.close()
+
+
+WQ = """bus:
+  nats:
+    url: %s
+    export: %s
+    reconnect_wait: 100ms
+    jetstream:
+      streams:
+        - {name: ORG_WQ, subjects: ["gpu.task.enqueue"], retention: workqueue, duplicate_window: 1m}
+"""
+
+
+def nats_agent(tmp, agents, name, url, plugins, export=()):
+    d = os.path.join(tmp, name)
+    os.makedirs(d)
+    a = Agent(d, plugins, name=name, plugin_dirs=[PLUGINS, SIM_DIR])
+    with open(a.config, "a") as f:
+        f.write(WQ % (url, json.dumps(list(export))))
+    agents.append(a)
+    return a
+
+
+def test_jetstream_intake_survives_maestro_down(tmp, agents):
+    srv = NatsServer(tmp).start()
+    agents.append(srv)
+    marker = os.path.join(tmp, "markers")
+    os.makedirs(marker)
+    cortex_plugins = (
+        "  task:\n    plugin: maestro\n    config: {intake: {stream: ORG_WQ}}\n"
+        "  sim:\n    plugin: simworker\n    config: {gpus: 4, heartbeat: 1s, marker_dir: \"%s\"}\n") % marker
+    cortex = nats_agent(tmp, agents, "cortex", srv.url, cortex_plugins)
+    sub = nats_agent(tmp, agents, "submitter", srv.url, "  ex: {plugin: example, interval: 1h}\n",
+                     export=["gpu.task.enqueue"])
+    cortex.start()
+    sub.start()
+    wait_for(lambda: cortex.ok("status")["nats"]["connected"] and sub.ok("status")["nats"]["connected"],
+             what="both bridges connected")
+
+    def submit(i):
+        sub.ok("bus", "pub", "gpu.task.enqueue", json.dumps({"task_id": "js%d" % i, "cmd": ["true"]}))
+
+    for i in range(10):
+        submit(i)
+    wait_for(lambda: cortex.ok("task", "status")["done_total"] == 10, timeout=30, what="10 tasks done")
+    cortex.stop()
+    # maestro is down: the stream keeps what is submitted meanwhile
+    for i in range(10, 20):
+        submit(i)
+    cortex.start()
+    wait_for(lambda: cortex.ok("task", "status")["done_total"] == 10, timeout=30, what="the 10 submitted meanwhile")
+    for i in range(20):
+        assert cortex.ok("task", "status", "js%d" % i)["state"] == "done", i
+    assert sorted(os.listdir(marker)) == sorted("js%d" % i for i in range(20))
+    wait_for(lambda: srv.consumers().get(("ORG_WQ", "MAESTRO_ENQ"), {}).get("num_ack_pending", 1) == 0,
+             timeout=30, what="every submission acked")
 
 
 run_tests(globals())
