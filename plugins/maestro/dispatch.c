@@ -240,6 +240,8 @@ static bool leased_here(const maestro_gpu *u, const char *task_id) {
         return false;
 }
 
+static void attempt_failed(maestro *m, maestro_task *t, const char *error, json_t *msg);
+
 void maestro_on_heartbeat(maestro *m, const char *data, size_t len) {
         json_error_t e;
         json_t *o = json_loadb(data, len, 0, &e);
@@ -265,6 +267,14 @@ void maestro_on_heartbeat(maestro *m, const char *data, size_t len) {
                 if (state && strcmp(state, "busy") == 0 && tid && !leased_here(u, tid) &&
                     strcmp(tid, u->last_task) != 0)
                         snprintf(u->state, sizeof u->state, "foreign");
+                /* idle, after the worker said it runs one of ours there: the worker lost it
+                 * (a restart); its messages arrive in order, so a done would have come first */
+                if (state && strcmp(state, "idle") == 0)
+                        for (maestro_task *t = u->leased, *n; t; t = n) {
+                                n = t->gnext;
+                                if (t->started)
+                                        attempt_failed(m, t, "lost by the worker (its GPU reports idle)", NULL);
+                        }
         }
         json_decref(o);
         maestro_dispatch(m);

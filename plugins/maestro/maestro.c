@@ -25,13 +25,26 @@
 
 static const org_config_entry intake_entries[] = {
         {.key = "stream", .type = ORG_CFG_STRING, .help = "the stream holding gpu.task.enqueue (e.g. ORG_WQ)"},
-        {.key = "durable", .type = ORG_CFG_STRING, .default_value = "MAESTRO_ENQ", .format = "identifier",
+        {.key = "durable",
+         .type = ORG_CFG_STRING,
+         .default_value = "MAESTRO_ENQ",
+         .format = "identifier",
          .help = "the durable consumer shared by the maestros taking this work"},
-        {.key = "filter", .type = ORG_CFG_PATTERN, .default_value = "gpu.task.enqueue",
+        {.key = "filter",
+         .type = ORG_CFG_PATTERN,
+         .default_value = "gpu.task.enqueue",
          .help = "the subjects of the stream taken as submissions"},
-        {.key = "ack_wait", .type = ORG_CFG_DURATION, .default_value = "60s", .min = "1s", .max = "1h",
+        {.key = "ack_wait",
+         .type = ORG_CFG_DURATION,
+         .default_value = "60s",
+         .min = "1s",
+         .max = "1h",
          .help = "a message not acked within this comes back"},
-        {.key = "max_pending", .type = ORG_CFG_INT, .default_value = "256", .min = "1", .max = "65536",
+        {.key = "max_pending",
+         .type = ORG_CFG_INT,
+         .default_value = "256",
+         .min = "1",
+         .max = "65536",
          .help = "messages delivered but not yet acked, at most"},
         ORG_CONFIG_END,
 };
@@ -1534,7 +1547,8 @@ static int maestro_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                                       .max_pending = (unsigned)m->cfg.intake_max_pending};
                 r = ORG_HOST_HAS(host, consume_durable) ? host->consume_durable(ctx, &o, NULL) : -EOPNOTSUPP;
                 if (r < 0) {
-                        host->log(ctx, ORG_LOG_ERR, "cannot consume %s from stream %s (intake needs bus.nats.jetstream): %s",
+                        host->log(ctx, ORG_LOG_ERR,
+                                  "cannot consume %s from stream %s (intake needs bus.nats.jetstream): %s",
                                   m->cfg.intake_filter, m->cfg.intake_stream, strerror(-r));
                         maestro_free(m);
                         return r;

@@ -72,30 +72,32 @@ def test_thousand_tasks_spread_done_once(tmp, agents):
 
 
 def test_kill9_mid_run_every_accepted_task_done_once(tmp, agents):
-    # tasks of 1 s timeout: a lease lost with the worker ends after 1 s + 1 s grace
-    # 12 GPUs of 20 ms tasks take ~600/s: at 1000/s a queue builds up, so the kill
-    # finds tasks queued, leased and running
+    # 12 GPUs of 20 ms tasks take ~600/s: at 1000/s a queue builds up, so each kill
+    # finds tasks queued, leased and running. Tasks of 1 s timeout: a lease lost with
+    # the worker ends after 1 s + 1 s grace. Each restart runs the same load again: the
+    # ids accepted before are answered as existing, the others accepted now.
     load = "count: 1000, rate: 1000, start: 200ms, timeout: 1"
     a, marker = start(tmp, agents, load=load, sim_extra=", delay_ms: 20")
-    time.sleep(0.3 + random.uniform(0.2, 1.5))  # a random instant mid-run: the point of this test
-    a.proc.send_signal(signal.SIGKILL)
-    a.proc.wait(timeout=10)
-    a.logf.close()
+    accepted = set()
+    for k in range(3):
+        time.sleep(0.3 + random.uniform(0.1, 1.2))  # a random instant mid-run: the point of this test
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(timeout=10)
+        a.logf.close()
+        rows = store_rows(a) or []
+        ids = {r[0] for r in rows}
+        assert accepted <= ids, "accepted tasks vanished in kill %d" % k
+        accepted = ids
+        print("# kill %d: %d accepted, %d still open" % (k, len(ids), sum(1 for r in rows if r[1] != "done")))
+        a.start()
+    wait_for(lambda: a.ok("sim", "bench")["results"] + a.ok("sim", "bench")["rejected"] >= 0 and
+             a.ok("task", "status")["queued"] == 0 and a.ok("sim", "bench")["submitted"] == 1000,
+             timeout=90, what="the last run to submit everything and finish")
     rows = store_rows(a)
-    assert rows, "nothing was accepted before the kill"
-    accepted = {r[0] for r in rows}
-    open_before = sum(1 for r in rows if r[1] != "done")
-    # restart without the load: what was accepted must finish, nothing more
-    a.write_config(plugins_yaml(marker, sim_extra=", delay_ms: 20"), "")
-    a.start()
-    wait_for(lambda: a.ok("task", "status")["queued"] == 0, timeout=60, what="every open task to finish")
-    rows = store_rows(a)
-    assert {r[0] for r in rows} == accepted, "tasks appeared or vanished across the kill"
+    assert len(rows) == 1000 and {r[0] for r in rows} >= accepted, len(rows)
     assert all(r[1] == "done" for r in rows), [r for r in rows if r[1] != "done"][:5]
     # the side effect of each task happened exactly once (O_EXCL marker per task)
-    files = set(os.listdir(marker))
-    assert files == accepted, (len(files), len(accepted))
-    print("# %d accepted before the kill, %d still open then, all done once" % (len(accepted), open_before))
+    assert set(os.listdir(marker)) == {r[0] for r in rows}
 
 
 def test_agentctl_task_verbs(tmp, agents):

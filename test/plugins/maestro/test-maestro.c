@@ -249,9 +249,15 @@ static void test_lease_expiry_retry_failed_and_stale(void) {
         ctx.now_realtime_us += 1500000;
         turn(&ctx);
         CHECK_CONTAINS(state_of(&ctx, "L"), "\"state\":\"running\"");
-        /* the worker goes silent: lease (1 s + 1 s grace) expires → retry after 1 s */
+        /* the task hangs (its worker still says busy with it, no more running):
+         * lease (1 s + 1 s grace) expires → retry after 1 s */
         ctx.now_realtime_us += 2100000;
-        heartbeat(s, 2);
+        char hb[256];
+        snprintf(hb, sizeof hb,
+                 "{\"gpus\":[{\"gpu\":%d,\"pci\":\"a\",\"state\":\"busy\",\"task_id\":\"L\"},"
+                 "{\"gpu\":%d,\"pci\":\"b\",\"state\":\"idle\"}]}",
+                 g1, 1 - g1);
+        CHECK_INT(fake_deliver(&organism_plugin, s, "gpu.worker.heartbeat", hb), 0);
         turn(&ctx);
         CHECK_CONTAINS(state_of(&ctx, "L"), "\"state\":\"retry\"");
         CHECK_CONTAINS(state_of(&ctx, "L"), "lease expired");
@@ -475,6 +481,29 @@ static void test_heartbeat_busy_lag_and_foreign(void) {
         fake_ctx_done(&ctx);
 }
 
+/* A worker that restarted reports the GPU idle: the running task was lost, retried at
+ * once instead of waiting for its lease. */
+static void test_idle_heartbeat_after_running_retries(void) {
+        org_ctx ctx;
+        void *s = start(&ctx, "{\"retry_backoff\": 0}");
+        heartbeat(s, 1);
+        enqueue(s, "{\"task_id\":\"R\",\"cmd\":[\"a\"]}");
+        turn(&ctx);
+        /* idle before running: the heartbeat may predate the run, nothing happens */
+        heartbeat(s, 1);
+        turn(&ctx);
+        CHECK_CONTAINS(state_of(&ctx, "R"), "\"state\":\"scheduled\"");
+        result(s, "running", "R", 1, 0, 0);
+        heartbeat(s, 1);
+        turn(&ctx);
+        CHECK(state_seen(&ctx, "R", "lost by the worker"));
+        int a = 0;
+        CHECK_INT(run_gpu(&ctx, "R", &a), 0);
+        CHECK_INT(a, 2);
+        organism_plugin.fini(s);
+        fake_ctx_done(&ctx);
+}
+
 /* Final tasks older than keep_final leave the store; open ones never do. */
 static void test_prune(void) {
         org_ctx ctx;
@@ -514,5 +543,6 @@ int main(void) {
         RUN(test_recovery);
         RUN(test_heartbeat_busy_lag_and_foreign);
         RUN(test_prune);
+        RUN(test_idle_heartbeat_after_running_retries);
         return 0;
 }
