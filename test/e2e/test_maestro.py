@@ -5,7 +5,10 @@ marker file per task_id created exclusively so a task's side effect is seen to h
 exactly once) and its load generator submitting through gpu.task.enqueue requests:
 1000 tasks accepted → dispatched → done once each over 12 GPUs; agentd killed -9 at a
 random instant mid-run and restarted: every accepted task ends done, exactly once;
-`agentctl task submit --watch`, status, list, cancel; refusals with their reason."""
+`agentctl task submit --watch`, status, list, cancel; refusals with their reason; a
+task submitted with no worker alive dispatched within a second of the first
+heartbeat, and err twice then done in three attempts; JetStream intake from another
+agent while maestro is down (real nats-server)."""
 import json
 import os
 import random
@@ -152,6 +155,38 @@ def test_enqueue_request_over_the_bus(tmp, agents):
     assert len(runs) == 1, runs
     res = [p for s, p in seen if s == "gpu.task.result.viabus"][0]
     assert res["ok"] is True and res["gpu"] == int(runs[0].split(".")[-1]), res
+    c.close()
+
+
+def test_no_worker_then_worker_appears(tmp, agents):
+    marker = os.path.join(tmp, "markers")
+    os.makedirs(marker)
+    yaml = ("  task:\n    plugin: maestro\n    config: {retry_backoff: 100ms}\n"
+            "  sim:\n    plugin: simworker\n    enabled: false\n"
+            "    config: {gpus: 2, heartbeat: 1s, fail_first: 2, marker_dir: \"%s\"}\n") % marker
+    a = Agent(tmp, yaml, plugin_dirs=[PLUGINS, SIM_DIR])
+    agents.append(a)
+    a.start()
+    c = Control(a.sock)
+    c.send("bus.sub", {"pattern": "gpu.task.state.w1"})
+    assert c.read()["event"]["subscribed"] is True
+    r = a.ok("task", "submit", "--id", "w1", "--", "true")
+    assert r["accepted"] is True, r
+    states = [c.read()["event"]["payload"]["state"] for _ in range(2)]
+    assert states == ["enqueued", "waiting_gpu"], states
+    t0 = time.monotonic()
+    a.ok("plugin", "enable", "sim")
+    # the worker's first heartbeat (at its start) dispatches it; it answers err twice
+    # (max_retries 2), then done: three attempts, the states in order
+    seen = []
+    while "done" not in seen and "failed" not in seen:
+        ev = c.read()["event"]["payload"]
+        seen.append(ev["state"])
+        if ev["state"] == "scheduled" and ev["attempt"] == 1:
+            assert time.monotonic() - t0 < 1.0, "dispatched %.2f s after the worker appeared" % (time.monotonic() - t0)
+    assert seen == ["scheduled", "retry", "scheduled", "retry", "scheduled", "done"], seen
+    st = a.ok("task", "status", "w1")
+    assert st["state"] == "done" and st["attempt"] == 3 and st["failures"] == 2, st
     c.close()
 
 
