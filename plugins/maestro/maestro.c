@@ -1314,8 +1314,14 @@ static void prune(maestro *m) {
 static void on_heartbeat(org_ctx *ctx, uint64_t id, void *userdata) {
         maestro *m = userdata;
         publish_heartbeat(m);
-        if (!m->flush_timer)
-                prune(m); /* between batches, never inside one */
+        /* every keep_final / 10 (at most 10 min), between batches, never inside one */
+        uint64_t now = maestro_now(m), every = m->cfg.keep_final_ms * 100;
+        if (every > 600 * MAESTRO_US)
+                every = 600 * MAESTRO_US;
+        if (!m->flush_timer && (!m->last_prune_us || now >= m->last_prune_us + every)) {
+                m->last_prune_us = now;
+                prune(m);
+        }
         /* a GPU whose heartbeat went stale frees nothing, but one that became eligible
          * again by time alone (metrics aging out) may take work */
         maestro_dispatch(m);

@@ -156,6 +156,7 @@ typedef struct maestro {
 
         maestro_waiter *waiters;
         uint64_t hb_timer;
+        uint64_t last_prune_us;
 
         /* counters */
         uint64_t accepted_total, rejected_total, dispatched_total, done_total, failed_total, cancelled_total;
