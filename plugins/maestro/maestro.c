@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -293,8 +295,24 @@ static maestro_task *task_new(const char *id) {
 
 static void on_flush(org_ctx *ctx, uint64_t id, void *userdata);
 
+/* The end of the turn: an eventfd made readable is served on the loop's next
+ * iteration, right after the bus batch in hand (a 0 ms timer would carry the loop's
+ * 1 ms of timer slack into every dispatch). A retry after a failed commit waits on a
+ * timer. */
 static void arm_flush(maestro *m, uint64_t ms) {
-        if (m->flush_timer || m->in_flush)
+        if (m->in_flush)
+                return;
+        if (ms == 0 && m->wake_fd >= 0) {
+                if (!m->wake_armed) {
+                        uint64_t one = 1;
+                        if (write(m->wake_fd, &one, sizeof one) == (ssize_t)sizeof one) {
+                                m->wake_armed = true;
+                                return;
+                        }
+                } else
+                        return;
+        }
+        if (m->flush_timer)
                 return;
         if (m->host->timer_add(m->ctx, ms, 0, on_flush, m, &m->flush_timer) < 0)
                 m->flush_timer = 0;
@@ -559,6 +577,16 @@ static void flush(maestro *m) {
 static void on_flush(org_ctx *ctx, uint64_t id, void *userdata) {
         maestro *m = userdata;
         m->flush_timer = 0;
+        flush(m);
+        maestro_rearm(m);
+}
+
+static void on_flush_io(org_ctx *ctx, uint64_t id, int fd, uint32_t revents, void *userdata) {
+        maestro *m = userdata;
+        uint64_t n;
+        if (read(fd, &n, sizeof n) < 0 && errno != EAGAIN)
+                m->host->log(m->ctx, ORG_LOG_WARNING, "cannot read the flush eventfd: %m");
+        m->wake_armed = false;
         flush(m);
         maestro_rearm(m);
 }
@@ -1318,7 +1346,7 @@ static void on_heartbeat(org_ctx *ctx, uint64_t id, void *userdata) {
         uint64_t now = maestro_now(m), every = m->cfg.keep_final_ms * 100;
         if (every > 600 * MAESTRO_US)
                 every = 600 * MAESTRO_US;
-        if (!m->flush_timer && (!m->last_prune_us || now >= m->last_prune_us + every)) {
+        if (!m->flush_timer && !m->wake_armed && (!m->last_prune_us || now >= m->last_prune_us + every)) {
                 m->last_prune_us = now;
                 prune(m);
         }
@@ -1466,6 +1494,11 @@ static int max_seq_row(void *userdata, int n, const char *const *c, const char *
 static void maestro_free(maestro *m) {
         if (!m)
                 return;
+        if (m->wake_fd >= 0) {
+                if (m->wake_io)
+                        m->host->io_remove(m->ctx, m->wake_io);
+                close(m->wake_fd);
+        }
         for (size_t i = 0; i < m->hash_cap; i++)
                 for (maestro_task *t = m->hash[i], *n; t; t = n) {
                         n = t->hnext;
@@ -1497,6 +1530,7 @@ static int maestro_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                 return -ENOMEM;
         m->host = host;
         m->ctx = ctx;
+        m->wake_fd = -1;
         m->cfg = (maestro_cfg){.heartbeat_ttl_us = 15000,
                                .metrics_ttl_us = 15000,
                                .max_temp = 78,
@@ -1512,6 +1546,12 @@ static int maestro_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                                .keep_final_ms = 7ULL * 86400 * 1000,
                                .max_task_bytes = 65536};
         m->timers.timer = true;
+        m->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (m->wake_fd >= 0 && host->io_add(ctx, m->wake_fd, ORG_IO_IN, on_flush_io, m, &m->wake_io) < 0) {
+                close(m->wake_fd);
+                m->wake_fd = -1; /* the flush then rides a 0 ms timer */
+                m->wake_io = 0;
+        }
         load_config(m);
         int r = host->store_exec(ctx, MAESTRO_SQL_SCHEMA, NULL, 0);
         if (r >= 0 && m->cfg.durability_full)

@@ -149,6 +149,9 @@ typedef struct maestro {
         maestro_out *out;
         size_t n_out, out_cap;
         uint64_t flush_timer;
+        int wake_fd; /* eventfd: readable = a flush is due */
+        uint64_t wake_io;
+        bool wake_armed;
         bool in_flush;
 
         maestro_task **incoming;

@@ -20,9 +20,18 @@ extern const org_plugin organism_plugin;
 #define SEC 1000000ULL
 
 /* Twice: timers that fire may arm the flush, which the fake fires only on the next pass. */
+static void fire_ios(org_ctx *ctx) {
+        for (size_t i = 0; i < ctx->n_ios; i++)
+                if (ctx->ios[i].active)
+                        ctx->ios[i].cb(ctx, i + 1, ctx->ios[i].fd, ORG_IO_IN, ctx->ios[i].userdata);
+}
+
 static void turn(org_ctx *ctx) {
+        fire_ios(ctx); /* the flush (an eventfd) */
         fake_fire_timers(ctx);
+        fire_ios(ctx);
         fake_fire_timers(ctx);
+        fire_ios(ctx);
 }
 
 static void *start(org_ctx *ctx, const char *cfg) {
