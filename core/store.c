@@ -1,8 +1,11 @@
 /* store.c — the thin sqlite3 wrapper behind a plugin instance's store: opens the
  * database 0600 in WAL mode with a busy time-out, runs caller SQL with every parameter
  * bound as text (never spliced into the SQL), streams rows to a callback, and keeps a
- * small key/value table on prepared statements. sqlite result codes become negative
- * errno values; the sqlite message stays available through store_errmsg(). */
+ * small key/value table on prepared statements. A single-statement SQL text seen
+ * again reuses its prepared statement from a small cache (a plugin writing one row per
+ * call inside its own BEGIN/COMMIT then pays the parse once, not per row). sqlite
+ * result codes become negative errno values; the sqlite message stays available
+ * through store_errmsg(). */
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
@@ -12,9 +15,22 @@
 #include "util.h"
 
 #define STORE_BUSY_TIMEOUT_MS 5000
+#define STORE_CACHE 16
+
+/* A prepared single statement kept for its SQL text; in_use while a call steps it (a
+ * row callback running the same SQL gets a fresh statement). */
+typedef struct store_cached {
+        char *sql;
+        size_t hash;
+        sqlite3_stmt *st;
+        uint64_t used;
+        bool in_use;
+} store_cached;
 
 struct store {
         sqlite3 *db;
+        store_cached cache[STORE_CACHE];
+        uint64_t clock;
         sqlite3_stmt *kv_get;
         sqlite3_stmt *kv_set;
         sqlite3_stmt *kv_delete;
@@ -116,11 +132,80 @@ static int step_all(sqlite3_stmt *st, org_row_fn row, void *userdata) {
         }
 }
 
+static size_t sql_hash(const char *sql) {
+        size_t h = 1469598103934665603ULL;
+        for (; *sql; sql++)
+                h = (h ^ (unsigned char)*sql) * 1099511628211ULL;
+        return h;
+}
+
+static bool only_space(const char *s) {
+        for (; s && *s; s++)
+                if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r' && *s != ';')
+                        return false;
+        return true;
+}
+
+/* The cached statement for sql, prepared (and cached) on first use; NULL when sql is not
+ * a single statement or the cache entry is busy: the caller takes the plain path. */
+static store_cached *cached(store *s, const char *sql, int *ret_error) {
+        size_t h = sql_hash(sql);
+        store_cached *victim = NULL;
+        *ret_error = 0;
+        for (size_t i = 0; i < STORE_CACHE; i++) {
+                store_cached *c = &s->cache[i];
+                if (c->sql && c->hash == h && streq(c->sql, sql)) {
+                        if (c->in_use)
+                                return NULL;
+                        c->used = ++s->clock;
+                        return c;
+                }
+                if (!c->in_use && (!victim || !c->sql || (victim->sql && c->used < victim->used)))
+                        victim = c;
+        }
+        if (!victim)
+                return NULL;
+        sqlite3_stmt *st = NULL;
+        const char *tail = NULL;
+        int rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, &tail);
+        if (rc != SQLITE_OK) {
+                *ret_error = errno_from_sqlite(rc);
+                return NULL;
+        }
+        if (!st || !only_space(tail)) {
+                sqlite3_finalize(st);
+                return NULL;
+        }
+        char *copy = strdup(sql);
+        if (!copy) {
+                sqlite3_finalize(st);
+                return NULL;
+        }
+        sqlite3_finalize(victim->st);
+        free(victim->sql);
+        *victim = (store_cached){.sql = copy, .hash = h, .st = st, .used = ++s->clock};
+        return victim;
+}
+
 /* Runs every statement of sql in turn, each bound to the same parameters. */
 static int run_sql(store *s, const char *sql, const char *const *params, size_t n_params, org_row_fn row,
                    void *userdata) {
         if (!s || !sql || (n_params > 0 && !params))
                 return -EINVAL;
+        int err;
+        store_cached *c = cached(s, sql, &err);
+        if (err < 0)
+                return err;
+        if (c) {
+                c->in_use = true;
+                int r = bind_params(c->st, params, n_params);
+                if (r >= 0)
+                        r = step_all(c->st, row, userdata);
+                sqlite3_reset(c->st);
+                sqlite3_clear_bindings(c->st);
+                c->in_use = false;
+                return r < 0 ? r : 0;
+        }
         const char *tail = sql;
         while (tail && *tail) {
                 sqlite3_stmt *st = NULL;
@@ -174,6 +259,10 @@ void store_close(store *s) {
         sqlite3_finalize(s->kv_get);
         sqlite3_finalize(s->kv_set);
         sqlite3_finalize(s->kv_delete);
+        for (size_t i = 0; i < STORE_CACHE; i++) {
+                sqlite3_finalize(s->cache[i].st);
+                free(s->cache[i].sql);
+        }
         sqlite3_close(s->db);
         free(s);
 }
