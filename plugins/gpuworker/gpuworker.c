@@ -122,8 +122,9 @@ char *gpuw_ts(gpuw *w, char *buf, size_t len) {
         time_t t = (time_t)(us / 1000000);
         struct tm tm;
         gmtime_r(&t, &tm);
-        snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                 tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(us / 1000 % 1000));
+        /* strftime for the date: -O3's format-truncation sees int fields as 11 digits each */
+        size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(buf + n, len - n, ".%03uZ", (unsigned)(us / 1000 % 1000));
         return buf;
 }
 
