@@ -141,7 +141,7 @@ def test_shipped_config_is_valid(tmp, agents):
     n = len(re.findall(r"^  [a-z_][a-z0-9_-]*:", body, re.M))
     assert "valid (%d plugin instances)" % n in p.stdout, p.stdout
     # and so are the examples of the README
-    for name in ("single-host.yaml", "multi-host.yaml"):
+    for name in ("single-host.yaml", "multi-host.yaml", "gpu-pool.yaml", "cortex.yaml"):
         with open(os.path.join(os.path.dirname(src), "examples", name)) as f:
             text = f.read().replace("agent:\n", "agent:\n  plugin_dirs: [%s]\n" % PLUGINS, 1)
         with open(path, "w") as f:
