@@ -76,7 +76,7 @@ static void wait_started(int want) {
 
 static void test_basic(sd_event *e) {
         workpool *p;
-        CHECK_INT(workpool_new(e, 2, drop, &p), 0);
+        CHECK_INT(workpool_new(e, 2, drop, NULL, &p), 0);
         CHECK_INT(workpool_threads(p), 0); /* lazily started */
         org_ctx *owner = (org_ctx *)(uintptr_t)0x1;
         item *items[20];
@@ -84,7 +84,7 @@ static void test_basic(sd_event *e) {
         for (int i = 0; i < 20; i++) {
                 items[i] = item_new(i, false);
                 uint64_t id = 0;
-                CHECK_INT(workpool_submit(p, owner, work, done, items[i], &id), 0);
+                CHECK_INT(workpool_submit(p, owner, work, done, items[i], NULL, &id), 0);
                 CHECK(id > 0);
         }
         CHECK_INT(workpool_threads(p), 2);
@@ -100,7 +100,7 @@ static void test_basic(sd_event *e) {
                 free(items[i]);
         }
         CHECK_INT(dropped, 0);
-        CHECK_INT(workpool_submit(p, owner, NULL, done, NULL, NULL), -EINVAL);
+        CHECK_INT(workpool_submit(p, owner, NULL, done, NULL, NULL, NULL), -EINVAL);
         workpool_free(p);
 }
 
@@ -111,14 +111,14 @@ static void chain_done(org_ctx *ctx, int result, void *userdata) {
         done_calls++;
         free(userdata);
         if (--chain_left > 0)
-                CHECK_INT(workpool_submit(chain_pool, ctx, work, chain_done, item_new(1, false), NULL), 0);
+                CHECK_INT(workpool_submit(chain_pool, ctx, work, chain_done, item_new(1, false), NULL, NULL), 0);
 }
 
 static void test_chain(sd_event *e) {
-        CHECK_INT(workpool_new(e, 1, drop, &chain_pool), 0);
+        CHECK_INT(workpool_new(e, 1, drop, NULL, &chain_pool), 0);
         done_calls = 0;
         chain_left = 5;
-        CHECK_INT(workpool_submit(chain_pool, NULL, work, chain_done, item_new(1, false), NULL), 0);
+        CHECK_INT(workpool_submit(chain_pool, NULL, work, chain_done, item_new(1, false), NULL, NULL), 0);
         run_until(e, &done_calls, 5);
         CHECK_INT(done_calls, 5);
         workpool_free(chain_pool);
@@ -133,19 +133,19 @@ static void *open_gate_later(void *arg) {
 
 static void test_cancel_owner(sd_event *e) {
         workpool *p;
-        CHECK_INT(workpool_new(e, 2, drop, &p), 0);
+        CHECK_INT(workpool_new(e, 2, drop, NULL, &p), 0);
         org_ctx *a = (org_ctx *)(uintptr_t)0xa, *b = (org_ctx *)(uintptr_t)0xb;
         atomic_store(&started, 0);
         atomic_store(&gate_open, 0);
         done_calls = dropped = 0;
         /* two slow jobs of a occupy both threads, then two more of a and one of b queue */
         for (int i = 0; i < 2; i++)
-                CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL), 0);
+                CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL, NULL), 0);
         wait_started(2);
         for (int i = 0; i < 2; i++)
-                CHECK_INT(workpool_submit(p, a, work, done, item_new(1, false), NULL), 0);
+                CHECK_INT(workpool_submit(p, a, work, done, item_new(1, false), NULL, NULL), 0);
         item *bi = item_new(7, false);
-        CHECK_INT(workpool_submit(p, b, work, done, bi, NULL), 0);
+        CHECK_INT(workpool_submit(p, b, work, done, bi, NULL, NULL), 0);
         CHECK_INT(workpool_pending(p, a), 4);
         CHECK_INT(workpool_pending(p, b), 1);
 
@@ -167,10 +167,10 @@ static void test_cancel_owner(sd_event *e) {
         /* free with work still queued drops it too */
         atomic_store(&gate_open, 0);
         atomic_store(&started, 0);
-        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL), 0);
-        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL), 0);
+        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL, NULL), 0);
+        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL, NULL), 0);
         wait_started(2);
-        CHECK_INT(workpool_submit(p, b, work, done, item_new(1, false), NULL), 0);
+        CHECK_INT(workpool_submit(p, b, work, done, item_new(1, false), NULL, NULL), 0);
         CHECK_INT(pthread_create(&t, NULL, open_gate_later, NULL), 0);
         dropped = 0;
         workpool_free(p);
