@@ -2,8 +2,10 @@
  * submit, work off the loop thread and done on it, results carried through, chains
  * submitted from done, and the retirement rule: cancelling an owner drops its queued
  * jobs, waits for its running ones, never calls their done and hands every userdata to
- * the drop function, while another owner's jobs complete. Loops are bounded by
- * iteration counts and sd-event time-outs. */
+ * the drop function, while another owner's jobs complete. The reload rules: an
+ * adopted job completes with its new owner and done; an orphaned owner's running job
+ * is not waited for, finishes, and is dropped; each job's hold is released once, after
+ * its done (or drop). Loops are bounded by iteration counts and sd-event time-outs. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -179,6 +181,67 @@ static void test_cancel_owner(sd_event *e) {
         CHECK_INT(done_calls, 1);
 }
 
+static int releases;
+static org_ctx *done_owner;
+static void release(void *hold) {
+        CHECK(hold == (void *)&releases);
+        releases++;
+}
+
+static void done_adopted(org_ctx *ctx, int result, void *userdata) {
+        done_owner = ctx;
+        done(ctx, result, userdata);
+}
+
+static void test_adopt_and_orphan(sd_event *e) {
+        workpool *p;
+        CHECK_INT(workpool_new(e, 1, drop, release, &p), 0);
+        org_ctx *a = (org_ctx *)(uintptr_t)0xa, *b = (org_ctx *)(uintptr_t)0xb;
+        atomic_store(&started, 0);
+        atomic_store(&gate_open, 0);
+        done_calls = dropped = releases = 0;
+        uint64_t id1 = 0, id2 = 0;
+        item *it = item_new(3, true);
+        CHECK_INT(workpool_submit(p, a, work, done, it, &releases, &id1), 0);
+        wait_started(1);
+        CHECK(workpool_owns(p, a, id1));
+        CHECK(!workpool_owns(p, b, id1));
+        CHECK_INT(workpool_adopt(p, b, id1, a, done), -ENOENT); /* not b's */
+        CHECK_INT(workpool_adopt(p, a, id1, b, done_adopted), 0);
+        CHECK(!workpool_owns(p, a, id1));
+        /* a's running job is b's now: orphaning a leaves nothing of a's running */
+        CHECK_INT(workpool_orphan_owner(p, a), 0);
+        atomic_store(&gate_open, 1);
+        run_until(e, &done_calls, 1);
+        CHECK_INT(done_calls, 1);
+        CHECK(done_owner == b);
+        CHECK_INT(it->done_seen, 1);
+        CHECK_INT(releases, 1);
+        free(it);
+
+        /* orphan: a slow running job and a queued one of a */
+        atomic_store(&started, 0);
+        atomic_store(&gate_open, 0);
+        done_calls = dropped = releases = 0;
+        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), &releases, &id1), 0);
+        wait_started(1);
+        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, false), &releases, &id2), 0);
+        /* returns at once, the gate still closed: nothing waits for the running job */
+        CHECK_INT(workpool_orphan_owner(p, a), 1);
+        CHECK_INT(dropped, 1);  /* the queued one, never started */
+        CHECK_INT(releases, 1);
+        CHECK_INT(atomic_load(&gate_open), 0);
+        CHECK_INT(workpool_pending(p, a), 0);
+        CHECK_INT(workpool_pending(p, NULL), 1);
+        atomic_store(&gate_open, 1);
+        run_until(e, &dropped, 2);
+        CHECK_INT(dropped, 2);
+        CHECK_INT(releases, 2);
+        CHECK_INT(done_calls, 0);
+        CHECK_INT(atomic_load(&started), 1);
+        workpool_free(p);
+}
+
 int main(void) {
         loop_thread = pthread_self();
         sd_event *e = NULL;
@@ -186,6 +249,7 @@ int main(void) {
         test_basic(e);
         test_chain(e);
         test_cancel_owner(e);
+        test_adopt_and_orphan(e);
         sd_event_unref(e);
         printf("ok\n");
         return 0;
