@@ -379,14 +379,17 @@ static int start_generation(instance *in, plugin_so *so, const void *blob, size_
                         *ret_error = NULL;
                 return r;
         }
-        /* Commit: retire the old generation, if any, then switch. */
-        ctx_hand_over_commit(ctx);
+        /* Commit: retire the old generation, if any, then switch. Its fini runs before
+         * the hand-over ends, so it still sees as its own exactly the commands the new
+         * generation did not adopt (and may fail them in its own words); the host
+         * kills what fini left of those. */
         if (old_ctx) {
                 void (*fini)(void *) = PLUGIN_HOOK(old_so, fini);
                 if (fini)
                         fini(in->state);
-                ctx_free(old_ctx);
         }
+        ctx_hand_over_commit(ctx);
+        ctx_free(old_ctx);
         bus_client_unsubscribe_range(in->client, 0, marker, in->ctl_sid);
         in->ctx = ctx;
         in->state = state;

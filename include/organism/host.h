@@ -279,6 +279,12 @@ typedef struct org_host {
          * whom to answer) into its blob, restore_state reads them and adopts each one. A
          * new build that changed its blob layout should put a version in it. The old
          * generation's userdata is not handed over: the new generation passes its own.
+         * The old generation's fini runs after the new one's restore_state succeeded:
+         * a command the new one adopted is no longer the old one's (exec_info and
+         * exec_cancel on it answer -ENOENT), so a fini that reports its running work as
+         * failed can skip what was handed over and report only what was not. On a
+         * failed reload the old fini never runs; the new one's does, after what it
+         * adopted went back (so there too -ENOENT means "not mine").
          *
          * exec_adopt: 0, -ENOENT (no such inherited command: finished, cancelled, never
          * the predecessor's, or called outside init/restore_state of a reload), -EBUSY
