@@ -57,7 +57,8 @@ typedef struct ctx_exec {
 typedef struct ctx_work_adopt {
         struct ctx_work_adopt *next;
         uint64_t id;
-        org_work_done_fn done;
+        org_work_adopted_fn done;
+        void *userdata;
 } ctx_work_adopt;
 
 typedef struct ctx_io {

@@ -683,7 +683,7 @@ static int h_work_submit(org_ctx *ctx, org_work_fn work, org_work_done_fn done, 
 
 /* Recorded now, applied at commit (the pool is shared with worker threads; a failed
  * init must leave the jobs exactly as they were). */
-static int h_work_adopt(org_ctx *ctx, uint64_t id, org_work_done_fn done) {
+static int h_work_adopt(org_ctx *ctx, uint64_t id, org_work_adopted_fn done, void *userdata) {
         for (ctx_work_adopt *w = ctx->work_adopts; w; w = w->next)
                 if (w->id == id)
                         return -EBUSY;
@@ -694,6 +694,7 @@ static int h_work_adopt(org_ctx *ctx, uint64_t id, org_work_done_fn done) {
                 return -ENOMEM;
         w->id = id;
         w->done = done;
+        w->userdata = userdata;
         w->next = ctx->work_adopts;
         ctx->work_adopts = w;
         return 0;
@@ -811,12 +812,17 @@ void ctx_hand_over_commit(org_ctx *ctx) {
                 }
                 exec_record_free(x);
         }
-        if (ctx->work_adopts && pool_user_add(ctx) < 0)
+        /* The new generation inherits the old one's use of the pool, so the pool (and
+         * the jobs left running in it) lives on with the instance: retiring the old
+         * generation must not free the pool and wait for those jobs on the loop. */
+        size_t i;
+        if (pool && pool_user_index(old, &i) && pool_user_add(ctx) < 0) {
                 log_internal(LOG_ERR, ENOMEM, in->cfg.plugin, in->name,
                              "out of memory: the adopted worker jobs are dropped");
-        else
-                for (ctx_work_adopt *w = ctx->work_adopts; w; w = w->next)
-                        (void)workpool_adopt(pool, old, w->id, ctx, w->done);
+                work_adopts_free(ctx);
+        }
+        for (ctx_work_adopt *w = ctx->work_adopts; w; w = w->next)
+                (void)workpool_adopt(pool, old, w->id, ctx, w->done, w->userdata);
         work_adopts_free(ctx);
         unsigned left = workpool_orphan_owner(pool, old);
         if (left > 0)

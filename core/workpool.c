@@ -22,6 +22,8 @@ typedef struct job {
         org_ctx *owner;
         org_work_fn work;
         org_work_done_fn done;
+        org_work_adopted_fn adopted; /* set by workpool_adopt: called instead of done */
+        void *adopted_ud;
         void *userdata;
         void *hold;
         job_state state;
@@ -128,11 +130,14 @@ static int on_event(sd_event_source *s, int fd, uint32_t revents, void *userdata
                         continue;
                 }
                 org_work_done_fn done = j->done;
+                org_work_adopted_fn adopted = j->adopted;
                 org_ctx *owner = j->owner;
                 int result = j->result;
-                void *ud = j->userdata, *hold = j->hold;
+                void *ud = j->userdata, *aud = j->adopted_ud, *hold = j->hold;
                 free(j);
-                if (done)
+                if (adopted)
+                        adopted(owner, result, ud, aud);
+                else if (done)
                         done(owner, result, ud);
                 /* last: done may be code of the held .so */
                 if (hold && p->release)
@@ -267,14 +272,16 @@ bool workpool_owns(workpool *p, org_ctx *owner, uint64_t id) {
         return found;
 }
 
-int workpool_adopt(workpool *p, org_ctx *owner, uint64_t id, org_ctx *new_owner, org_work_done_fn done) {
+int workpool_adopt(workpool *p, org_ctx *owner, uint64_t id, org_ctx *new_owner, org_work_adopted_fn adopted,
+                   void *adopted_ud) {
         if (!p || !owner)
                 return -ENOENT;
         pthread_mutex_lock(&p->lock);
         job *j = find_job(p, owner, id);
         if (j) {
                 j->owner = new_owner;
-                j->done = done;
+                j->adopted = adopted;
+                j->adopted_ud = adopted_ud;
         }
         pthread_mutex_unlock(&p->lock);
         return j ? 0 : -ENOENT;

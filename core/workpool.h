@@ -31,8 +31,10 @@ int workpool_submit(workpool *p, org_ctx *owner, org_work_fn work, org_work_done
                     void *hold, uint64_t *ret_id);
 /* True when job id is not yet delivered nor dropped and belongs to owner. */
 bool workpool_owns(workpool *p, org_ctx *owner, uint64_t id);
-/* Job id of owner goes to new_owner, and done replaces its done. 0 or -ENOENT. */
-int workpool_adopt(workpool *p, org_ctx *owner, uint64_t id, org_ctx *new_owner, org_work_done_fn done);
+/* Job id of owner goes to new_owner: adopted(new_owner, result, userdata, adopted_ud)
+ * replaces its done. 0 or -ENOENT. */
+int workpool_adopt(workpool *p, org_ctx *owner, uint64_t id, org_ctx *new_owner, org_work_adopted_fn adopted,
+                   void *adopted_ud);
 /* Drops the owner's queued and finished jobs; its running ones finish without waiting
  * for them here, and are then dropped. Returns how many were left running. Loop thread. */
 unsigned workpool_orphan_owner(workpool *p, org_ctx *owner);

@@ -142,6 +142,10 @@ typedef enum org_ack_kind {
  * finishes on its thread (its .so stays mapped until then) and its userdata is freed. */
 typedef int (*org_work_fn)(void *userdata);
 typedef void (*org_work_done_fn)(org_ctx *ctx, int result, void *userdata);
+/* The completion of a job adopted by a new generation (host->work_adopt): work_data is
+ * the block the old generation submitted (the adopter owns it now: free() it), userdata
+ * the adopter's own, which the host never frees. */
+typedef void (*org_work_adopted_fn)(org_ctx *ctx, int result, void *work_data, void *userdata);
 
 typedef struct org_host {
         uint32_t abi_version;
@@ -291,12 +295,14 @@ typedef struct org_host {
          * (already adopted). cb may be NULL (the result is dropped). A dry_run answer
          * still pending is adopted the same way. */
         int (*exec_adopt)(org_ctx *ctx, uint64_t id, org_exec_fn cb, void *userdata);
-        /* work_adopt: the job keeps its userdata (the block work() writes into, whose
+        /* work_adopt: the job runs on with its block (the one work() writes into, whose
          * layout the old build chose: adopt only jobs whose layout this build knows, and
-         * do not touch the block before done) and `done` of this generation replaces
-         * the old one: done(ctx, result, userdata) then runs here, and owns userdata as
-         * always. Same returns as exec_adopt. */
-        int (*work_adopt)(org_ctx *ctx, uint64_t id, org_work_done_fn done);
+         * do not touch the block before done), and done(ctx, result, block, userdata)
+         * runs here instead of the old done. A pointer into the old state inside the
+         * block is stale: reach your state through userdata. If this generation retires
+         * before the job ends, the block is freed as for any job and done is not called;
+         * userdata stays yours. Same returns as exec_adopt. */
+        int (*work_adopt)(org_ctx *ctx, uint64_t id, org_work_adopted_fn done, void *userdata);
 } org_host;
 
 /* True when the host table has member M (a host older than the plugin may not). */

@@ -4,7 +4,8 @@
  * Its `sleep_echo` verb runs a command that outlives a reload: save_state carries the
  * ids of the running ones, restore_state adopts them (host->exec_adopt), and the new
  * build receives the completion (config `adopt_execs: false` shows the old behaviour:
- * the host cancels what is not adopted).
+ * the host cancels what is not adopted). `sleep_work` does the same with a job of the
+ * host's worker pool (host->work_adopt).
  *
  * It is built three times by the tests with other defines (EXAMPLE_VERSION,
  * EXAMPLE_FAIL_INIT) to act as "the new build" and "a broken build" in reload tests. */
@@ -33,6 +34,15 @@ typedef struct example_run {
         uint64_t id;
 } example_run;
 
+/* A sleep_work job's block: work() reads ms and writes slept_ms; ex and id are the
+ * loop's (a new build that adopts it ignores ex: it is the old state). */
+typedef struct example_work {
+        struct example *ex;
+        uint64_t id;
+        uint64_t ms;
+        uint64_t slept_ms;
+} example_work;
+
 typedef struct example {
         const org_host *host;
         org_ctx *ctx;
@@ -51,7 +61,9 @@ typedef struct example {
         uint64_t restores;  /* how many reloads handed state to this line of builds */
         example_run *runs[EXAMPLE_MAX_RUNS];
         size_t n_runs;
-        json_t *done;       /* array of {id, status, out, version, restores} */
+        uint64_t works[EXAMPLE_MAX_RUNS]; /* sleep_work jobs running */
+        size_t n_works;
+        json_t *done;       /* array of {id, status, out, version, restores} or {work_id, ...} */
 } example;
 
 static const org_config_entry config_map[] = {
@@ -86,7 +98,9 @@ static const org_verb verbs[] = {
         {.name = "durable", .mutating = false, .help = "durable messages handled, and how many distinct ids"},
         {.name = "sleep_echo", .mutating = true, .args = "{\"seconds\": n, \"text\": s}",
          .help = "runs `sh -c` (agent.commands.sh): prints begin, sleeps, prints text; answers its exec id"},
-        {.name = "execs", .mutating = false, .help = "sleep_echo commands running and completed"},
+        {.name = "sleep_work", .mutating = true, .args = "{\"ms\": n}",
+         .help = "a worker-pool job that sleeps ms; answers its job id"},
+        {.name = "execs", .mutating = false, .help = "sleep_echo commands and sleep_work jobs running and completed"},
         ORG_VERBS_END,
 };
 
@@ -314,13 +328,75 @@ static int example_sleep_echo(example *ex, const org_msg *req) {
         return reply_json(ex, req, json_pack("{s:I}", "id", (json_int_t)run->id));
 }
 
+/* On a pool thread: only the block. */
+static int sleep_work(void *userdata) {
+        example_work *wk = userdata;
+        struct timespec ts = {(time_t)(wk->ms / 1000), (long)(wk->ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) < 0)
+                ;
+        wk->slept_ms = wk->ms;
+        return 0;
+}
+
+static void work_record(example *ex, org_ctx *ctx, uint64_t id, int result, const example_work *wk) {
+        for (size_t i = 0; i < ex->n_works; i++)
+                if (ex->works[i] == id) {
+                        ex->works[i] = ex->works[--ex->n_works];
+                        break;
+                }
+        if (json_array_size(ex->done) < EXAMPLE_MAX_DONE)
+                json_array_append_new(ex->done, json_pack("{s:I, s:i, s:I, s:s, s:I}", "work_id", (json_int_t)id,
+                                                          "result", result, "slept_ms", (json_int_t)wk->slept_ms,
+                                                          "version", EXAMPLE_VERSION, "restores",
+                                                          (json_int_t)ex->restores));
+        ex->host->log(ctx, ORG_LOG_INFO, "sleep_work %llu finished", (unsigned long long)id);
+}
+
+static void on_sleep_work_done(org_ctx *ctx, int result, void *userdata) {
+        example_work *wk = userdata;
+        work_record(wk->ex, ctx, wk->id, result, wk);
+        free(wk);
+}
+
+/* Adopted from the previous build: the block is its (wk->ex is stale), the state ours. */
+static void on_sleep_work_adopted(org_ctx *ctx, int result, void *work_data, void *userdata) {
+        example_work *wk = work_data;
+        work_record(userdata, ctx, wk->id, result, wk);
+        free(wk);
+}
+
+static int example_sleep_work(example *ex, const org_msg *req) {
+        json_error_t e;
+        json_t *a = json_loadb(req->data, req->len, 0, &e);
+        json_int_t ms = json_integer_value(json_object_get(a, "ms"));
+        json_decref(a);
+        if (ms < 0 || ms > 60000 || ex->n_works == EXAMPLE_MAX_RUNS || !ORG_HOST_HAS(ex->host, work_submit))
+                return reply_json(ex, req, json_pack("{s:s}", "error", "ms: 0 to 60000"));
+        example_work *wk = calloc(1, sizeof *wk);
+        if (!wk)
+                return -ENOMEM;
+        wk->ex = ex;
+        wk->ms = (uint64_t)ms;
+        uint64_t id = 0;
+        int r = ex->host->work_submit(ex->ctx, sleep_work, on_sleep_work_done, wk, &id);
+        if (r < 0) {
+                free(wk);
+                return reply_json(ex, req, json_pack("{s:s}", "error", strerror(-r)));
+        }
+        wk->id = id; /* the thread reads only ms; done runs later, on the loop */
+        ex->works[ex->n_works++] = id;
+        return reply_json(ex, req, json_pack("{s:I}", "id", (json_int_t)id));
+}
+
 static int example_execs(example *ex, const org_msg *req) {
-        json_t *running = json_array();
+        json_t *running = json_array(), *works = json_array();
         for (size_t i = 0; i < ex->n_runs; i++)
                 json_array_append_new(running, json_integer((json_int_t)ex->runs[i]->id));
+        for (size_t i = 0; i < ex->n_works; i++)
+                json_array_append_new(works, json_integer((json_int_t)ex->works[i]));
         return reply_json(ex, req,
-                          json_pack("{s:o, s:O, s:s, s:I}", "running", running, "done", ex->done, "version",
-                                    EXAMPLE_VERSION, "restores", (json_int_t)ex->restores));
+                          json_pack("{s:o, s:o, s:O, s:s, s:I}", "running", running, "works", works, "done",
+                                    ex->done, "version", EXAMPLE_VERSION, "restores", (json_int_t)ex->restores));
 }
 
 static int example_call(void *state, const char *verb, const org_msg *req) {
@@ -341,6 +417,8 @@ static int example_call(void *state, const char *verb, const org_msg *req) {
                 return example_enqueue(ex, req);
         if (strcmp(verb, "sleep_echo") == 0)
                 return example_sleep_echo(ex, req);
+        if (strcmp(verb, "sleep_work") == 0)
+                return example_sleep_work(ex, req);
         if (strcmp(verb, "execs") == 0)
                 return example_execs(ex, req);
         if (strcmp(verb, "echo") == 0) {
@@ -365,12 +443,19 @@ static int example_verify(void *state, char **ret_json) {
  * ids). A blob of 8 bytes is the first format: the count alone. */
 static int example_save(void *state, void **ret_blob, size_t *ret_len) {
         example *ex = state;
-        json_t *running = json_array();
+        json_t *running = json_array(), *works = json_array();
         for (size_t i = 0; running && i < ex->n_runs; i++)
                 json_array_append_new(running, json_integer((json_int_t)ex->runs[i]->id));
-        json_t *o = running ? json_pack("{s:i, s:I, s:I, s:o, s:O}", "format", 2, "count", (json_int_t)ex->count,
-                                        "restores", (json_int_t)ex->restores, "running", running, "done", ex->done)
-                            : NULL;
+        for (size_t i = 0; works && i < ex->n_works; i++)
+                json_array_append_new(works, json_integer((json_int_t)ex->works[i]));
+        if (!running || !works) {
+                json_decref(running);
+                json_decref(works);
+                return -ENOMEM;
+        }
+        json_t *o = json_pack("{s:i, s:I, s:I, s:o, s:o, s:O}", "format", 2, "count", (json_int_t)ex->count,
+                              "restores", (json_int_t)ex->restores, "running", running, "works", works, "done",
+                              ex->done);
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         if (!text)
@@ -416,6 +501,19 @@ static int example_restore(void *state, const void *blob, size_t len) {
                                       strerror(-r));
                         run_forget(ex, run);
                 }
+        }
+        /* the worker jobs: same rule, the block stays the job's */
+        bool can_adopt_work = ORG_HOST_HAS(ex->host, work_adopt);
+        json_array_foreach(json_object_get(o, "works"), i, v) {
+                uint64_t id = (uint64_t)json_integer_value(v);
+                if (!ex->adopt_execs || !can_adopt_work || ex->n_works == EXAMPLE_MAX_RUNS)
+                        continue;
+                int r = ex->host->work_adopt(ex->ctx, id, on_sleep_work_adopted, ex);
+                if (r < 0)
+                        ex->host->log(ex->ctx, ORG_LOG_WARNING, "cannot adopt work %llu: %s", (unsigned long long)id,
+                                      strerror(-r));
+                else
+                        ex->works[ex->n_works++] = id;
         }
         json_decref(o);
         return 0;

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 
 from harness import Agent, Control, install_plugin, plugin_file, run_tests, wait_for
 
@@ -230,6 +231,41 @@ def test_failed_reload_old_generation_receives(tmp, agents):
     done = wait_for(lambda: completions(a), timeout=15, what="the completion")
     assert done == [{"id": xid, "status": 0, "timed_out": False, "out": "begin\nstill mine\n",
                      "version": "2.0.0", "restores": 0}], done
+
+
+def test_reload_adopts_worker_job(tmp, agents):
+    """A job of the worker pool runs code of the old .so while the new one takes over:
+    the old file stays mapped until the job returns (or agentd would crash), and the
+    new build's done gets the result and the job's block."""
+    a, pdir = exec_agent(tmp, agents)
+    wid = a.ok("call", "ex", "sleep_work", json.dumps({"ms": 1500}))["id"]
+    install_plugin(plugin_file("v2"), pdir)
+    a.ok("plugin", "reload", "ex")
+    assert a.ok("call", "ex", "execs")["works"] == [wid]
+    done = wait_for(lambda: completions(a), timeout=15, what="the job's completion")
+    assert done == [{"work_id": wid, "result": 0, "slept_ms": 1500, "version": "2.0.0", "restores": 1}], done
+    assert a.ok("call", "ex", "execs")["works"] == []
+
+
+def test_not_adopted_worker_job_finishes_unheard(tmp, agents):
+    """Not adopted: the reload does not wait for the running job (the loop answers at
+    once), the job finishes on its thread, its .so is closed only then (its descriptor
+    is the one extra fd meanwhile), its block freed (ASan would tell), done never runs."""
+    a, pdir = exec_agent(tmp, agents, "{adopt_execs: false}")
+    pid = a.proc.pid
+    a.ok("call", "ex", "sleep_work", json.dumps({"ms": 1500}))
+    base = fd_count(pid)  # the pool and its eventfd exist from the first submit on
+    install_plugin(plugin_file("v2"), pdir)
+    t0 = time.monotonic()
+    r = a.ok("plugin", "reload", "ex")
+    assert r["reload_us"] < 1000000, r  # not blocked behind the 1.5 s job
+    assert "1 worker job(s) not adopted by the new generation" in a.logtext()
+    assert fd_count(pid) == base + 1  # the old .so, held by its running job
+    wait_for(lambda: fd_count(pid) == base, timeout=10, what="the old .so closed once its job returned")
+    assert time.monotonic() - t0 >= 1.0
+    r = a.ok("call", "ex", "execs")
+    assert r["done"] == [] and r["works"] == [], r
+    assert a.instance("ex")["state"] == "running"
 
 
 def test_config_reload_keeps_running_command(tmp, agents):

@@ -456,7 +456,7 @@ static int f_exec_adopt(org_ctx *ctx, uint64_t id, org_exec_fn cb, void *userdat
         return -ENOENT;
 }
 
-static int f_work_adopt(org_ctx *ctx, uint64_t id, org_work_done_fn done) { return -ENOENT; }
+static int f_work_adopt(org_ctx *ctx, uint64_t id, org_work_adopted_fn done, void *userdata) { return -ENOENT; }
 
 unsigned fake_work_run(org_ctx *ctx) {
         unsigned n = 0;

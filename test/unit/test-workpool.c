@@ -188,9 +188,11 @@ static void release(void *hold) {
         releases++;
 }
 
-static void done_adopted(org_ctx *ctx, int result, void *userdata) {
+static void *adopted_ud_seen;
+static void done_adopted(org_ctx *ctx, int result, void *work_data, void *userdata) {
         done_owner = ctx;
-        done(ctx, result, userdata);
+        adopted_ud_seen = userdata;
+        done(ctx, result, work_data);
 }
 
 static void test_adopt_and_orphan(sd_event *e) {
@@ -206,8 +208,8 @@ static void test_adopt_and_orphan(sd_event *e) {
         wait_started(1);
         CHECK(workpool_owns(p, a, id1));
         CHECK(!workpool_owns(p, b, id1));
-        CHECK_INT(workpool_adopt(p, b, id1, a, done), -ENOENT); /* not b's */
-        CHECK_INT(workpool_adopt(p, a, id1, b, done_adopted), 0);
+        CHECK_INT(workpool_adopt(p, b, id1, a, done_adopted, NULL), -ENOENT); /* not b's */
+        CHECK_INT(workpool_adopt(p, a, id1, b, done_adopted, &done_owner), 0);
         CHECK(!workpool_owns(p, a, id1));
         /* a's running job is b's now: orphaning a leaves nothing of a's running */
         CHECK_INT(workpool_orphan_owner(p, a), 0);
@@ -215,6 +217,7 @@ static void test_adopt_and_orphan(sd_event *e) {
         run_until(e, &done_calls, 1);
         CHECK_INT(done_calls, 1);
         CHECK(done_owner == b);
+        CHECK(adopted_ud_seen == &done_owner);
         CHECK_INT(it->done_seen, 1);
         CHECK_INT(releases, 1);
         free(it);
