@@ -287,8 +287,9 @@ typedef struct org_host {
          * a command the new one adopted is no longer the old one's (exec_info and
          * exec_cancel on it answer -ENOENT), so a fini that reports its running work as
          * failed can skip what was handed over and report only what was not. On a
-         * failed reload the old fini never runs; the new one's does, after what it
-         * adopted went back (so there too -ENOENT means "not mine").
+         * failed reload the old fini never runs; when the new one's restore_state
+         * failed, its fini runs after what it adopted went back (so there too -ENOENT
+         * means "not mine").
          *
          * exec_adopt: 0, -ENOENT (no such inherited command: finished, cancelled, never
          * the predecessor's, or called outside init/restore_state of a reload), -EBUSY
