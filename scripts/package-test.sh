@@ -36,8 +36,14 @@ cleanup() {
 trap cleanup EXIT
 
 # 1. build, in a copy of the tracked (and new, not ignored) files
+command -v dh >/dev/null && command -v dpkg-buildpackage >/dev/null ||
+        { skip "debhelper or dpkg-dev not installed (scripts/deps.sh --test installs them)"; finish; }
 mkdir -p "$work/src"
-{ git ls-files -z; git ls-files -z --others --exclude-standard; } | tar --null -T - -c | tar -x -C "$work/src"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        { git ls-files -z; git ls-files -z --others --exclude-standard; } | tar --null -T - -c | tar -x -C "$work/src"
+else # a tarball of the tree: everything but build folders
+        tar -c --exclude='./build*' --exclude='./obj-*' --exclude=./.git . | tar -x -C "$work/src"
+fi
 start=$SECONDS
 if (cd "$work/src" && DEB_BUILD_OPTIONS="nocheck parallel=2" dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1); then
         ok "dpkg-buildpackage ($((SECONDS - start))s): $(cd "$work" && ls ./*.deb | tr '\n' ' ')"
@@ -70,7 +76,7 @@ if [ "$(id -u)" != 0 ]; then
         skip "install, start, purge: not root"; finish
 fi
 if [ -e /etc/organism ] || [ -e /usr/local/sbin/agentd ] || [ -S /run/organism/agentd.sock ] ||
-        dpkg-query -W organism >/dev/null 2>&1; then
+        dpkg-query -W -f='${Status}\n' organism 2>/dev/null | grep -qE 'installed|config-files'; then
         skip "install, start, purge: this machine has an organism already (/etc/organism, /usr/local/sbin/agentd, a running agentd or the package)"
         finish
 fi
