@@ -130,5 +130,24 @@ def test_multihost_tasks_done_once_across_nats_restart(tmp, agents):
     res = one.get("result") or one.get("stored", {}).get("result")
     assert one["state"] == "done" and res["ok"] is True and res["stdout"] == "done mh07\n", one
 
+    # pinned to the 13th card, passed through to vfio-pci (the worker says so): it
+    # waits, then its deadline fails it; it never ran
+    r = host.ok("--agent", "cortex", "task", "submit", "--id", "pin12", "--gpu", "12", "--deadline", "2", "--",
+                script, marks)
+    assert r["accepted"] is True, r
+    wait_for(lambda: cortex.ok("task", "status", "pin12")["state"] == "failed", timeout=10, what="pin12 failed")
+    assert "deadline exceeded" in json.dumps(cortex.ok("task", "status", "pin12")), cortex.ok("task", "status", "pin12")
+    assert not os.path.exists(os.path.join(marks, "pin12"))
+    # cancel of a running task: the worker kills it and confirms, the task ends cancelled
+    submit(host, "long", script, marks, sleep="60")
+    wait_for(lambda: cortex.ok("task", "status", "long")["state"] == "running", timeout=10, what="long running")
+    t0 = time.monotonic()
+    c = host.ok("--agent", "cortex", "task", "cancel", "long")
+    assert c["state"] == "cancelling", c
+    wait_for(lambda: cortex.ok("task", "status", "long")["state"] == "cancelled", timeout=10, what="long cancelled")
+    assert time.monotonic() - t0 < 5, "cancel took %.1f s" % (time.monotonic() - t0)
+    gst = gpupool.ok("gpuworker", "status")
+    assert all(g["state"] != "busy" for g in gst["gpus"]), gst
+
 
 run_tests(globals())
