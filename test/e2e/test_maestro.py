@@ -134,7 +134,7 @@ def test_agentctl_task_verbs(tmp, agents):
     text = a.ok("task", "status", as_json=False)
     assert "gpus_alive: 12" in text.splitlines() and "gpus:" in text.splitlines(), text
     assert sum(1 for l in text.splitlines() if l.split()[:1] and l.split()[0].isdigit()) == 12, text
-    text = a.ok("task", "submit", "--id", "hello2", "--watch", "true", "--", "echo", as_json=False)
+    text = a.ok("task", "submit", "--id", "hello2", "--watch", "--", "echo", as_json=False)
     assert "ok: yes" in text.splitlines() and "stdout:" in text.splitlines() and "returncode: 0" in text, text
     # refusals say why
     code, _, err = a.ctl("task", "submit", "--id", "bad/id", "--", "x")
