@@ -515,7 +515,10 @@ static int commit(maestro *m) {
                         maestro_task *t = m->dirty[i];
                         if (t->stored) {
                                 update_params(t, now, &nb, p);
-                                r = h->store_exec(m->ctx, MAESTRO_SQL_UPDATE, p, MAESTRO_SQL_UPDATE_COLUMNS);
+                                r = maestro_state_final(t->state)
+                                            ? h->store_exec(m->ctx, MAESTRO_SQL_UPDATE, p, MAESTRO_SQL_UPDATE_COLUMNS)
+                                            : h->store_exec(m->ctx, MAESTRO_SQL_UPDATE_OPEN, p,
+                                                            MAESTRO_SQL_UPDATE_OPEN_COLUMNS);
                         } else {
                                 row_params(t, now, &nb, p);
                                 r = h->store_exec(m->ctx, MAESTRO_SQL_INSERT, p, MAESTRO_SQL_INSERT_COLUMNS);
