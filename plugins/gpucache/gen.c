@@ -1,0 +1,607 @@
+/* gen.c — the generation builder and restore of gen.h: a recursive walk over full
+ * paths (lstat, never following a symlink), a hard-link map keyed by (dev, inode) for
+ * files linked more than once, and a file copy that notices a source changing under it.
+ * Directories are always created anew (cheap); regular files are linked from the
+ * previous generation when unchanged, so a sync costs one lstat per entry plus the
+ * bytes that changed. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "gen.h"
+
+#define GC_COPY_BUF   (256 * 1024)
+#define GC_XATTR_LIST 65536
+#define GC_XATTR_VAL  65536
+
+/* ---- hard-link map -------------------------------------------------------------- */
+
+typedef struct link_entry {
+        dev_t dev;
+        ino_t ino;
+        char *rel; /* path relative to the destination root */
+} link_entry;
+
+typedef struct link_map {
+        link_entry *v;
+        size_t n, cap; /* cap is a power of two, or 0 */
+} link_map;
+
+static size_t link_hash(dev_t d, ino_t i) {
+        uint64_t h = (uint64_t)i * 0x9e3779b97f4a7c15ull ^ (uint64_t)d;
+        return (size_t)(h ^ (h >> 29));
+}
+
+static const char *link_find(const link_map *m, dev_t d, ino_t i) {
+        if (!m->cap)
+                return NULL;
+        for (size_t k = link_hash(d, i) & (m->cap - 1);; k = (k + 1) & (m->cap - 1)) {
+                if (!m->v[k].rel)
+                        return NULL;
+                if (m->v[k].dev == d && m->v[k].ino == i)
+                        return m->v[k].rel;
+        }
+}
+
+static int link_add(link_map *m, dev_t d, ino_t i, const char *rel) {
+        if ((m->n + 1) * 2 > m->cap) {
+                size_t cap = m->cap ? m->cap * 2 : 256;
+                link_entry *v = calloc(cap, sizeof *v);
+                if (!v)
+                        return -ENOMEM;
+                for (size_t k = 0; k < m->cap; k++)
+                        if (m->v[k].rel) {
+                                size_t j = link_hash(m->v[k].dev, m->v[k].ino) & (cap - 1);
+                                while (v[j].rel)
+                                        j = (j + 1) & (cap - 1);
+                                v[j] = m->v[k];
+                        }
+                free(m->v);
+                m->v = v;
+                m->cap = cap;
+        }
+        size_t k = link_hash(d, i) & (m->cap - 1);
+        while (m->v[k].rel)
+                k = (k + 1) & (m->cap - 1);
+        m->v[k].rel = strdup(rel);
+        if (!m->v[k].rel)
+                return -ENOMEM;
+        m->v[k].dev = d;
+        m->v[k].ino = i;
+        m->n++;
+        return 0;
+}
+
+static void link_free(link_map *m) {
+        for (size_t k = 0; k < m->cap; k++)
+                free(m->v[k].rel);
+        free(m->v);
+        memset(m, 0, sizeof *m);
+}
+
+/* ---- the walk ------------------------------------------------------------------- */
+
+typedef struct walk {
+        const char *src_root, *prev_root, *dst_root; /* prev_root NULL: copy everything */
+        gc_cancel_fn cancel;
+        void *userdata;
+        gc_stats *st;
+        link_map links;
+        char *buf;  /* GC_COPY_BUF */
+        char *xl_a, *xl_b, *xv_a, *xv_b; /* xattr names and values: GC_XATTR_LIST, GC_XATTR_VAL */
+        char *err;
+        size_t err_len;
+} walk;
+
+static int fail(walk *w, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(walk *w, int r, const char *fmt, ...) {
+        if (w->err && w->err_len && !w->err[0]) {
+                va_list ap;
+                va_start(ap, fmt);
+                int n = vsnprintf(w->err, w->err_len, fmt, ap);
+                va_end(ap);
+                if (n >= 0 && (size_t)n < w->err_len)
+                        snprintf(w->err + n, w->err_len - (size_t)n, ": %s", strerror(-r));
+        }
+        return r;
+}
+
+static int join(char *out, size_t len, const char *root, const char *rel) {
+        int n = rel[0] ? snprintf(out, len, "%s/%s", root, rel) : snprintf(out, len, "%s", root);
+        return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+static int xattr_names(const char *path, char *list, size_t len, ssize_t *ret_n) {
+        ssize_t n = llistxattr(path, list, len);
+        if (n < 0) {
+                if (errno == ENOTSUP || errno == ENODATA) {
+                        *ret_n = 0;
+                        return 0;
+                }
+                return -errno;
+        }
+        *ret_n = n;
+        return 0;
+}
+
+static size_t count_names(const char *list, ssize_t n) {
+        size_t c = 0;
+        for (ssize_t i = 0; i < n; i += (ssize_t)strlen(list + i) + 1)
+                c++;
+        return c;
+}
+
+/* true when a and b carry the same xattrs (names and values). */
+/* By name: every name of a has the same value in b, and the counts match. */
+static bool xattrs_equal(walk *w, const char *a, const char *b) {
+        char *la = w->xl_a, *lb = w->xl_b, *va = w->xv_a, *vb = w->xv_b;
+        ssize_t na = 0, nb = 0;
+        if (xattr_names(a, la, GC_XATTR_LIST, &na) < 0 || xattr_names(b, lb, GC_XATTR_LIST, &nb) < 0)
+                return false;
+        if (count_names(la, na) != count_names(lb, nb))
+                return false;
+        for (ssize_t i = 0; i < na; i += (ssize_t)strlen(la + i) + 1) {
+                ssize_t x = lgetxattr(a, la + i, va, GC_XATTR_VAL);
+                ssize_t y = lgetxattr(b, la + i, vb, GC_XATTR_VAL);
+                if (x < 0 || y < 0 || x != y || memcmp(va, vb, (size_t)x) != 0)
+                        return false;
+        }
+        return true;
+}
+
+static int copy_xattrs(walk *w, const char *src, const char *dst) {
+        char *list = w->xl_a, *val = w->xv_a;
+        ssize_t n = 0;
+        int r = xattr_names(src, list, GC_XATTR_LIST, &n);
+        if (r < 0)
+                return fail(w, r, "list xattrs of %s", src);
+        for (ssize_t i = 0; i < n; i += (ssize_t)strlen(list + i) + 1) {
+                ssize_t l = lgetxattr(src, list + i, val, GC_XATTR_VAL);
+                if (l < 0) {
+                        if (errno == ENODATA)
+                                continue; /* removed meanwhile */
+                        return fail(w, -errno, "read xattr %s of %s", list + i, src);
+                }
+                if (lsetxattr(dst, list + i, val, (size_t)l, 0) < 0)
+                        return fail(w, -errno, "write xattr %s on %s", list + i, dst);
+        }
+        return 0;
+}
+
+/* Owner, mode (after chown, which clears set-id bits), xattrs, then times. */
+static int copy_meta(walk *w, const char *src, const char *dst, const struct stat *st) {
+        if (lchown(dst, st->st_uid, st->st_gid) < 0)
+                return fail(w, -errno, "chown %s", dst);
+        if (!S_ISLNK(st->st_mode) && chmod(dst, st->st_mode & 07777) < 0)
+                return fail(w, -errno, "chmod %s", dst);
+        int r = copy_xattrs(w, src, dst);
+        if (r < 0)
+                return r;
+        struct timespec t[2] = {st->st_atim, st->st_mtim};
+        if (utimensat(AT_FDCWD, dst, t, AT_SYMLINK_NOFOLLOW) < 0)
+                return fail(w, -errno, "set times of %s", dst);
+        return 0;
+}
+
+static bool same_time(const struct timespec *a, const struct timespec *b) {
+        return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
+/* The bytes of src into a new file dst. *ret_changed: the source moved meanwhile. */
+static int copy_bytes(walk *w, const char *src, const char *dst, const struct stat *st, bool *ret_changed,
+                      struct stat *ret_after) {
+        int in = open(src, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+        if (in < 0)
+                return -errno; /* ENOENT: vanished, the caller decides */
+        int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (out < 0) {
+                int r = -errno;
+                close(in);
+                return fail(w, r, "create %s", dst);
+        }
+        int r = 0;
+        uint64_t total = 0;
+        for (;;) {
+                ssize_t n = read(in, w->buf, GC_COPY_BUF);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        r = fail(w, -errno, "read %s", src);
+                        break;
+                }
+                if (n == 0)
+                        break;
+                for (ssize_t off = 0; off < n;) {
+                        ssize_t m = write(out, w->buf + off, (size_t)(n - off));
+                        if (m < 0) {
+                                if (errno == EINTR)
+                                        continue;
+                                r = fail(w, -errno, "write %s", dst);
+                                break;
+                        }
+                        off += m;
+                }
+                if (r < 0)
+                        break;
+                total += (uint64_t)n;
+        }
+        struct stat after;
+        if (r == 0 && fstat(in, &after) == 0) {
+                *ret_changed = after.st_size != st->st_size || !same_time(&after.st_mtim, &st->st_mtim) ||
+                               (uint64_t)after.st_size != total;
+                *ret_after = after;
+        } else
+                *ret_changed = false;
+        if (close(out) < 0 && r == 0)
+                r = fail(w, -errno, "close %s", dst);
+        close(in);
+        if (r == 0)
+                w->st->bytes_copied += total;
+        return r;
+}
+
+/* Unchanged since the previous generation: the same kind of file with the same size,
+ * mtime, mode, owner and xattrs. */
+static bool unchanged(walk *w, const char *src, const struct stat *st, const char *prev) {
+        struct stat p;
+        if (lstat(prev, &p) < 0 || !S_ISREG(p.st_mode))
+                return false;
+        if (p.st_size != st->st_size || !same_time(&p.st_mtim, &st->st_mtim) || p.st_mode != st->st_mode ||
+            p.st_uid != st->st_uid || p.st_gid != st->st_gid)
+                return false;
+        return xattrs_equal(w, src, prev);
+}
+
+static int do_file(walk *w, const char *rel, const char *src, const char *dst, const struct stat *st0) {
+        struct stat st = *st0;
+        w->st->files++;
+        w->st->bytes_total += (uint64_t)st.st_size;
+        if (st.st_nlink > 1) {
+                const char *first = link_find(&w->links, st.st_dev, st.st_ino);
+                if (first) {
+                        char target[PATH_MAX];
+                        if (join(target, sizeof target, w->dst_root, first) < 0)
+                                return fail(w, -ENAMETOOLONG, "path of %s", first);
+                        if (link(target, dst) < 0)
+                                return fail(w, -errno, "link %s to %s", dst, target);
+                        w->st->linked++;
+                        return 0;
+                }
+        }
+        bool linked = false;
+        if (w->prev_root) {
+                char prev[PATH_MAX];
+                if (join(prev, sizeof prev, w->prev_root, rel) == 0 && unchanged(w, src, &st, prev) && link(prev, dst) == 0) {
+                        linked = true;
+                        w->st->linked++;
+                }
+        }
+        if (!linked) {
+                for (int attempt = 0;; attempt++) {
+                        bool changed = false;
+                        struct stat after;
+                        int r = copy_bytes(w, src, dst, &st, &changed, &after);
+                        if (r == -ENOENT || r == -ELOOP) {
+                                w->st->vanished++;
+                                (void)unlink(dst);
+                                return 0;
+                        }
+                        if (r < 0)
+                                return r;
+                        if (!changed)
+                                break;
+                        /* written while we read it: once more, then keep what we have (the next
+                         * sync takes it again, its mtime will differ) */
+                        w->st->torn++;
+                        st = after;
+                        if (attempt >= 1)
+                                break;
+                }
+                int r = copy_meta(w, src, dst, &st);
+                if (r < 0)
+                        return r;
+                w->st->copied++;
+        }
+        if (st.st_nlink > 1) {
+                int r = link_add(&w->links, st.st_dev, st.st_ino, rel);
+                if (r < 0)
+                        return fail(w, r, "hard-link map");
+        }
+        return 0;
+}
+
+static int do_special(walk *w, const char *src, const char *dst, const struct stat *st) {
+        w->st->specials++;
+        if (S_ISLNK(st->st_mode)) {
+                char target[PATH_MAX];
+                ssize_t n = readlink(src, target, sizeof target - 1);
+                if (n < 0) {
+                        if (errno == ENOENT) {
+                                w->st->vanished++;
+                                return 0;
+                        }
+                        return fail(w, -errno, "readlink %s", src);
+                }
+                target[n] = '\0';
+                if (symlink(target, dst) < 0)
+                        return fail(w, -errno, "symlink %s", dst);
+        } else if (mknod(dst, st->st_mode & (S_IFMT | 07777), st->st_rdev) < 0)
+                return fail(w, -errno, "mknod %s", dst);
+        return copy_meta(w, src, dst, st);
+}
+
+static int do_dir(walk *w, const char *rel, int depth);
+
+static int do_entry(walk *w, const char *rel, int depth) {
+        char src[PATH_MAX], dst[PATH_MAX];
+        if (join(src, sizeof src, w->src_root, rel) < 0 || join(dst, sizeof dst, w->dst_root, rel) < 0)
+                return fail(w, -ENAMETOOLONG, "path %s", rel);
+        struct stat st;
+        if (lstat(src, &st) < 0) {
+                if (errno == ENOENT) {
+                        w->st->vanished++;
+                        return 0;
+                }
+                return fail(w, -errno, "lstat %s", src);
+        }
+        if (S_ISDIR(st.st_mode)) {
+                if (mkdir(dst, 0700) < 0)
+                        return fail(w, -errno, "mkdir %s", dst);
+                int r = do_dir(w, rel, depth + 1);
+                if (r < 0)
+                        return r;
+                w->st->dirs++;
+                return copy_meta(w, src, dst, &st); /* times last: the children moved them */
+        }
+        if (S_ISREG(st.st_mode))
+                return do_file(w, rel, src, dst, &st);
+        return do_special(w, src, dst, &st);
+}
+
+static int do_dir(walk *w, const char *rel, int depth) {
+        if (depth > 256)
+                return fail(w, -ELOOP, "tree deeper than 256 levels at %s", rel);
+        char src[PATH_MAX];
+        if (join(src, sizeof src, w->src_root, rel) < 0)
+                return fail(w, -ENAMETOOLONG, "path %s", rel);
+        DIR *d = opendir(src);
+        if (!d) {
+                if (errno == ENOENT) {
+                        w->st->vanished++;
+                        return 0;
+                }
+                return fail(w, -errno, "open directory %s", src);
+        }
+        int r = 0;
+        struct dirent *e;
+        char sub[PATH_MAX];
+        while ((errno = 0, e = readdir(d))) {
+                if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                        continue;
+                if (w->cancel && w->cancel(w->userdata)) {
+                        r = fail(w, -ECANCELED, "cancelled");
+                        break;
+                }
+                int n = rel[0] ? snprintf(sub, sizeof sub, "%s/%s", rel, e->d_name)
+                               : snprintf(sub, sizeof sub, "%s", e->d_name);
+                if (n < 0 || (size_t)n >= sizeof sub) {
+                        r = fail(w, -ENAMETOOLONG, "path under %s", rel);
+                        break;
+                }
+                if ((r = do_entry(w, sub, depth)) < 0)
+                        break;
+        }
+        if (r == 0 && errno)
+                r = fail(w, -errno, "read directory %s", src);
+        closedir(d);
+        return r;
+}
+
+/* Copies the tree at src_root into dst_root (which must not exist): the root's own
+ * metadata too. */
+static int copy_tree(walk *w) {
+        struct stat st;
+        if (lstat(w->src_root, &st) < 0)
+                return fail(w, -errno, "lstat %s", w->src_root);
+        if (!S_ISDIR(st.st_mode))
+                return fail(w, -ENOTDIR, "%s", w->src_root);
+        w->buf = malloc(GC_COPY_BUF);
+        w->xl_a = malloc(GC_XATTR_LIST);
+        w->xl_b = malloc(GC_XATTR_LIST);
+        w->xv_a = malloc(GC_XATTR_VAL);
+        w->xv_b = malloc(GC_XATTR_VAL);
+        int r = w->buf && w->xl_a && w->xl_b && w->xv_a && w->xv_b ? do_dir(w, "", 0)
+                                                                  : fail(w, -ENOMEM, "copy buffers");
+        if (r == 0)
+                r = copy_meta(w, w->src_root, w->dst_root, &st);
+        free(w->buf);
+        free(w->xl_a);
+        free(w->xl_b);
+        free(w->xv_a);
+        free(w->xv_b);
+        w->buf = w->xl_a = w->xl_b = w->xv_a = w->xv_b = NULL;
+        link_free(&w->links);
+        return r;
+}
+
+/* ---- generations ---------------------------------------------------------------- */
+
+static bool gen_name(const char *name, uint64_t *ret) {
+        if (strncmp(name, "gen-", 4) != 0 || !name[4])
+                return false;
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(name + 4, &end, 10);
+        if (errno || *end || name[4] < '0' || name[4] > '9')
+                return false;
+        *ret = v;
+        return true;
+}
+
+uint64_t gc_gen_current(const char *persist) {
+        char path[PATH_MAX], target[64];
+        if (snprintf(path, sizeof path, "%s/current", persist) >= (int)sizeof path)
+                return 0;
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        if (n <= 0)
+                return 0;
+        target[n] = '\0';
+        uint64_t g;
+        if (!gen_name(target, &g))
+                return 0;
+        /* the symlink only ever names a complete generation; check it is there */
+        char dir[PATH_MAX];
+        struct stat st;
+        if (snprintf(dir, sizeof dir, "%s/%s", persist, target) >= (int)sizeof dir || lstat(dir, &st) < 0 ||
+            !S_ISDIR(st.st_mode))
+                return 0;
+        return g;
+}
+
+int gc_rm_rf(const char *path) {
+        struct stat st;
+        if (lstat(path, &st) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (!S_ISDIR(st.st_mode))
+                return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
+        DIR *d = opendir(path);
+        if (!d)
+                return -errno;
+        int r = 0;
+        struct dirent *e;
+        char sub[PATH_MAX];
+        while ((e = readdir(d))) {
+                if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                        continue;
+                if (snprintf(sub, sizeof sub, "%s/%s", path, e->d_name) >= (int)sizeof sub) {
+                        r = -ENAMETOOLONG;
+                        continue;
+                }
+                int q = gc_rm_rf(sub);
+                if (q < 0 && r == 0)
+                        r = q;
+        }
+        closedir(d);
+        if (rmdir(path) < 0 && errno != ENOENT && r == 0)
+                r = -errno;
+        return r;
+}
+
+/* Removes every gen-* that is not `keep` (0 = none kept), and current.new. */
+static int remove_stale(const char *persist, uint64_t keep) {
+        DIR *d = opendir(persist);
+        if (!d)
+                return -errno;
+        int r = 0;
+        struct dirent *e;
+        char sub[PATH_MAX];
+        while ((e = readdir(d))) {
+                uint64_t g;
+                bool stale = (gen_name(e->d_name, &g) && g != keep) || strcmp(e->d_name, "current.new") == 0;
+                if (!stale)
+                        continue;
+                if (snprintf(sub, sizeof sub, "%s/%s", persist, e->d_name) >= (int)sizeof sub)
+                        continue;
+                int q = gc_rm_rf(sub);
+                if (q < 0 && r == 0)
+                        r = q;
+        }
+        closedir(d);
+        return r;
+}
+
+static int fsync_path(const char *path) {
+        int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        int r = fsync(fd) < 0 ? -errno : 0;
+        close(fd);
+        return r;
+}
+
+int gc_gen_sync(const char *upper, const char *persist, gc_cancel_fn cancel, void *userdata, gc_stats *ret_stats,
+                char *err, size_t err_len) {
+        gc_stats st = {0};
+        if (err && err_len)
+                err[0] = '\0';
+        walk w = {.src_root = upper, .cancel = cancel, .userdata = userdata, .st = &st, .err = err, .err_len = err_len};
+        uint64_t cur = gc_gen_current(persist);
+        /* leftovers of an interrupted sync (or of the removal after one) */
+        int r = remove_stale(persist, cur);
+        if (r < 0)
+                return fail(&w, r, "remove stale generations in %s", persist);
+        char prev[PATH_MAX], next[PATH_MAX], link_new[PATH_MAX], link_cur[PATH_MAX], name[64];
+        snprintf(name, sizeof name, "gen-%llu", (unsigned long long)(cur + 1));
+        if (snprintf(prev, sizeof prev, "%s/gen-%llu", persist, (unsigned long long)cur) >= (int)sizeof prev ||
+            snprintf(next, sizeof next, "%s/%s", persist, name) >= (int)sizeof next ||
+            snprintf(link_new, sizeof link_new, "%s/current.new", persist) >= (int)sizeof link_new ||
+            snprintf(link_cur, sizeof link_cur, "%s/current", persist) >= (int)sizeof link_cur)
+                return fail(&w, -ENAMETOOLONG, "persist path %s", persist);
+        w.prev_root = cur ? prev : NULL;
+        w.dst_root = next;
+        if (mkdir(next, 0700) < 0)
+                return fail(&w, -errno, "mkdir %s", next);
+        r = copy_tree(&w);
+        if (r < 0)
+                goto undo;
+        /* everything of the new generation on disk before it becomes current */
+        int fd = open(next, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || syncfs(fd) < 0) {
+                r = fail(&w, -errno, "syncfs %s", next);
+                if (fd >= 0)
+                        close(fd);
+                goto undo;
+        }
+        close(fd);
+        if (symlink(name, link_new) < 0) {
+                r = fail(&w, -errno, "symlink %s", link_new);
+                goto undo;
+        }
+        if (rename(link_new, link_cur) < 0) {
+                r = fail(&w, -errno, "rename %s", link_new);
+                (void)unlink(link_new);
+                goto undo;
+        }
+        if ((r = fsync_path(persist)) < 0)
+                return fail(&w, r, "fsync %s", persist); /* switched, but maybe not durable yet */
+        st.gen = cur + 1;
+        if (cur)
+                (void)gc_rm_rf(prev); /* a failure leaves garbage the next sync removes */
+        if (ret_stats)
+                *ret_stats = st;
+        return 0;
+undo:
+        (void)gc_rm_rf(next);
+        if (ret_stats)
+                *ret_stats = st;
+        return r;
+}
+
+int gc_gen_restore(const char *persist, const char *upper, gc_cancel_fn cancel, void *userdata, gc_stats *ret_stats,
+                   char *err, size_t err_len) {
+        gc_stats st = {0};
+        if (err && err_len)
+                err[0] = '\0';
+        walk w = {.dst_root = upper, .cancel = cancel, .userdata = userdata, .st = &st, .err = err, .err_len = err_len};
+        uint64_t cur = gc_gen_current(persist);
+        if (!cur)
+                return -ENOENT;
+        char src[PATH_MAX];
+        if (snprintf(src, sizeof src, "%s/gen-%llu", persist, (unsigned long long)cur) >= (int)sizeof src)
+                return fail(&w, -ENAMETOOLONG, "persist path %s", persist);
+        w.src_root = src;
+        int r = copy_tree(&w);
+        st.gen = cur;
+        if (ret_stats)
+                *ret_stats = st;
+        return r;
+}
