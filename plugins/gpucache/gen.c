@@ -406,6 +406,9 @@ static int do_dir(walk *w, const char *rel, int depth) {
         return r;
 }
 
+static int alloc_bufs(walk *w);
+static void free_bufs(walk *w);
+
 /* Copies the tree at src_root into dst_root (which must not exist): the root's own
  * metadata too. */
 static int copy_tree(walk *w) {
@@ -414,22 +417,12 @@ static int copy_tree(walk *w) {
                 return fail(w, -errno, "lstat %s", w->src_root);
         if (!S_ISDIR(st.st_mode))
                 return fail(w, -ENOTDIR, "%s", w->src_root);
-        w->buf = malloc(GC_COPY_BUF);
-        w->xl_a = malloc(GC_XATTR_LIST);
-        w->xl_b = malloc(GC_XATTR_LIST);
-        w->xv_a = malloc(GC_XATTR_VAL);
-        w->xv_b = malloc(GC_XATTR_VAL);
-        int r = w->buf && w->xl_a && w->xl_b && w->xv_a && w->xv_b ? do_dir(w, "", 0)
-                                                                  : fail(w, -ENOMEM, "copy buffers");
+        int r = alloc_bufs(w);
+        if (r == 0)
+                r = do_dir(w, "", 0);
         if (r == 0)
                 r = copy_meta(w, w->src_root, w->dst_root, &st);
-        free(w->buf);
-        free(w->xl_a);
-        free(w->xl_b);
-        free(w->xv_a);
-        free(w->xv_b);
-        w->buf = w->xl_a = w->xl_b = w->xv_a = w->xv_b = NULL;
-        link_free(&w->links);
+        free_bufs(w);
         return r;
 }
 
@@ -496,26 +489,33 @@ int gc_rm_rf(const char *path) {
         return r;
 }
 
-/* Removes every gen-* that is not `keep` (0 = none kept), and current.new. */
-static int remove_stale(const char *persist, uint64_t keep) {
+/* Keeps `cur` and one standby tree (the newest other gen-*), removes the rest and
+ * current.new. *ret_standby: its number, 0 for none. */
+static int pick_standby(const char *persist, uint64_t cur, uint64_t *ret_standby) {
         DIR *d = opendir(persist);
         if (!d)
                 return -errno;
-        int r = 0;
+        uint64_t best = 0;
         struct dirent *e;
+        while ((e = readdir(d))) {
+                uint64_t g;
+                if (gen_name(e->d_name, &g) && g != cur && g > best)
+                        best = g;
+        }
+        rewinddir(d);
+        int r = 0;
         char sub[PATH_MAX];
         while ((e = readdir(d))) {
                 uint64_t g;
-                bool stale = (gen_name(e->d_name, &g) && g != keep) || strcmp(e->d_name, "current.new") == 0;
-                if (!stale)
-                        continue;
-                if (snprintf(sub, sizeof sub, "%s/%s", persist, e->d_name) >= (int)sizeof sub)
+                bool stale = (gen_name(e->d_name, &g) && g != cur && g != best) || strcmp(e->d_name, "current.new") == 0;
+                if (!stale || snprintf(sub, sizeof sub, "%s/%s", persist, e->d_name) >= (int)sizeof sub)
                         continue;
                 int q = gc_rm_rf(sub);
                 if (q < 0 && r == 0)
                         r = q;
         }
         closedir(d);
+        *ret_standby = best;
         return r;
 }
 
@@ -528,59 +528,350 @@ static int fsync_path(const char *path) {
         return r;
 }
 
+/* ---- reconcile: bring the standby tree to the upper, changing only what differs ---- */
+
+#define TMP_NAME ".gpucache-tmp"
+
+/* Sets every xattr of src on dst and removes those dst has and src has not (dirs are
+ * fixed in place: they are never shared with the current tree). */
+static int sync_xattrs(walk *w, const char *src, const char *dst) {
+        int r = copy_xattrs(w, src, dst);
+        if (r < 0)
+                return r;
+        ssize_t n = 0;
+        if ((r = xattr_names(dst, w->xl_b, GC_XATTR_LIST, &n)) < 0)
+                return fail(w, r, "list xattrs of %s", dst);
+        for (ssize_t i = 0; i < n; i += (ssize_t)strlen(w->xl_b + i) + 1)
+                if (lgetxattr(src, w->xl_b + i, NULL, 0) < 0 && errno == ENODATA &&
+                    lremovexattr(dst, w->xl_b + i) < 0 && errno != ENODATA)
+                        return fail(w, -errno, "remove xattr %s of %s", w->xl_b + i, dst);
+        return 0;
+}
+
+static bool same_special(walk *w, const char *src, const struct stat *s, const char *dst, const struct stat *d) {
+        if ((s->st_mode & S_IFMT) != (d->st_mode & S_IFMT) || s->st_uid != d->st_uid || s->st_gid != d->st_gid)
+                return false;
+        if (S_ISLNK(s->st_mode)) {
+                char a[PATH_MAX], b[PATH_MAX];
+                ssize_t x = readlink(src, a, sizeof a), y = readlink(dst, b, sizeof b);
+                if (x < 0 || y < 0 || x != y || memcmp(a, b, (size_t)x) != 0)
+                        return false;
+        } else if (s->st_mode != d->st_mode || s->st_rdev != d->st_rdev)
+                return false;
+        return same_time(&s->st_mtim, &d->st_mtim) && xattrs_equal(w, src, dst);
+}
+
+static int cmp_str(const void *a, const void *b) {
+        return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int rec_dir(walk *w, const char *rel, int depth);
+
+/* dst differs or is missing: a new file (or special) at TMP_NAME, renamed over it. Never
+ * written in place: dst's inode may be shared with the current generation. */
+static int replace(walk *w, const char *rel, const char *src, const char *dst, const char *dir, const struct stat *st,
+                   bool dst_is_dir) {
+        char tmp[PATH_MAX];
+        if (snprintf(tmp, sizeof tmp, "%s/%s", dir, TMP_NAME) >= (int)sizeof tmp)
+                return fail(w, -ENAMETOOLONG, "path %s", dir);
+        if (dst_is_dir) {
+                int r = gc_rm_rf(dst);
+                if (r < 0)
+                        return fail(w, r, "remove %s", dst);
+        }
+        (void)gc_rm_rf(tmp);
+        int r;
+        if (S_ISREG(st->st_mode)) {
+                /* do_file links the current generation's file when that one equals the
+                 * upper (changed in the interval before last), else copies */
+                uint64_t files = w->st->files, bytes = w->st->bytes_total, vanished = w->st->vanished;
+                r = do_file(w, rel, src, tmp, st);
+                w->st->files = files;
+                w->st->bytes_total = bytes;
+                if (r == 0 && w->st->vanished != vanished) {
+                        (void)unlink(dst);
+                        return 0;
+                }
+        } else {
+                uint64_t specials = w->st->specials;
+                r = do_special(w, src, tmp, st);
+                w->st->specials = specials;
+        }
+        if (r < 0)
+                return r;
+        if (rename(tmp, dst) < 0)
+                return fail(w, -errno, "rename %s", dst);
+        return 0;
+}
+
+static int rec_entry(walk *w, const char *rel, const char *dir, int depth) {
+        char src[PATH_MAX], dst[PATH_MAX];
+        if (join(src, sizeof src, w->src_root, rel) < 0 || join(dst, sizeof dst, w->dst_root, rel) < 0)
+                return fail(w, -ENAMETOOLONG, "path %s", rel);
+        struct stat s, d;
+        if (lstat(src, &s) < 0) {
+                if (errno == ENOENT) {
+                        w->st->vanished++;
+                        return gc_rm_rf(dst) < 0 ? fail(w, -EIO, "remove %s", dst) : 0;
+                }
+                return fail(w, -errno, "lstat %s", src);
+        }
+        bool have = lstat(dst, &d) == 0;
+        if (S_ISDIR(s.st_mode)) {
+                if (have && !S_ISDIR(d.st_mode)) {
+                        if (unlink(dst) < 0)
+                                return fail(w, -errno, "unlink %s", dst);
+                        have = false;
+                }
+                if (!have && mkdir(dst, 0700) < 0)
+                        return fail(w, -errno, "mkdir %s", dst);
+                int r = rec_dir(w, rel, depth + 1);
+                if (r < 0)
+                        return r;
+                w->st->dirs++;
+                if (lchown(dst, s.st_uid, s.st_gid) < 0 || chmod(dst, s.st_mode & 07777) < 0)
+                        return fail(w, -errno, "chown/chmod %s", dst);
+                if ((r = sync_xattrs(w, src, dst)) < 0)
+                        return r;
+                struct timespec t[2] = {s.st_atim, s.st_mtim};
+                if (utimensat(AT_FDCWD, dst, t, AT_SYMLINK_NOFOLLOW) < 0)
+                        return fail(w, -errno, "set times of %s", dst);
+                return 0;
+        }
+        bool dst_dir = have && S_ISDIR(d.st_mode);
+        if (S_ISREG(s.st_mode)) {
+                w->st->files++;
+                w->st->bytes_total += (uint64_t)s.st_size;
+                const char *first = s.st_nlink > 1 ? link_find(&w->links, s.st_dev, s.st_ino) : NULL;
+                if (first) {
+                        /* another name of a file already placed: the same inode here too */
+                        char target[PATH_MAX], tmp[PATH_MAX];
+                        struct stat t;
+                        if (join(target, sizeof target, w->dst_root, first) < 0 ||
+                            snprintf(tmp, sizeof tmp, "%s/%s", dir, TMP_NAME) >= (int)sizeof tmp)
+                                return fail(w, -ENAMETOOLONG, "path %s", first);
+                        if (have && lstat(target, &t) == 0 && t.st_ino == d.st_ino && t.st_dev == d.st_dev) {
+                                w->st->linked++;
+                                return 0;
+                        }
+                        if (dst_dir && gc_rm_rf(dst) < 0)
+                                return fail(w, -EIO, "remove %s", dst);
+                        (void)unlink(tmp);
+                        if (link(target, tmp) < 0 || rename(tmp, dst) < 0)
+                                return fail(w, -errno, "link %s to %s", dst, target);
+                        w->st->linked++;
+                        return 0;
+                }
+                bool same = have && S_ISREG(d.st_mode) && d.st_size == s.st_size && same_time(&d.st_mtim, &s.st_mtim) &&
+                            d.st_mode == s.st_mode && d.st_uid == s.st_uid && d.st_gid == s.st_gid &&
+                            xattrs_equal(w, src, dst);
+                int r = 0;
+                if (same)
+                        w->st->linked++;
+                else
+                        r = replace(w, rel, src, dst, dir, &s, dst_dir);
+                /* (a copied one was added by do_file) */
+                if (r == 0 && same && s.st_nlink > 1 && (r = link_add(&w->links, s.st_dev, s.st_ino, rel)) < 0)
+                        return fail(w, r, "hard-link map");
+                return r;
+        }
+        w->st->specials++;
+        if (have && !dst_dir && same_special(w, src, &s, dst, &d))
+                return 0;
+        return replace(w, rel, src, dst, dir, &s, dst_dir);
+}
+
+static int rec_dir(walk *w, const char *rel, int depth) {
+        if (depth > 256)
+                return fail(w, -ELOOP, "tree deeper than 256 levels at %s", rel);
+        char src[PATH_MAX], dst[PATH_MAX], sub[PATH_MAX];
+        if (join(src, sizeof src, w->src_root, rel) < 0 || join(dst, sizeof dst, w->dst_root, rel) < 0)
+                return fail(w, -ENAMETOOLONG, "path %s", rel);
+        DIR *d = opendir(src);
+        if (!d)
+                return errno == ENOENT ? 0 : fail(w, -errno, "open directory %s", src);
+        char **names = NULL;
+        size_t n = 0, cap = 0;
+        int r = 0;
+        struct dirent *e;
+        while ((errno = 0, e = readdir(d))) {
+                if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                        continue;
+                if (n == cap) {
+                        cap = cap ? cap * 2 : 64;
+                        char **v = realloc(names, cap * sizeof *v);
+                        if (!v) {
+                                r = fail(w, -ENOMEM, "names of %s", src);
+                                break;
+                        }
+                        names = v;
+                }
+                if (!(names[n] = strdup(e->d_name))) {
+                        r = fail(w, -ENOMEM, "names of %s", src);
+                        break;
+                }
+                n++;
+        }
+        if (r == 0 && errno)
+                r = fail(w, -errno, "read directory %s", src);
+        closedir(d);
+        if (names)
+                qsort(names, n, sizeof *names, cmp_str);
+        for (size_t i = 0; i < n && r == 0; i++) {
+                if (w->cancel && w->cancel(w->userdata)) {
+                        r = fail(w, -ECANCELED, "cancelled");
+                        break;
+                }
+                int k = rel[0] ? snprintf(sub, sizeof sub, "%s/%s", rel, names[i])
+                               : snprintf(sub, sizeof sub, "%s", names[i]);
+                if (k < 0 || (size_t)k >= sizeof sub)
+                        r = fail(w, -ENAMETOOLONG, "path under %s", rel);
+                else
+                        r = rec_entry(w, sub, dst, depth);
+        }
+        /* what the standby has and the upper has not any more */
+        if (r == 0 && (d = opendir(dst))) {
+                while ((e = readdir(d))) {
+                        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                                continue;
+                        const char *key = e->d_name;
+                        if (names && bsearch(&key, names, n, sizeof *names, cmp_str))
+                                continue;
+                        if (snprintf(sub, sizeof sub, "%s/%s", dst, e->d_name) >= (int)sizeof sub)
+                                continue;
+                        int q = gc_rm_rf(sub);
+                        if (q < 0) {
+                                r = fail(w, q, "remove %s", sub);
+                                break;
+                        }
+                }
+                closedir(d);
+        }
+        for (size_t i = 0; i < n; i++)
+                free(names[i]);
+        free(names);
+        return r;
+}
+
+static int alloc_bufs(walk *w) {
+        w->buf = malloc(GC_COPY_BUF);
+        w->xl_a = malloc(GC_XATTR_LIST);
+        w->xl_b = malloc(GC_XATTR_LIST);
+        w->xv_a = malloc(GC_XATTR_VAL);
+        w->xv_b = malloc(GC_XATTR_VAL);
+        return w->buf && w->xl_a && w->xl_b && w->xv_a && w->xv_b ? 0 : fail(w, -ENOMEM, "copy buffers");
+}
+
+static void free_bufs(walk *w) {
+        free(w->buf);
+        free(w->xl_a);
+        free(w->xl_b);
+        free(w->xv_a);
+        free(w->xv_b);
+        w->buf = w->xl_a = w->xl_b = w->xv_a = w->xv_b = NULL;
+        link_free(&w->links);
+}
+
+/* The standby tree equal to the upper: its entries that differ replaced, its extra
+ * ones removed, the root's metadata set. */
+static int reconcile(walk *w) {
+        struct stat st;
+        if (lstat(w->src_root, &st) < 0)
+                return fail(w, -errno, "lstat %s", w->src_root);
+        if (!S_ISDIR(st.st_mode))
+                return fail(w, -ENOTDIR, "%s", w->src_root);
+        int r = alloc_bufs(w);
+        if (r == 0)
+                r = rec_dir(w, "", 0);
+        if (r == 0 && (lchown(w->dst_root, st.st_uid, st.st_gid) < 0 || chmod(w->dst_root, st.st_mode & 07777) < 0))
+                r = fail(w, -errno, "chown/chmod %s", w->dst_root);
+        if (r == 0)
+                r = sync_xattrs(w, w->src_root, w->dst_root);
+        struct timespec t[2] = {st.st_atim, st.st_mtim};
+        if (r == 0 && utimensat(AT_FDCWD, w->dst_root, t, 0) < 0)
+                r = fail(w, -errno, "set times of %s", w->dst_root);
+        free_bufs(w);
+        return r;
+}
+
 int gc_gen_sync(const char *upper, const char *persist, gc_cancel_fn cancel, void *userdata, gc_stats *ret_stats,
                 char *err, size_t err_len) {
         gc_stats st = {0};
         if (err && err_len)
                 err[0] = '\0';
         walk w = {.src_root = upper, .cancel = cancel, .userdata = userdata, .st = &st, .err = err, .err_len = err_len};
-        uint64_t cur = gc_gen_current(persist);
-        /* leftovers of an interrupted sync (or of the removal after one) */
-        int r = remove_stale(persist, cur);
+        uint64_t cur = gc_gen_current(persist), standby = 0;
+        /* leftovers of interrupted syncs go; one standby tree stays to be reused */
+        int r = pick_standby(persist, cur, &standby);
         if (r < 0)
-                return fail(&w, r, "remove stale generations in %s", persist);
-        char prev[PATH_MAX], next[PATH_MAX], link_new[PATH_MAX], link_cur[PATH_MAX], name[64];
+                return fail(&w, r, "clean up generations in %s", persist);
+        char curp[PATH_MAX], next[PATH_MAX], old[PATH_MAX], link_new[PATH_MAX], link_cur[PATH_MAX], name[64];
         snprintf(name, sizeof name, "gen-%llu", (unsigned long long)(cur + 1));
-        if (snprintf(prev, sizeof prev, "%s/gen-%llu", persist, (unsigned long long)cur) >= (int)sizeof prev ||
+        if (snprintf(curp, sizeof curp, "%s/gen-%llu", persist, (unsigned long long)cur) >= (int)sizeof curp ||
+            snprintf(old, sizeof old, "%s/gen-%llu", persist, (unsigned long long)standby) >= (int)sizeof old ||
             snprintf(next, sizeof next, "%s/%s", persist, name) >= (int)sizeof next ||
             snprintf(link_new, sizeof link_new, "%s/current.new", persist) >= (int)sizeof link_new ||
             snprintf(link_cur, sizeof link_cur, "%s/current", persist) >= (int)sizeof link_cur)
                 return fail(&w, -ENAMETOOLONG, "persist path %s", persist);
-        w.prev_root = cur ? prev : NULL;
+        if (standby && standby != cur + 1 && rename(old, next) < 0)
+                return fail(&w, -errno, "rename %s", old);
+        if (!standby) {
+                /* no standby yet: a clone of the current tree by hard links (once), or an
+                 * empty one for the first generation */
+                if (mkdir(next, 0700) < 0)
+                        return fail(&w, -errno, "mkdir %s", next);
+                if (cur) {
+                        gc_stats clone = {0};
+                        walk c = {.src_root = curp, .prev_root = curp, .dst_root = next, .cancel = cancel,
+                                  .userdata = userdata, .st = &clone, .err = err, .err_len = err_len};
+                        if ((r = copy_tree(&c)) < 0)
+                                return r; /* the partial clone is the next sync's standby */
+                }
+        }
         w.dst_root = next;
-        if (mkdir(next, 0700) < 0)
-                return fail(&w, -errno, "mkdir %s", next);
-        r = copy_tree(&w);
-        if (r < 0)
-                goto undo;
+        w.prev_root = cur ? curp : NULL;
+        if ((r = reconcile(&w)) < 0)
+                goto out;
         /* everything of the new generation on disk before it becomes current */
         int fd = open(next, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0 || syncfs(fd) < 0) {
                 r = fail(&w, -errno, "syncfs %s", next);
                 if (fd >= 0)
                         close(fd);
-                goto undo;
+                goto out;
         }
         close(fd);
+        (void)unlink(link_new);
         if (symlink(name, link_new) < 0) {
                 r = fail(&w, -errno, "symlink %s", link_new);
-                goto undo;
+                goto out;
         }
         if (rename(link_new, link_cur) < 0) {
                 r = fail(&w, -errno, "rename %s", link_new);
                 (void)unlink(link_new);
-                goto undo;
+                goto out;
         }
-        if ((r = fsync_path(persist)) < 0)
-                return fail(&w, r, "fsync %s", persist); /* switched, but maybe not durable yet */
+        if ((r = fsync_path(persist)) < 0) {
+                r = fail(&w, r, "fsync %s", persist); /* switched, maybe not durable yet */
+                goto out;
+        }
         st.gen = cur + 1;
-        if (cur)
-                (void)gc_rm_rf(prev); /* a failure leaves garbage the next sync removes */
-        if (ret_stats)
-                *ret_stats = st;
-        return 0;
-undo:
-        (void)gc_rm_rf(next);
+        /* the previous generation stays: the standby tree of the next sync. After the
+         * first one there is none: a hard-link clone now, off the next sync's path (a
+         * partial clone is fine, the next sync reconciles whatever it finds) */
+        if (!cur) {
+                char second[PATH_MAX];
+                if (snprintf(second, sizeof second, "%s/gen-2", persist) < (int)sizeof second &&
+                    mkdir(second, 0700) == 0) {
+                        gc_stats clone = {0};
+                        char cerr[64];
+                        walk c = {.src_root = next, .prev_root = next, .dst_root = second, .cancel = cancel,
+                                  .userdata = userdata, .st = &clone, .err = cerr, .err_len = sizeof cerr};
+                        cerr[0] = '\0';
+                        (void)copy_tree(&c);
+                }
+        }
+out:
         if (ret_stats)
                 *ret_stats = st;
         return r;

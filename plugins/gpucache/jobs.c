@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -173,8 +174,11 @@ static int pw_walk(pw_list *l, const char *dir, int depth) {
         return 0;
 }
 
+/* Readers run at nice 10: on a 2-core box four of them would otherwise take the CPU the
+ * daemon's loop needs to answer heartbeats and requests. */
 static void *pw_reader(void *arg) {
         pw_list *l = arg;
+        (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
         char *buf = malloc(PREWARM_BUF);
         if (!buf)
                 return NULL;
@@ -206,10 +210,11 @@ static int prewarm(job *j) {
         unsigned n = j->parallel < 1 ? 1 : j->parallel > PREWARM_MAX_THREADS ? PREWARM_MAX_THREADS : j->parallel;
         pthread_t t[PREWARM_MAX_THREADS];
         unsigned started = 0;
-        for (unsigned k = 1; k < n; k++)
+        for (unsigned k = 0; k < n; k++)
                 if (pthread_create(&t[started], NULL, pw_reader, &l) == 0)
                         started++;
-        pw_reader(&l); /* this pool thread is reader number one */
+        if (!started)
+                pw_reader(&l); /* no thread to be had: this one reads (at nice 10 from now on) */
         for (unsigned k = 0; k < started; k++)
                 pthread_join(t[k], NULL);
         j->st.files = atomic_load(&l.files);
