@@ -1,9 +1,9 @@
-/* gen.c — the generation builder and restore of gen.h: a recursive walk over full
+/* gen.c — the generation builder and restore of gen.h: recursive walks over full
  * paths (lstat, never following a symlink), a hard-link map keyed by (dev, inode) for
- * files linked more than once, and a file copy that notices a source changing under it.
- * Directories are always created anew (cheap); regular files are linked from the
- * previous generation when unchanged, so a sync costs one lstat per entry plus the
- * bytes that changed. */
+ * files linked more than once, and a file copy that notices a source changing under it
+ * (copied once more, then kept: the next sync takes it again). copy_tree() makes a new
+ * tree (restore, the first generation, a hard-link clone for the first standby);
+ * reconcile() brings the standby tree to the upper. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>

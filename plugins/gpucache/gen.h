@@ -1,16 +1,20 @@
 /* gen.h — crash-safe generations of an overlay upper on a persistent filesystem.
  *
  * A layer's persist directory holds complete copies of the upper, gen-<N>, and a
- * symlink `current` naming the one that counts. A sync builds gen-<N+1> by hard-linking
- * every file unchanged since gen-<N> (same type, size, mtime, mode, owner and xattrs)
- * and copying only the others, syncfs(2)s the filesystem, then renames a new symlink
- * over `current` (atomic) and removes gen-<N>. A crash at any instant leaves `current`
- * on a complete generation; the leftovers are removed by the next sync. Overlay
- * metadata is kept: whiteouts (0:0 character devices) and other special files, every
- * xattr (trusted.overlay.opaque / redirect / metacopy / origin ...), hard links within
- * the tree, modes, owners, times, symlinks. Restore copies `current` into an empty
- * upper with the same rules. Nothing here touches the host table: these functions run
- * on a worker thread. */
+ * symlink `current` naming the one that counts; the one before it is kept as the
+ * standby tree. A sync turns the standby into gen-<N+1>: it walks the upper and
+ * changes only what differs in the standby (a file that differs is replaced by a new
+ * inode renamed over it: hard-linked from gen-<N> when that one already equals the
+ * upper, copied otherwise; nothing is written in place, so inodes shared between the
+ * two trees never change), removes what the upper no longer has, syncfs(2)s the
+ * filesystem, then renames a new symlink over `current` (atomic). So a sync costs one
+ * lstat per entry plus the bytes changed since the last sync, and a crash at any
+ * instant leaves `current` on a complete generation (the standby may be half-updated:
+ * the next sync carries on from it). Overlay metadata is kept: whiteouts (0:0
+ * character devices) and other special files, every xattr (trusted.overlay.opaque /
+ * redirect / metacopy / origin ...), hard links within the tree, modes, owners, times,
+ * symlinks. Restore copies `current` into an empty upper. Nothing here touches the
+ * host table: these functions run on a worker thread. */
 #ifndef GPUCACHE_GEN_H
 #define GPUCACHE_GEN_H
 
@@ -23,7 +27,7 @@ typedef struct gc_stats {
         uint64_t dirs;
         uint64_t specials;      /* symlinks, whiteouts, fifos, devices */
         uint64_t copied;        /* regular files copied (changed or new) */
-        uint64_t linked;        /* regular files hard-linked from the previous generation */
+        uint64_t linked;        /* regular files kept or hard-linked (unchanged since the last sync) */
         uint64_t bytes_copied;
         uint64_t bytes_total;   /* size of every regular file of the tree */
         uint64_t torn;          /* files that changed while copied (copied again) */
