@@ -599,7 +599,7 @@ static int gpucache_call(void *state, const char *verb, const org_msg *req) {
                 gc_layer *l = gpu ? find_layer(g, gpu) : NULL;
                 if (!l) {
                         char why[160];
-                        snprintf(why, sizeof why, "%s GPU: name a layer (gpu<i>, a PCI address or a layer name)%s",
+                        snprintf(why, sizeof why, "%.10s GPU: name a layer (gpu<i>, a PCI address or a layer name)%s",
                                  verb, gpu ? ": unknown" : "");
                         gc_respond(g, req->reply, json_pack("{s:s}", "error", why));
                 } else if (verb[0] == 'e')

@@ -444,7 +444,7 @@ void gc_layer_disable(gc *g, gc_layer *l, const char *reply) {
         }
         if (l->state != GC_MOUNTED) {
                 char why[128];
-                snprintf(why, sizeof why, "%s is %s, not mounted", l->name, gc_state_name(l->state));
+                snprintf(why, sizeof why, "%.40s is %s, not mounted", l->name, gc_state_name(l->state));
                 return op_error(g, l, why);
         }
         int r = gc_submit_busy(g, l);
@@ -460,7 +460,7 @@ void gc_busy_done(gc *g, size_t i, int r, const char *who) {
         if (r == -EBUSY) {
                 g->busy_refusals++;
                 char why[GC_WHY_MAX];
-                snprintf(why, sizeof why, "disable refused: %s (stop it or move it out first)", who);
+                snprintf(why, sizeof why, "disable refused: %.300s (stop it or move it out first)", who);
                 g->host->log(g->ctx, ORG_LOG_WARNING, "%s: %s", l->name, why);
                 return op_error(g, l, why);
         }
@@ -483,11 +483,11 @@ static void disable_finish(gc *g, gc_layer *l, int sync_r, const char *sync_err)
         int r = gc_umount(g, l->merged);
         if (r < 0) {
                 gc_remount_ro(g, l, false);
-                snprintf(why, sizeof why, "umount %s: %s (still mounted, synced)", l->merged, strerror(-r));
+                snprintf(why, sizeof why, "umount %.200s: %s (still mounted, synced)", l->merged, strerror(-r));
                 return op_error(g, l, why);
         }
         if ((r = gc_umount(g, l->ram)) < 0) {
-                snprintf(why, sizeof why, "umount %s: %s", l->ram, strerror(-r));
+                snprintf(why, sizeof why, "umount %.200s: %s", l->ram, strerror(-r));
                 l->state = GC_ERROR;
                 snprintf(l->why, sizeof l->why, "%s", why);
                 return op_error(g, l, why);

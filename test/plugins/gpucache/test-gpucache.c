@@ -7,6 +7,7 @@
  * host), requests during a sync fold into one more, metrics and verify, and fini's
  * final sync. Arguments: the fixtures folder and a scratch folder on disk. */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -228,8 +229,9 @@ int main(int argc, char **argv) {
         put(p, "MemTotal:       16000000 kB\nMemFree:         8000000 kB\n");
         snprintf(p, sizeof p, "%s/proc/self/mountinfo", sysroot);
         put(p, "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw\n");
-        char target[1000];
-        snprintf(target, sizeof target, "%s/gpupool12/sys", argv[1]);
+        char target[PATH_MAX + 32], fixtures[PATH_MAX];
+        CHECK(realpath(argv[1], fixtures) != NULL);
+        snprintf(target, sizeof target, "%s/gpupool12/sys", fixtures);
         snprintf(p, sizeof p, "%s/sys", sysroot);
         CHECK(symlink(target, p) == 0);
         test_gpus_dry_run();
