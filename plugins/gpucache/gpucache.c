@@ -223,6 +223,18 @@ static int load_layers(gc *g, json_t *cfg) {
                         }
                         copy(pcis[n++], GC_PCI_MAX, s);
                 }
+                /* gpu<i> stays the position in the list, present or not (as in gpuworker) */
+                char found[GC_MAX_GPUS][GC_PCI_MAX];
+                size_t nf = gc_discover(g, found, GC_MAX_GPUS);
+                for (size_t j = 0; j < n; j++) {
+                        bool there = false;
+                        for (size_t k = 0; k < nf && !there; k++)
+                                there = strcmp(found[k], pcis[j]) == 0;
+                        if (!there)
+                                g->host->log(g->ctx, ORG_LOG_WARNING,
+                                             "gpu%zu: no AMD display function at %s (its layer is made all the same)", j,
+                                             pcis[j]);
+                }
         } else {
                 g->host->log(g->ctx, ORG_LOG_ERR, "gpus: auto, a list of PCI addresses, or []");
                 return -EINVAL;
@@ -684,6 +696,10 @@ static void gpucache_fini(void *state) {
                 if (l->op_reply[0])
                         gc_respond(g, l->op_reply, json_pack("{s:s}", "error", "instance stopping"));
         }
+        for (size_t k = 0; k < GC_MAX_WAITERS; k++)
+                if (g->waiters[k].used)
+                        gc_respond(g, g->waiters[k].reply,
+                                   json_pack("{s:b, s:s}", "ok", 0, "error", "instance stopping (a final sync follows)"));
         if (!g->dry_run)
                 gc_layers_final_sync(g);
         gc_free(g);
