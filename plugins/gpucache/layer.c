@@ -156,22 +156,46 @@ static void mount_fresh(gc *g, gc_layer *l) {
 
 void gc_layer_start(gc *g, gc_layer *l) {
         l->adopted = false;
-        char fstype[16];
-        int r = gc_mkdir_p(l->persist, 0700);
-        if (r < 0)
+        char fstype[16], anchor[PATH_MAX];
+        /* the persist directory may be made, its anchor (<persist_root> of a GPU layer,
+         * the parent of a named layer's persist) must exist: a filesystem that is not
+         * mounted yet must not be replaced by directories on the root filesystem */
+        snprintf(anchor, sizeof anchor, "%s", l->persist);
+        for (int k = 0; k < (l->index >= 0 ? 2 : 1); k++) {
+                char *slash = strrchr(anchor, '/');
+                if (slash && slash != anchor)
+                        *slash = '\0';
+        }
+        struct stat st;
+        if (stat(anchor, &st) < 0 || !S_ISDIR(st.st_mode))
+                return set_error(g, l, stat(anchor, &st) < 0 ? -errno : -ENOTDIR,
+                                 "%s (where %s goes) is missing: create it on a disk filesystem, or mount it", anchor,
+                                 l->persist);
+        int r = 0;
+        if (g->dry_run)
+                g->host->log(g->ctx, ORG_LOG_NOTICE, "dry_run: would create %s, %s and %s", l->persist, l->ram,
+                             l->merged);
+        else if ((r = gc_mkdir_p(l->persist, 0700)) < 0)
                 return set_error(g, l, r, "create persist directory %s", l->persist);
-        if ((r = gc_on_ramfs(l->persist, fstype, sizeof fstype)) != 0) {
+        const char *probe = access(l->persist, F_OK) == 0 ? l->persist : anchor;
+        if ((r = gc_on_ramfs(probe, fstype, sizeof fstype)) != 0) {
                 if (r > 0)
                         return set_error(g, l, 0,
                                          "persist directory %s is on %s: refused, its generations would not survive "
                                          "a reboot (point persist at a disk filesystem)",
                                          l->persist, fstype);
-                return set_error(g, l, r, "statfs %s", l->persist);
+                return set_error(g, l, r, "statfs %s", probe);
         }
-        struct stat st;
         if (stat(l->lower, &st) < 0 || !S_ISDIR(st.st_mode))
                 return set_error(g, l, stat(l->lower, &st) < 0 ? -errno : -ENOTDIR,
                                  "lower layer %s is missing (create it, or mount its filesystem)", l->lower);
+        if (g->dry_run) {
+                gc_mount m;
+                if ((r = gc_mount_at(g, l->merged, &m)) == 0 && m.found)
+                        g->host->log(g->ctx, ORG_LOG_NOTICE, "dry_run: %s is mounted (%s): would adopt it", l->merged,
+                                     m.fstype);
+                return mount_fresh(g, l);
+        }
         if ((r = gc_mkdir_p(l->ram, 0755)) < 0 || (r = gc_mkdir_p(l->merged, 0755)) < 0)
                 return set_error(g, l, r, "create mount points %s and %s", l->ram, l->merged);
 
@@ -181,7 +205,8 @@ void gc_layer_start(gc *g, gc_layer *l) {
         if (m_merged.found) {
                 char want[PATH_MAX + 16];
                 snprintf(want, sizeof want, "upperdir=%s", l->upper);
-                if (strcmp(m_merged.fstype, "overlay") == 0 && strstr(m_merged.super_opts, want)) {
+                const char *at = strstr(m_merged.super_opts, want);
+                if (strcmp(m_merged.fstype, "overlay") == 0 && at && (at[strlen(want)] == ',' || !at[strlen(want)])) {
                         l->adopted = true;
                         l->state = GC_MOUNTED;
                         l->generation = gc_gen_current(l->persist);

@@ -168,8 +168,10 @@ static void test_adopted_sync(void) {
                  "\"ramlayer\": {\"size\": 67108864, \"lower\": \"%s\", \"persist\": \"%s\", \"ram\": \"%s\", \"merged\": "
                  "\"%s\"}, "
                  "\"nolower\": {\"size\": 1048576, \"lower\": \"%s/absent\", \"persist\": \"%s/p2\", \"ram\": \"%s/r2\", "
-                 "\"merged\": \"%s/m2\"}}}",
-                 lower, persist, ram, merged, work, work, work, work);
+                 "\"merged\": \"%s/m2\"}, "
+                 "\"noanchor\": {\"size\": 1048576, \"lower\": \"%s\", \"persist\": \"%s/notmounted/p3\", \"ram\": "
+                 "\"%s/r3\", \"merged\": \"%s/m3\"}}}",
+                 lower, persist, ram, merged, work, work, work, work, lower, work, work, work);
         org_ctx ctx;
         void *g = start(&ctx, cfg, false, 0);
         json_t *st = call(g, &ctx, "status", "{}");
@@ -179,6 +181,11 @@ static void test_adopted_sync(void) {
         json_t *nl = layer(st, "nolower");
         CHECK_STR(json_string_value(json_object_get(nl, "state")), "error");
         CHECK(strstr(json_string_value(json_object_get(nl, "why")), "lower layer"));
+        json_t *na = layer(st, "noanchor");
+        CHECK_STR(json_string_value(json_object_get(na, "state")), "error");
+        CHECK(strstr(json_string_value(json_object_get(na, "why")), "notmounted (where"));
+        snprintf(p, sizeof p, "%s/notmounted", work);
+        CHECK(access(p, F_OK) < 0); /* not made on the filesystem below */
         json_decref(st);
         CHECK_INT(ctx.n_works, 0); /* adopted: no restore job */
 
