@@ -263,8 +263,8 @@ static int load_layers(gc *g, json_t *cfg) {
                                      key);
                         return -EINVAL;
                 }
-                if (strncmp(key, "gpu", 3) == 0 && key[3] >= '0' && key[3] <= '9') {
-                        g->host->log(g->ctx, ORG_LOG_ERR, "layers: name \"%s\" is reserved for GPU layers", key);
+                if ((strncmp(key, "gpu", 3) == 0 && key[3] >= '0' && key[3] <= '9') || strcmp(key, "all") == 0) {
+                        g->host->log(g->ctx, ORG_LOG_ERR, "layers: name \"%s\" is reserved (GPU layers, \"all\")", key);
                         return -EINVAL;
                 }
                 json_int_t size = json_integer_value(json_object_get(v, "size"));
@@ -367,7 +367,8 @@ static void on_sync_timer(org_ctx *ctx, uint64_t id, void *userdata) {
 
 /* ---- requests --------------------------------------------------------------------- */
 
-/* The "gpu" of a request: from {"gpu": X}, {"args": [X]} or a bare X; NULL = all. */
+/* The "gpu" of a request: from {"gpu": X}, {"args": [X]} or a bare X; NULL = all
+ * (absent, null, "all" or "*"). */
 static json_t *request_gpu(const org_msg *msg, bool *ret_bad) {
         *ret_bad = false;
         if (!msg->data || msg->len == 0)
@@ -387,7 +388,9 @@ static json_t *request_gpu(const org_msg *msg, bool *ret_bad) {
                 v = json_array_get(a, 0);
         else
                 v = a;
-        if (json_is_null(v))
+        /* circadian's night sync says {"gpu": "all"} */
+        if (json_is_null(v) || (json_is_string(v) && (strcmp(json_string_value(v), "all") == 0 ||
+                                                      strcmp(json_string_value(v), "*") == 0)))
                 v = NULL;
         json_incref(v);
         json_decref(a);

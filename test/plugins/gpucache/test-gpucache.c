@@ -193,7 +193,11 @@ static void test_adopted_sync(void) {
         fake_ctx_clear_published(&ctx);
         org_msg m = {.subject = "gpu.cache.sync", .data = "{}", .len = 2};
         CHECK_INT(P->handle(g, &m), 0);
-        CHECK_INT(P->handle(g, &m), 0);
+        /* circadian's night sync: every layer */
+        const char *night = "{\"ts\": \"2026-01-01T22:00:00Z\", \"gpu\": \"all\", \"reason\": \"circadian\"}";
+        org_msg n = {.subject = "gpu.cache.sync", .data = night, .len = strlen(night)};
+        CHECK_INT(P->handle(g, &n), 0);
+        CHECK(fake_last_published(&ctx, "gpu.cache.sync.err") == NULL);
         org_msg q = {.subject = "gpu.cache.sync", .reply = "_INBOX.req.1", .data = "{\"gpu\": \"ramlayer\"}", .len = 19};
         CHECK_INT(P->handle(g, &q), 0);
         CHECK_INT(ctx.n_works, 1);
