@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "gen.h"
@@ -100,6 +101,10 @@ typedef struct walk {
         char *xl_a, *xl_b, *xv_a, *xv_b; /* xattr names and values: GC_XATTR_LIST, GC_XATTR_VAL */
         char *err;
         size_t err_len;
+        /* the standby tree was complete as of this wall-clock second (its stamp, less a
+         * margin): an upper entry whose ctime is older has not changed since, so its
+         * xattrs need no comparing (size, mtime, mode and owner still are). 0 = none */
+        int64_t settled_before;
 } walk;
 
 static int fail(walk *w, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -664,7 +669,7 @@ static int rec_entry(walk *w, const char *rel, const char *dir, int depth) {
                 }
                 bool same = have && S_ISREG(d.st_mode) && d.st_size == s.st_size && same_time(&d.st_mtim, &s.st_mtim) &&
                             d.st_mode == s.st_mode && d.st_uid == s.st_uid && d.st_gid == s.st_gid &&
-                            xattrs_equal(w, src, dst);
+                            (s.st_ctim.tv_sec < w->settled_before || xattrs_equal(w, src, dst));
                 int r = 0;
                 if (same)
                         w->st->linked++;
@@ -794,6 +799,73 @@ static int reconcile(walk *w) {
         return r;
 }
 
+/* ---- stamps: persist/stamp-<N> holds the wall-clock second at which the reconcile
+ * that made gen-<N> started (less a margin for coarse timestamps), written once gen-<N>
+ * was complete. Removed (and fsynced away) before gen-<N> is modified again. */
+
+static int64_t now_coarse_s(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME_COARSE, &t);
+        return (int64_t)t.tv_sec;
+}
+
+static int64_t stamp_read(const char *persist, uint64_t g) {
+        char path[PATH_MAX], buf[32];
+        if (snprintf(path, sizeof path, "%s/stamp-%llu", persist, (unsigned long long)g) >= (int)sizeof path)
+                return 0;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return 0;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0)
+                return 0;
+        buf[n] = '\0';
+        int64_t v = strtoll(buf, NULL, 10);
+        /* a clock that went back since: trust nothing */
+        return v > 0 && v <= now_coarse_s() ? v : 0;
+}
+
+static void stamp_remove(const char *persist, uint64_t g) {
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/stamp-%llu", persist, (unsigned long long)g) < (int)sizeof path)
+                (void)unlink(path);
+}
+
+static void stamp_write(const char *persist, uint64_t g, int64_t t) {
+        char path[PATH_MAX], tmp[PATH_MAX + 8], buf[32];
+        if (snprintf(path, sizeof path, "%s/stamp-%llu", persist, (unsigned long long)g) >= (int)sizeof path ||
+            snprintf(tmp, sizeof tmp, "%s.new", path) >= (int)sizeof tmp)
+                return;
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return;
+        int n = snprintf(buf, sizeof buf, "%lld\n", (long long)t);
+        bool ok = write(fd, buf, (size_t)n) == n && fsync(fd) == 0;
+        close(fd);
+        if (!ok || rename(tmp, path) < 0)
+                (void)unlink(tmp);
+}
+
+/* Stamps of generations that are neither current nor the standby go. */
+static void stamps_prune(const char *persist, uint64_t cur, uint64_t standby) {
+        DIR *d = opendir(persist);
+        if (!d)
+                return;
+        struct dirent *e;
+        char sub[PATH_MAX];
+        while ((e = readdir(d))) {
+                if (strncmp(e->d_name, "stamp-", 6) != 0)
+                        continue;
+                unsigned long long g = strtoull(e->d_name + 6, NULL, 10);
+                if ((g == cur || g == standby) && !strchr(e->d_name, '.'))
+                        continue;
+                if (snprintf(sub, sizeof sub, "%s/%s", persist, e->d_name) < (int)sizeof sub)
+                        (void)unlink(sub);
+        }
+        closedir(d);
+}
+
 int gc_gen_sync(const char *upper, const char *persist, gc_cancel_fn cancel, void *userdata, gc_stats *ret_stats,
                 char *err, size_t err_len) {
         gc_stats st = {0};
@@ -813,6 +885,16 @@ int gc_gen_sync(const char *upper, const char *persist, gc_cancel_fn cancel, voi
             snprintf(link_new, sizeof link_new, "%s/current.new", persist) >= (int)sizeof link_new ||
             snprintf(link_cur, sizeof link_cur, "%s/current", persist) >= (int)sizeof link_cur)
                 return fail(&w, -ENAMETOOLONG, "persist path %s", persist);
+        stamps_prune(persist, cur, standby);
+        int64_t settled = standby ? stamp_read(persist, standby) : 0;
+        if (standby) {
+                /* the standby is about to change: its stamp goes first, for good */
+                stamp_remove(persist, standby);
+                if ((r = fsync_path(persist)) < 0)
+                        return fail(&w, r, "fsync %s", persist);
+        }
+        w.settled_before = settled;
+        int64_t started = now_coarse_s() - 2; /* coarse ctime may lag the clock by a tick */
         if (standby && standby != cur + 1 && rename(old, next) < 0)
                 return fail(&w, -errno, "rename %s", old);
         if (!standby) {
@@ -856,6 +938,7 @@ int gc_gen_sync(const char *upper, const char *persist, gc_cancel_fn cancel, voi
                 goto out;
         }
         st.gen = cur + 1;
+        stamp_write(persist, cur + 1, started);
         /* the previous generation stays: the standby tree of the next sync. After the
          * first one there is none: a hard-link clone now, off the next sync's path (a
          * partial clone is fine, the next sync reconciles whatever it finds) */
@@ -868,7 +951,8 @@ int gc_gen_sync(const char *upper, const char *persist, gc_cancel_fn cancel, voi
                         walk c = {.src_root = next, .prev_root = next, .dst_root = second, .cancel = cancel,
                                   .userdata = userdata, .st = &clone, .err = cerr, .err_len = sizeof cerr};
                         cerr[0] = '\0';
-                        (void)copy_tree(&c);
+                        if (copy_tree(&c) == 0)
+                                stamp_write(persist, 2, started); /* gen-2 = gen-1, complete */
                 }
         }
 out:
