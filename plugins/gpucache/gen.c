@@ -669,7 +669,7 @@ static int rec_entry(walk *w, const char *rel, const char *dir, int depth) {
                 }
                 bool same = have && S_ISREG(d.st_mode) && d.st_size == s.st_size && same_time(&d.st_mtim, &s.st_mtim) &&
                             d.st_mode == s.st_mode && d.st_uid == s.st_uid && d.st_gid == s.st_gid &&
-                            (s.st_ctim.tv_sec < w->settled_before || xattrs_equal(w, src, dst));
+                            ((s.st_ctim.tv_sec < w->settled_before && ++w->st->settled) || xattrs_equal(w, src, dst));
                 int r = 0;
                 if (same)
                         w->st->linked++;

@@ -32,6 +32,7 @@ typedef struct gc_stats {
         uint64_t bytes_total;   /* size of every regular file of the tree */
         uint64_t torn;          /* files that changed while copied (copied again) */
         uint64_t vanished;      /* entries gone between readdir and copy */
+        uint64_t settled;       /* files older than the standby's stamp: xattrs not compared */
         uint64_t gen;           /* the generation written (sync) or read (restore) */
 } gc_stats;
 
