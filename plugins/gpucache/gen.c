@@ -105,7 +105,31 @@ typedef struct walk {
          * margin): an upper entry whose ctime is older has not changed since, so its
          * xattrs need no comparing (size, mtime, mode and owner still are). 0 = none */
         int64_t settled_before;
+        /* how the new tree reaches the disk: 0 not here (restore, clone), 1 an fsync
+         * per change (a few: cost grows with what changed, nothing else on the
+         * filesystem is waited for), 2 one syncfs at the end (many changes, the first
+         * generation); 1 turns into 2 past GC_FSYNC_BUDGET */
+        int durability;
+        unsigned fsyncs;
+        uint64_t mutations; /* changes made in the destination */
 } walk;
+
+#define GC_FSYNC_BUDGET 16
+
+static int fsync_path(const char *path);
+
+/* Counts an fsync of the per-change mode against its budget: false = over it (the
+ * walk goes on in syncfs mode). */
+static bool fsync_due(walk *w) {
+        if (w->durability != 1)
+                return false;
+        if (w->fsyncs >= GC_FSYNC_BUDGET) {
+                w->durability = 2;
+                return false;
+        }
+        w->fsyncs++;
+        return true;
+}
 
 static int fail(walk *w, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(walk *w, int r, const char *fmt, ...) {
@@ -246,6 +270,8 @@ static int copy_bytes(walk *w, const char *src, const char *dst, const struct st
                 *ret_after = after;
         } else
                 *ret_changed = false;
+        if (r == 0 && fsync_due(w) && fsync(out) < 0)
+                r = fail(w, -errno, "fsync %s", dst);
         if (close(out) < 0 && r == 0)
                 r = fail(w, -errno, "close %s", dst);
         close(in);
@@ -572,6 +598,26 @@ static int cmp_str(const void *a, const void *b) {
 
 static int rec_dir(walk *w, const char *rel, int depth);
 
+/* A directory's owner, mode, xattrs and times, set only where they differ (after its
+ * entries, which moved its mtime). */
+static int dir_meta(walk *w, const char *src, const char *dst, const struct stat *s) {
+        struct stat d;
+        if (lstat(dst, &d) == 0 && d.st_uid == s->st_uid && d.st_gid == s->st_gid &&
+            (d.st_mode & 07777) == (s->st_mode & 07777) && same_time(&d.st_mtim, &s->st_mtim) &&
+            xattrs_equal(w, src, dst))
+                return 0;
+        w->mutations++;
+        if (lchown(dst, s->st_uid, s->st_gid) < 0 || chmod(dst, s->st_mode & 07777) < 0)
+                return fail(w, -errno, "chown/chmod %s", dst);
+        int r = sync_xattrs(w, src, dst);
+        if (r < 0)
+                return r;
+        struct timespec t[2] = {s->st_atim, s->st_mtim};
+        if (utimensat(AT_FDCWD, dst, t, AT_SYMLINK_NOFOLLOW) < 0)
+                return fail(w, -errno, "set times of %s", dst);
+        return 0;
+}
+
 /* dst differs or is missing: a new file (or special) at TMP_NAME, renamed over it. Never
  * written in place: dst's inode may be shared with the current generation. */
 static int replace(walk *w, const char *rel, const char *src, const char *dst, const char *dir, const struct stat *st,
@@ -606,6 +652,7 @@ static int replace(walk *w, const char *rel, const char *src, const char *dst, c
                 return r;
         if (rename(tmp, dst) < 0)
                 return fail(w, -errno, "rename %s", dst);
+        w->mutations++;
         return 0;
 }
 
@@ -617,6 +664,7 @@ static int rec_entry(walk *w, const char *rel, const char *dir, int depth) {
         if (lstat(src, &s) < 0) {
                 if (errno == ENOENT) {
                         w->st->vanished++;
+                        w->mutations++;
                         return gc_rm_rf(dst) < 0 ? fail(w, -EIO, "remove %s", dst) : 0;
                 }
                 return fail(w, -errno, "lstat %s", src);
@@ -626,21 +674,21 @@ static int rec_entry(walk *w, const char *rel, const char *dir, int depth) {
                 if (have && !S_ISDIR(d.st_mode)) {
                         if (unlink(dst) < 0)
                                 return fail(w, -errno, "unlink %s", dst);
+                        w->mutations++;
                         have = false;
                 }
                 if (!have && mkdir(dst, 0700) < 0)
                         return fail(w, -errno, "mkdir %s", dst);
+                uint64_t before = w->mutations + !have;
                 int r = rec_dir(w, rel, depth + 1);
                 if (r < 0)
                         return r;
                 w->st->dirs++;
-                if (lchown(dst, s.st_uid, s.st_gid) < 0 || chmod(dst, s.st_mode & 07777) < 0)
-                        return fail(w, -errno, "chown/chmod %s", dst);
-                if ((r = sync_xattrs(w, src, dst)) < 0)
+                if ((r = dir_meta(w, src, dst, &s)) < 0)
                         return r;
-                struct timespec t[2] = {s.st_atim, s.st_mtim};
-                if (utimensat(AT_FDCWD, dst, t, AT_SYMLINK_NOFOLLOW) < 0)
-                        return fail(w, -errno, "set times of %s", dst);
+                /* its entries or its inode changed: on disk before the switch */
+                if (w->mutations != before && fsync_due(w) && (r = fsync_path(dst)) < 0)
+                        return fail(w, r, "fsync %s", dst);
                 return 0;
         }
         bool dst_dir = have && S_ISDIR(d.st_mode);
@@ -664,6 +712,7 @@ static int rec_entry(walk *w, const char *rel, const char *dir, int depth) {
                         (void)unlink(tmp);
                         if (link(target, tmp) < 0 || rename(tmp, dst) < 0)
                                 return fail(w, -errno, "link %s to %s", dst, target);
+                        w->mutations++;
                         w->st->linked++;
                         return 0;
                 }
@@ -745,6 +794,7 @@ static int rec_dir(walk *w, const char *rel, int depth) {
                         if (snprintf(sub, sizeof sub, "%s/%s", dst, e->d_name) >= (int)sizeof sub)
                                 continue;
                         int q = gc_rm_rf(sub);
+                        w->mutations++;
                         if (q < 0) {
                                 r = fail(w, q, "remove %s", sub);
                                 break;
@@ -786,15 +836,13 @@ static int reconcile(walk *w) {
         if (!S_ISDIR(st.st_mode))
                 return fail(w, -ENOTDIR, "%s", w->src_root);
         int r = alloc_bufs(w);
+        uint64_t before = w->mutations;
         if (r == 0)
                 r = rec_dir(w, "", 0);
-        if (r == 0 && (lchown(w->dst_root, st.st_uid, st.st_gid) < 0 || chmod(w->dst_root, st.st_mode & 07777) < 0))
-                r = fail(w, -errno, "chown/chmod %s", w->dst_root);
         if (r == 0)
-                r = sync_xattrs(w, w->src_root, w->dst_root);
-        struct timespec t[2] = {st.st_atim, st.st_mtim};
-        if (r == 0 && utimensat(AT_FDCWD, w->dst_root, t, 0) < 0)
-                r = fail(w, -errno, "set times of %s", w->dst_root);
+                r = dir_meta(w, w->src_root, w->dst_root, &st);
+        if (r == 0 && w->mutations != before && fsync_due(w) && (r = fsync_path(w->dst_root)) < 0)
+                r = fail(w, r, "fsync %s", w->dst_root);
         free_bufs(w);
         return r;
 }
@@ -895,8 +943,12 @@ int gc_gen_sync(const char *upper, const char *persist, gc_cancel_fn cancel, voi
         }
         w.settled_before = settled;
         int64_t started = now_coarse_s() - 2; /* coarse ctime may lag the clock by a tick */
-        if (standby && standby != cur + 1 && rename(old, next) < 0)
-                return fail(&w, -errno, "rename %s", old);
+        if (standby && standby != cur + 1) {
+                if (rename(old, next) < 0)
+                        return fail(&w, -errno, "rename %s", old);
+                if ((r = fsync_path(persist)) < 0)
+                        return fail(&w, r, "fsync %s", persist);
+        }
         if (!standby) {
                 /* no standby yet: a clone of the current tree by hard links (once), or an
                  * empty one for the first generation */
@@ -912,17 +964,25 @@ int gc_gen_sync(const char *upper, const char *persist, gc_cancel_fn cancel, voi
         }
         w.dst_root = next;
         w.prev_root = cur ? curp : NULL;
+        /* per-change fsyncs only on a clean standby: a tree that was current once (its
+         * stamp says so: durable when it was switched to). Anything else (the first
+         * generation, a fresh clone, a standby an interrupted sync changed) may hold
+         * changes not yet on disk: one syncfs */
+        w.durability = cur && settled ? 1 : 2;
         if ((r = reconcile(&w)) < 0)
                 goto out;
-        /* everything of the new generation on disk before it becomes current */
-        int fd = open(next, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0 || syncfs(fd) < 0) {
-                r = fail(&w, -errno, "syncfs %s", next);
-                if (fd >= 0)
-                        close(fd);
-                goto out;
+        /* everything of the new generation on disk before it becomes current: fsynced
+         * change by change already, or now at once */
+        if (w.durability == 2) {
+                int fd = open(next, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (fd < 0 || syncfs(fd) < 0) {
+                        r = fail(&w, -errno, "syncfs %s", next);
+                        if (fd >= 0)
+                                close(fd);
+                        goto out;
+                }
+                close(fd);
         }
-        close(fd);
         (void)unlink(link_new);
         if (symlink(name, link_new) < 0) {
                 r = fail(&w, -errno, "symlink %s", link_new);
@@ -951,8 +1011,11 @@ int gc_gen_sync(const char *upper, const char *persist, gc_cancel_fn cancel, voi
                         walk c = {.src_root = next, .prev_root = next, .dst_root = second, .cancel = cancel,
                                   .userdata = userdata, .st = &clone, .err = cerr, .err_len = sizeof cerr};
                         cerr[0] = '\0';
-                        if (copy_tree(&c) == 0)
-                                stamp_write(persist, 2, started); /* gen-2 = gen-1, complete */
+                        int fd = copy_tree(&c) == 0 ? open(second, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+                        if (fd >= 0 && syncfs(fd) == 0)
+                                stamp_write(persist, 2, started); /* gen-2 = gen-1, complete, on disk */
+                        if (fd >= 0)
+                                close(fd);
                 }
         }
 out:
