@@ -6,8 +6,9 @@
  * changes only what differs in the standby (a file that differs is replaced by a new
  * inode renamed over it: hard-linked from gen-<N> when that one already equals the
  * upper, copied otherwise; nothing is written in place, so inodes shared between the
- * two trees never change), removes what the upper no longer has, syncfs(2)s the
- * filesystem, then renames a new symlink over `current` (atomic). So a sync costs one
+ * two trees never change), removes what the upper no longer has, makes that durable
+ * (fsync per change for a few changes on a clean standby, else one syncfs(2)), then
+ * renames a new symlink over `current` (atomic). So a sync costs one
  * lstat per entry plus the bytes changed since the last sync, and a crash at any
  * instant leaves `current` on a complete generation (the standby may be half-updated:
  * the next sync carries on from it). Overlay metadata is kept: whiteouts (0:0
