@@ -40,6 +40,10 @@ def reexec():
         if "overlay" not in f.read():
             print("SKIP: overlayfs is not available")
             sys.exit(77)
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        print("SKIP: cannot make a private mount namespace here (unshare -m: %s)" % probe.stderr.strip())
+        sys.exit(77)
     os.execvpe("unshare", ["unshare", "-m", "--propagation", "private", sys.executable] + sys.argv,
                dict(os.environ, GPUCACHE_BENCH_NS="1"))
 

@@ -52,6 +52,10 @@ def reexec_in_namespace():
     if not shutil.which("unshare"):
         print("SKIP: unshare (util-linux) is not installed")
         sys.exit(77)
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        print("SKIP: cannot make a private mount namespace here (unshare -m: %s)" % probe.stderr.strip())
+        sys.exit(77)
     env = dict(os.environ, GPUCACHE_E2E_NS="1")
     os.execvpe("unshare", ["unshare", "-m", "--propagation", "private", sys.executable] + sys.argv, env)
 
