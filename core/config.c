@@ -15,6 +15,7 @@
 #include "duration.h"
 #include "log.h"
 #include "org-build-config.h"
+#include "subject.h"
 #include "trust.h"
 #include "util.h"
 
@@ -248,6 +249,47 @@ static void check_plugin_dirs(const ynode *agent, diag *d, bool *bad) {
         }
 }
 
+/* SPEC §6: gpu.task.* carries commands. An agent that would take them from NATS (an
+ * import reaching gpu.task.run.> or gpu.task.enqueue), or that lets NATS peers use
+ * its admin verbs, must make the server authenticate it, or anyone who can reach the
+ * server runs programs here. Refused at --check with the line of the fault. */
+static bool scalar_set(const ynode *map, const char *key) {
+        const ynode *v = map && map->kind == YNODE_MAP ? ynode_get(map, key, NULL) : NULL;
+        return v && v->kind == YNODE_SCALAR && v->scalar[0];
+}
+
+static void check_nats_auth(const ynode *nats, diag *d, bool *bad) {
+        static const char *const commands[] = {"gpu.task.run.>", "gpu.task.enqueue"};
+        if (scalar_set(nats, "token") || scalar_set(nats, "user") || scalar_set(nats, "creds") ||
+            scalar_set(ynode_get(nats, "tls", NULL), "cert"))
+                return;
+        const char *fix = "set bus.nats.token, user and password, creds or tls.cert, so that the server "
+                          "authenticates this agent";
+        const ynode *imports = ynode_get(nats, "import", NULL), *v;
+        for (size_t i = 0; imports && imports->kind == YNODE_SEQ && i < imports->n; i++) {
+                v = imports->values[i];
+                if (v->kind != YNODE_SCALAR || !pattern_is_valid(v->scalar))
+                        continue;
+                for (size_t j = 0; j < ELEMENTSOF(commands); j++)
+                        if (patterns_overlap(v->scalar, commands[j])) {
+                                diag_add(d, v->line, v->col,
+                                         "bus.nats.import[%zu]: \"%.64s\" takes commands (%s) from NATS "
+                                         "without authentication: %s",
+                                         i, v->scalar, commands[j], fix);
+                                *bad = true;
+                                break;
+                        }
+        }
+        v = ynode_get(nats, "remote_control", NULL);
+        if (v && v->kind == YNODE_SCALAR && streq(v->scalar, "admin")) {
+                diag_add(d, v->line, v->col,
+                         "bus.nats.remote_control: admin lets NATS peers run admin verbs, but nothing "
+                         "authenticates this agent: %s",
+                         fix);
+                *bad = true;
+        }
+}
+
 static void check_nats(const ynode *bus, diag *d, bool *bad) {
         const ynode *nats = ynode_get(bus, "nats", NULL), *k = NULL, *v;
 
@@ -258,6 +300,7 @@ static void check_nats(const ynode *bus, diag *d, bool *bad) {
                 *bad = true;
         }
         check_int_min(nats, "reconnect_attempts", -1, "bus.nats", d, bad);
+        check_nats_auth(nats, d, bad);
         v = ynode_get(nats, "remote_control", NULL);
         if (v && v->kind == YNODE_SCALAR && !streq(v->scalar, "off") && !streq(v->scalar, "read-only") &&
             !streq(v->scalar, "admin")) {

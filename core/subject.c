@@ -69,3 +69,30 @@ bool subject_matches(const char *pattern, const char *subject) {
                 s = se + 1;
         }
 }
+
+static bool token_is(const char *t, const char *end, char c) { return end - t == 1 && *t == c; }
+
+bool patterns_overlap(const char *a, const char *b) {
+        for (;;) {
+                const char *ae = a, *be = b;
+                while (*ae && *ae != '.')
+                        ae++;
+                while (*be && *be != '.')
+                        be++;
+
+                if (token_is(a, ae, '>') || token_is(b, be, '>'))
+                        return true; /* each side has at least one token here */
+                if (!token_is(a, ae, '*') && !token_is(b, be, '*')) {
+                        if (ae - a != be - b)
+                                return false;
+                        for (const char *x = a, *y = b; x < ae; x++, y++)
+                                if (*x != *y)
+                                        return false;
+                }
+
+                if (!*ae || !*be)
+                        return !*ae && !*be;
+                a = ae + 1;
+                b = be + 1;
+        }
+}

@@ -20,9 +20,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "..", "fixtures", "sysroots", "gpupool12")
 N = 60
 
+# gpu.task.* carries commands: an agent importing them (or admin over NATS) must be
+# authenticated by the server, so the server asks for a token (SPEC §6).
+TOKEN = "mh-token-4f1c"
 BUS = """bus:
   nats:
     url: %s
+    token: """ + TOKEN + """
     export: %s
     import: %s
     reconnect_wait: 100ms
@@ -61,7 +65,7 @@ def submit(host, tid, script, marks, sleep=None):
 def test_multihost_tasks_done_once_across_nats_restart(tmp, agents):
     if os.geteuid() != 0:
         raise Skip("gpuworker runs tasks as the unprivileged user nobody: agentd must run as root")
-    srv = NatsServer(tmp).start()
+    srv = NatsServer(tmp, extra=["--auth", TOKEN]).start()
     agents.append(srv)
     root = os.path.join(tmp, "root")
     shutil.copytree(FIXTURE, root, symlinks=True)

@@ -193,7 +193,7 @@ def test_plugin_info_unloaded_needs_root(tmp, agents):
 
 
 def test_config_check_file_refused_over_nats(tmp, agents):
-    srv = NatsServer(tmp).start()
+    srv = NatsServer(tmp, extra=["--auth", "trust-token"]).start()  # admin over NATS needs auth
     agents.append(srv)
     ags = {}
     for name, rc_mode in (("alpha", "read-only"), ("beta", "admin")):
@@ -201,7 +201,7 @@ def test_config_check_file_refused_over_nats(tmp, agents):
         os.makedirs(d)
         a = Agent(d, ONE, name=name)
         with open(a.config, "a") as f:
-            f.write("bus:\n  nats:\n    url: %s\n    remote_control: %s\n" % (srv.url, rc_mode))
+            f.write("bus:\n  nats:\n    url: %s\n    token: trust-token\n    remote_control: %s\n" % (srv.url, rc_mode))
         agents.append(a)
         a.start()
         ags[name] = a

@@ -315,6 +315,23 @@ static void test_bad_values(void) {
                    "  nats:\n"
                    "    remote_control: everyone\n",
                    "t.yaml:3:21: bus.nats.remote_control: expected off, read-only or admin, got \"everyone\"");
+        /* commands from NATS need an authenticated connection (SPEC §6) */
+        expect_one("bus:\n"
+                   "  nats:\n"
+                   "    import: [gpu.worker.>, \"gpu.*.run.*\"]\n",
+                   "t.yaml:3:28: bus.nats.import[1]: \"gpu.*.run.*\" takes commands (gpu.task.run.>) from NATS "
+                   "without authentication: set bus.nats.token, user and password, creds or tls.cert, so that the server authenticates this agent");
+        expect_one("bus:\n"
+                   "  nats:\n"
+                   "    import: [gpu.task.enqueue]\n"
+                   "    tls: {ca: /etc/ca.pem}\n",
+                   "t.yaml:3:14: bus.nats.import[0]: \"gpu.task.enqueue\" takes commands (gpu.task.enqueue) from NATS "
+                   "without authentication: set bus.nats.token, user and password, creds or tls.cert, so that the server authenticates this agent");
+        expect_one("bus:\n"
+                   "  nats:\n"
+                   "    remote_control: admin\n",
+                   "t.yaml:3:21: bus.nats.remote_control: admin lets NATS peers run admin verbs, but nothing "
+                   "authenticates this agent: set bus.nats.token, user and password, creds or tls.cert, so that the server authenticates this agent");
         expect_one("agent:\n"
                    "  queue_max: 0\n",
                    "t.yaml:2:14: agent.queue_max: must be at least 1");
@@ -326,7 +343,7 @@ static void test_bad_patterns(void) {
                             "  nats:\n"
                             "    export: [a.>.b, \"a..b\", ok.*, \"\"]\n"
                             "    import:\n"
-                            "      - gpu.>\n"
+                            "      - ui.>\n"
                             "      - \"x y\"\n",
                             &n);
         CHECK_INT(n, 4);

@@ -99,9 +99,40 @@ static void test_matches(void) {
         }
 }
 
+/* Overlap of two patterns: what config.c asks of each import against the command
+ * subjects; symmetric, and equal to subject_matches when one side is literal. */
+static void test_overlap(void) {
+        static const struct {
+                const char *a, *b;
+                bool overlap;
+        } cases[] = {
+                {"gpu.task.>", "gpu.task.run.>", true},
+                {"gpu.>", "gpu.task.enqueue", true},
+                {">", "gpu.task.enqueue", true},
+                {"*.task.*", "gpu.task.enqueue", true},
+                {"gpu.*.run.*", "gpu.task.run.>", true},
+                {"gpu.task.run", "gpu.task.run.>", false}, /* `>` needs one more token */
+                {"gpu.task.running", "gpu.task.run.>", false},
+                {"gpu.task.done", "gpu.task.enqueue", false},
+                {"gpu.worker.>", "gpu.task.run.>", false},
+                {"gpu.task.*", "gpu.task.run.>", false},
+                {"*.*.*.*", "gpu.task.run.>", true},
+                {"gpu.task.enqueue.x", "gpu.task.enqueue", false},
+                {"gpu.task.run.*", "gpu.task.run.3", true},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                bool o = patterns_overlap(cases[i].a, cases[i].b), r = patterns_overlap(cases[i].b, cases[i].a);
+                if (o != cases[i].overlap || r != o)
+                        fprintf(stderr, "patterns_overlap(\"%s\", \"%s\") == %d, reversed %d\n", cases[i].a,
+                                cases[i].b, o, r);
+                CHECK(o == cases[i].overlap && r == o);
+        }
+}
+
 int main(void) {
         RUN(test_subject_valid);
         RUN(test_pattern_valid);
         RUN(test_matches);
+        RUN(test_overlap);
         return 0;
 }
