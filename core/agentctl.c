@@ -193,6 +193,88 @@ static int run_simple(const char *verb, json_t *args, void (*human)(json_t *)) {
         return EXIT_OK;
 }
 
+/* A plugin verb's answer, generically: an array of objects is a table (the columns are
+ * the scalar members of its first object); an object prints its scalars as "key: value"
+ * lines (one level of nested objects as "key.sub"), then each array of objects in it as
+ * a table under its name. Anything else, or deeper, is JSON. */
+static void human_rows(json_t *a) {
+        json_t *first = json_array_get(a, 0);
+        const char *hdr[32];
+        size_t n = 0;
+        const char *k;
+        json_t *v;
+        json_object_foreach (first, k, v)
+                if (n < ELEMENTSOF(hdr) && !json_is_object(v) && !json_is_array(v))
+                        hdr[n++] = k;
+        if (!n) {
+                print_json(a);
+                return;
+        }
+        table *t = table_new(n, hdr);
+        size_t i;
+        json_t *row;
+        json_array_foreach (a, i, row) {
+                char bufs[ELEMENTSOF(hdr)][64];
+                const char *cells[ELEMENTSOF(hdr)];
+                for (size_t c = 0; c < n; c++)
+                        cells[c] = cell(json_object_get(row, hdr[c]), bufs[c]);
+                if (t)
+                        table_add_row(t, cells);
+        }
+        table_print(t, stdout);
+        table_free(t);
+}
+
+static bool rows_of_objects(json_t *v) {
+        return json_is_array(v) && json_array_size(v) > 0 && json_is_object(json_array_get(v, 0));
+}
+
+static void human_scalar(const char *prefix, const char *k, json_t *v) {
+        char b[64];
+        if (json_is_string(v) && strchr(json_string_value(v), '\n'))
+                printf("%s%s:\n%s%s", prefix, k, json_string_value(v),
+                       *json_string_value(v) && json_string_value(v)[strlen(json_string_value(v)) - 1] == '\n' ? ""
+                                                                                                             : "\n");
+        else if (json_is_object(v) || json_is_array(v)) {
+                char *s = json_dumps(v, JSON_COMPACT);
+                printf("%s%s: %s\n", prefix, k, s ? s : "...");
+                free(s);
+        } else {
+                const char *c = cell(v, b);
+                printf("%s%s: %s\n", prefix, k, c ? c : "-");
+        }
+}
+
+static void human_generic(json_t *r) {
+        if (rows_of_objects(r)) {
+                human_rows(r);
+                return;
+        }
+        if (!json_is_object(r)) {
+                print_json(r);
+                return;
+        }
+        const char *k, *k2;
+        json_t *v, *v2;
+        json_object_foreach (r, k, v) {
+                if (rows_of_objects(v))
+                        continue;
+                if (json_is_object(v)) {
+                        json_object_foreach (v, k2, v2) {
+                                char prefix[160];
+                                snprintf(prefix, sizeof prefix, "%.120s.", k);
+                                human_scalar(prefix, k2, v2);
+                        }
+                } else
+                        human_scalar("", k, v);
+        }
+        json_object_foreach (r, k, v)
+                if (rows_of_objects(v)) {
+                        printf("\n%s:\n", k);
+                        human_rows(v);
+                }
+}
+
 static void human_status(json_t *r) {
         char b[64];
         json_t *inst = json_object_get(r, "instances"), *bus = json_object_get(r, "bus");
@@ -666,7 +748,7 @@ static int cmd_call(const char *inst, const char *verb, int argc, char **argv) {
         if (a)
                 json_object_set_new(args, "args", a);
         json_object_set_new(args, "timeout_ms", json_integer((json_int_t)arg_timeout_ms));
-        return run_simple("call", args, NULL);
+        return run_simple("call", args, human_generic);
 }
 
 static int parse_seconds(const char *s, uint64_t *ret_ms) {

@@ -154,10 +154,12 @@ static bool cfg_bool(gpuw *w, const char *key, bool def) {
 /* ---- telemetry ---------------------------------------------------------------- */
 
 static json_t *gpu_json(const gpuw_gpu *g) {
-        return json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:o}", "gpu", (int)g->index, "pci", g->dev.pci, "card",
-                         g->dev.card, "render", g->dev.render, "driver", g->dev.driver, "state",
+        return json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:o}", "gpu", (int)g->index, "pci", g->dev.pci,
+                         "card", g->dev.card, "render", g->dev.render, "driver", g->dev.driver, "state",
                          gpuw_state_name(g->state), "task_id",
-                         g->task ? json_string(gpuw_task_id(g->task)) : json_null());
+                         g->task ? json_string(gpuw_task_id(g->task)) : json_null(), "last_task",
+                         g->last_task[0] ? json_string(g->last_task) : json_null(), "last_attempt",
+                         g->last_task[0] ? json_integer(g->last_attempt) : json_null());
 }
 
 static json_t *gpus_json(gpuw *w) {

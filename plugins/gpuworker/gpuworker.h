@@ -70,6 +70,10 @@ typedef struct gpuw_gpu {
         double busy_sum; /* samples of gpu_busy_percent since the last pass */
         unsigned busy_n;
         uint64_t tasks_run, tasks_done, tasks_err;
+        /* the task that ended here last, in the heartbeat: "idle" then does not read as
+         * "lost" to maestro while that task's done is still on its way */
+        char last_task[GPUW_TASK_ID_MAX + 1];
+        int64_t last_attempt;
 } gpuw_gpu;
 
 typedef struct gpuw {

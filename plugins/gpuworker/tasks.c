@@ -267,6 +267,8 @@ static void task_finish(gpuw_task *t, const org_exec_result *res, const char *fo
         w->host->metric_add(w->ctx, done ? "gpuworker_tasks_done_total" : "gpuworker_tasks_err_total", 1,
                             done ? "tasks that exited 0" : "tasks that failed, timed out or were cancelled");
         worker_log(w, t, "end", done ? "done" : error);
+        gpuw_copy(g->last_task, sizeof g->last_task, t->id);
+        g->last_attempt = t->attempt;
         g->task = NULL;
         if (g->state == GPUW_BUSY)
                 g->state = GPUW_IDLE;

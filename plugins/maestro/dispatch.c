@@ -267,14 +267,32 @@ void maestro_on_heartbeat(maestro *m, const char *data, size_t len) {
                 if (state && strcmp(state, "busy") == 0 && tid && !leased_here(u, tid) &&
                     strcmp(tid, u->last_task) != 0)
                         snprintf(u->state, sizeof u->state, "foreign");
-                /* idle, after the worker said it runs one of ours there: the worker lost it
-                 * (a restart); its messages arrive in order, so a done would have come first */
-                if (state && strcmp(state, "idle") == 0)
+                /* Idle, after the worker said it runs one of ours there: the worker lost it
+                 * (a restart). Only once heartbeats have said idle for idle_grace since that
+                 * running (a heartbeat may overtake a result or predate the run: NATS keeps
+                 * no order across subjects), and never when the worker names that task as
+                 * the one that ended there last (its done or err is on the way, or was lost
+                 * with the bridge: the lease expiry retries it, answered from the worker's
+                 * store). */
+                bool idle = state && strcmp(state, "idle") == 0;
+                if (!idle)
+                        u->idle_since_us = 0;
+                else if (!u->idle_since_us)
+                        u->idle_since_us = now;
+                if (idle && now >= u->idle_since_us + m->cfg.idle_grace_ms * 1000ULL) {
+                        const char *last = json_string_value(json_object_get(x, "last_task"));
+                        json_t *la = json_object_get(x, "last_attempt");
                         for (maestro_task *t = u->leased, *n; t; t = n) {
                                 n = t->gnext;
-                                if (t->started)
-                                        attempt_failed(m, t, "lost by the worker (its GPU reports idle)", NULL);
+                                if (!t->started)
+                                        continue;
+                                if (last && strcmp(last, t->id) == 0 &&
+                                    (!json_is_integer(la) || json_integer_value(la) >= t->attempt))
+                                        continue;
+                                m->lost_total++;
+                                attempt_failed(m, t, "lost by the worker (its GPU reports idle)", NULL);
                         }
+                }
         }
         json_decref(o);
         maestro_dispatch(m);
@@ -520,9 +538,20 @@ void maestro_on_result(maestro *m, const char *kind, const char *data, size_t le
         json_t *a = json_object_get(o, "attempt");
         int g = gpu_index(json_object_get(o, "gpu"));
         maestro_task *t = id ? maestro_find(m, id) : NULL;
+        json_t *rc = json_object_get(o, "returncode");
+        bool success = strcmp(kind, "done") == 0 && json_is_integer(rc) && json_integer_value(rc) == 0;
+        /* A success the worker answered from its store (it ran the task once, before, on
+         * the GPU the result names): it answers the attempt asked, from any GPU of it. */
+        bool replayed = success && json_object_get(o, "ran_attempt") != NULL;
+        bool leased = t && (t->state == TS_SCHEDULED || t->state == TS_RUNNING);
+        /* A late success of an older attempt while no other attempt holds a lease (the
+         * task waits for its retry or a GPU): the work was done, once; running it again
+         * would do it twice. With a newer attempt leased it is stale (that one runs). */
+        bool late_ok = success && t && !leased && !maestro_state_final(t->state) && json_is_integer(a) &&
+                       json_integer_value(a) >= 1 && json_integer_value(a) <= t->attempt;
         /* fencing: only the current attempt on the GPU that holds the lease counts */
-        if (!t || (t->state != TS_SCHEDULED && t->state != TS_RUNNING) || !json_is_integer(a) ||
-            json_integer_value(a) != t->attempt || (json_object_get(o, "gpu") && g != t->lease_gpu)) {
+        if (!late_ok && (!leased || !json_is_integer(a) || json_integer_value(a) != t->attempt ||
+                         (!replayed && json_object_get(o, "gpu") && g != t->lease_gpu))) {
                 m->stale_total++;
                 json_decref(o);
                 return;
@@ -531,6 +560,7 @@ void maestro_on_result(maestro *m, const char *kind, const char *data, size_t le
         if (strcmp(kind, "running") == 0) {
                 bool first = !t->started;
                 t->started = true;
+                m->gpus[t->lease_gpu].idle_since_us = 0; /* an idle heartbeat before this proves nothing */
                 t->state = TS_RUNNING;
                 t->lease_expiry_us = now + lease_len_us(m, t);
                 maestro_timer_set(m, t, t->lease_expiry_us);
@@ -541,11 +571,14 @@ void maestro_on_result(maestro *m, const char *kind, const char *data, size_t le
                 json_decref(o);
                 return;
         }
-        json_t *rc = json_object_get(o, "returncode");
         const char *err = json_string_value(json_object_get(o, "error"));
-        if (strcmp(kind, "done") == 0 && json_is_integer(rc) && json_integer_value(rc) == 0) {
-                int gpu = t->lease_gpu;
+        if (success) {
+                /* the GPU that ran it: the lease's, or the one a replay or late result names */
+                int gpu = t->lease_gpu >= 0 && !replayed ? t->lease_gpu : g >= 0 ? g : t->last_gpu;
+                if (replayed || late_ok)
+                        m->replayed_total++;
                 maestro_lease_release(m, t);
+                t->last_gpu = gpu;
                 maestro_finish(m, t, TS_DONE, NULL, result_json(m, t, true, gpu, o, NULL));
         } else if (strcmp(kind, "err") == 0 && err && strcmp(err, "busy") == 0 && !t->cancel_requested) {
                 /* the worker refused it (another task holds the GPU): not an attempt of the task */

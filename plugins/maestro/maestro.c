@@ -118,6 +118,14 @@ static const org_config_entry config_map[] = {
          .min = "1s",
          .max = "1d",
          .help = "lease = task timeout + this, renewed by the worker's gpu.task.running"},
+        {.key = "idle_grace",
+         .type = ORG_CFG_DURATION,
+         .default_value = "5s",
+         .min = "100ms",
+         .max = "1h",
+         .help = "a worker's heartbeat saying a GPU is idle fails the task it runs (lost, e.g. the worker "
+                 "restarted) only this long after the task's gpu.task.running: a heartbeat may overtake a "
+                 "result or a running (NATS keeps no order across subjects)"},
         {.key = "keep_final",
          .type = ORG_CFG_DURATION,
          .default_value = "7d",
@@ -1163,13 +1171,14 @@ static json_t *overview_json(maestro *m) {
                                                       u->has_temp ? json_real(u->temp) : json_null()));
         }
         return json_pack(
-                "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o}", "gpus_alive",
+                "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o}", "gpus_alive",
                 (json_int_t)maestro_gpus_alive(m, now), "queued", (json_int_t)m->n_queued, "inflight",
                 (json_int_t)m->n_inflight, "accepted_total", (json_int_t)m->accepted_total, "rejected_total",
                 (json_int_t)m->rejected_total, "dispatched_total", (json_int_t)m->dispatched_total, "done_total",
                 (json_int_t)m->done_total, "failed_total", (json_int_t)m->failed_total, "cancelled_total",
                 (json_int_t)m->cancelled_total, "retries_total", (json_int_t)m->retries_total, "lease_expiries_total",
-                (json_int_t)m->lease_expiries_total, "stale_results_total", (json_int_t)m->stale_total, "commits_total",
+                (json_int_t)m->lease_expiries_total, "stale_results_total", (json_int_t)m->stale_total, "lost_total",
+                (json_int_t)m->lost_total, "replayed_total", (json_int_t)m->replayed_total, "commits_total",
                 (json_int_t)m->commits_total, "dispatch_latency", latency_json(m), "gpus", gpus, "flush_ms",
                 json_pack("{s:f, s:f, s:f, s:f, s:f}", "admit", (double)m->admit_us / 1000.0, "commit_cpu",
                           (double)m->commit_cpu_us / 1000.0, "commit", (double)m->commit_us / 1000.0, "commit_max",
@@ -1323,6 +1332,10 @@ static void publish_heartbeat(maestro *m) {
                       "leases that ended without a result");
         h->metric_set(m->ctx, "maestro_stale_results_total", ORG_METRIC_COUNTER, (double)m->stale_total,
                       "running/done/err of an older attempt or another GPU, ignored");
+        h->metric_set(m->ctx, "maestro_lost_total", ORG_METRIC_COUNTER, (double)m->lost_total,
+                      "running tasks a worker's idle heartbeat showed lost (retried before their lease ended)");
+        h->metric_set(m->ctx, "maestro_replayed_total", ORG_METRIC_COUNTER, (double)m->replayed_total,
+                      "tasks finished by a done a worker answered from its store (run once, before)");
         h->metric_set(m->ctx, "maestro_commit_errors_total", ORG_METRIC_COUNTER, (double)m->commit_errors_total,
                       "store commits that failed (retried)");
 }
@@ -1376,6 +1389,7 @@ static int load_config(maestro *m) {
         DUR("retry_backoff", m->cfg.retry_backoff_ms);
         DUR("default_timeout", m->cfg.default_timeout_ms);
         DUR("lease_grace", m->cfg.lease_grace_ms);
+        DUR("idle_grace", m->cfg.idle_grace_ms);
         DUR("heartbeat_interval", m->cfg.heartbeat_ms);
         DUR("keep_final", m->cfg.keep_final_ms);
 #undef DUR
@@ -1542,6 +1556,7 @@ static int maestro_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                                .retry_backoff_ms = 2000,
                                .default_timeout_ms = 3600000,
                                .lease_grace_ms = 60000,
+                               .idle_grace_ms = 5000,
                                .heartbeat_ms = 5000,
                                .keep_final_ms = 7ULL * 86400 * 1000,
                                .max_task_bytes = 65536};

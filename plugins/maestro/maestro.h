@@ -83,6 +83,7 @@ typedef struct maestro_gpu {
         char pci[32];
         char state[24];      /* from the heartbeat: idle, busy, gone, passthrough... */
         uint64_t hb_us;      /* realtime of the last heartbeat naming it */
+        uint64_t idle_since_us; /* heartbeats say idle since (0: busy, or a task's running came after) */
         uint64_t metrics_us; /* realtime of the last metrics */
         bool has_busy, has_temp;
         double busy, temp;
@@ -118,6 +119,7 @@ typedef struct maestro_cfg {
         double max_temp, max_busy, inflight_weight;
         int64_t max_inflight, max_retries, max_queue;
         uint64_t retry_backoff_ms, default_timeout_ms, lease_grace_ms, heartbeat_ms, keep_final_ms;
+        uint64_t idle_grace_ms;
         int64_t max_task_bytes;
         bool allow_shell, durability_full;
         const char *intake_stream, *intake_durable, *intake_filter;
@@ -164,6 +166,7 @@ typedef struct maestro {
         /* counters */
         uint64_t accepted_total, rejected_total, dispatched_total, done_total, failed_total, cancelled_total;
         uint64_t retries_total, lease_expiries_total, stale_total, commits_total, commit_errors_total;
+        uint64_t lost_total, replayed_total; /* idle rule fired; done answered from a worker's store */
         uint64_t busy_refusals_total;
         uint64_t admit_us, commit_us, commit_cpu_us, commit_max_us, send_us; /* time spent in flushes */
         /* enqueue → dispatch latency (µs), a ring of the last samples for quantiles */

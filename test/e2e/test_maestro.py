@@ -121,6 +121,20 @@ def test_agentctl_task_verbs(tmp, agents):
     assert w["task_id"] == "hello" and w["ok"] is True, w
     lst = a.ok("task", "list", "--state", "done")
     assert lst["count"] == 1 and lst["tasks"][0]["task_id"] == "hello", lst
+    # the same as tables (agentctl's generic printer for plugin verbs)
+    text = a.ok("task", "list", "--limit", "5", as_json=False)
+    lines = text.splitlines()
+    head = next(l for l in lines if l.startswith("task_id"))
+    assert head.split()[:3] == ["task_id", "state", "pin"], text
+    assert any(l.split()[:2] == ["hello", "done"] for l in lines), text
+    assert "count: 1" in lines, text
+    text = a.ok("task", "status", "hello", as_json=False)
+    assert "state: done" in text.splitlines() and "result.returncode: 0" in text.splitlines(), text
+    text = a.ok("task", "status", as_json=False)
+    assert "gpus_alive: 12" in text.splitlines() and "gpus:" in text.splitlines(), text
+    assert sum(1 for l in text.splitlines() if l.split()[:1] and l.split()[0].isdigit()) == 12, text
+    text = a.ok("task", "submit", "--id", "hello2", "--watch", "true", "--", "echo", as_json=False)
+    assert "ok: yes" in text.splitlines() and "stdout:" in text.splitlines() and "returncode: 0" in text, text
     # refusals say why
     code, _, err = a.ctl("task", "submit", "--id", "bad/id", "--", "x")
     assert code != 0 and "task_id must match" in err, (code, err)

@@ -505,10 +505,95 @@ static void test_idle_heartbeat_after_running_retries(void) {
         result(s, "running", "R", 1, 0, 0);
         heartbeat(s, 1);
         turn(&ctx);
+        /* one idle heartbeat may have overtaken the done, or predate the run */
+        CHECK(!state_seen(&ctx, "R", "lost by the worker"));
+        ctx.now_realtime_us += 6 * SEC; /* idle_grace 5 s: idle all that time */
+        heartbeat(s, 1);
+        turn(&ctx);
         CHECK(state_seen(&ctx, "R", "lost by the worker"));
         int a = 0;
         CHECK_INT(run_gpu(&ctx, "R", &a), 0);
         CHECK_INT(a, 2);
+        organism_plugin.fini(s);
+        fake_ctx_done(&ctx);
+}
+
+/* gpuworker names the task that ended on a GPU last: idle heartbeats that overtake its
+ * done (NATS keeps no order across subjects) never fail it, however long they say so. */
+static void test_idle_heartbeat_racing_done(void) {
+        org_ctx ctx;
+        void *s = start(&ctx, "{\"retry_backoff\": 0, \"idle_grace\": 1000}");
+        heartbeat(s, 1);
+        enqueue(s, "{\"task_id\":\"F\",\"cmd\":[\"a\"]}");
+        turn(&ctx);
+        result(s, "running", "F", 1, 0, 0);
+        for (int i = 0; i < 3; i++) {
+                CHECK_INT(fake_deliver(&organism_plugin, s, "gpu.worker.heartbeat",
+                                       "{\"gpus\":[{\"gpu\":0,\"pci\":\"a\",\"state\":\"idle\",\"last_task\":\"F\","
+                                       "\"last_attempt\":1}]}"),
+                          0);
+                ctx.now_realtime_us += 2 * SEC;
+                turn(&ctx);
+        }
+        CHECK(!state_seen(&ctx, "F", "lost by the worker"));
+        CHECK_CONTAINS(state_of(&ctx, "F"), "\"state\":\"running\"");
+        result(s, "done", "F", 1, 0, 0);
+        turn(&ctx);
+        CHECK_CONTAINS(state_of(&ctx, "F"), "\"state\":\"done\"");
+        organism_plugin.fini(s);
+        fake_ctx_done(&ctx);
+}
+
+/* A retried task the worker had run (its done lost): the worker answers the new attempt
+ * from its store, naming the GPU that ran it, not the one asked: done, not stale. And a
+ * late success of an older attempt while the task waits for its retry finishes it. */
+static void test_replayed_and_late_done_finish(void) {
+        org_ctx ctx;
+        void *s = start(&ctx, "{\"retry_backoff\": 10000, \"lease_grace\": 1000, \"default_timeout\": 1000}");
+        heartbeat(s, 2);
+        enqueue(s, "{\"task_id\":\"P\",\"cmd\":[\"a\"]}");
+        turn(&ctx);
+        int g1 = run_gpu(&ctx, "P", NULL);
+        CHECK(g1 >= 0);
+        ctx.now_realtime_us += 3 * SEC;
+        ctx.now_monotonic_us += 3 * SEC;
+        heartbeat(s, 2);
+        turn(&ctx); /* lease expired: retry in 10 s */
+        CHECK_CONTAINS(state_of(&ctx, "P"), "\"state\":\"retry\"");
+        ctx.now_realtime_us += 11 * SEC;
+        ctx.now_monotonic_us += 11 * SEC;
+        heartbeat(s, 2);
+        turn(&ctx);
+        int a = 0, g2 = run_gpu(&ctx, "P", &a);
+        CHECK_INT(a, 2);
+        CHECK(g2 >= 0 && g2 != g1);
+        char buf[256];
+        snprintf(buf, sizeof buf,
+                 "{\"task_id\":\"P\",\"attempt\":2,\"ran_attempt\":1,\"replayed\":true,\"gpu\":%d,"
+                 "\"returncode\":0,\"stdout\":\"x\"}",
+                 g1);
+        CHECK_INT(fake_deliver(&organism_plugin, s, "gpu.task.done", buf), 0);
+        turn(&ctx);
+        CHECK_CONTAINS(state_of(&ctx, "P"), "\"state\":\"done\"");
+        CHECK(fake_last_published(&ctx, "gpu.task.result.P") != NULL);
+
+        /* late: attempt 1's done arrives while Q waits for its retry */
+        enqueue(s, "{\"task_id\":\"Q\",\"cmd\":[\"a\"]}");
+        turn(&ctx);
+        int gq = run_gpu(&ctx, "Q", NULL);
+        ctx.now_realtime_us += 3 * SEC;
+        ctx.now_monotonic_us += 3 * SEC;
+        heartbeat(s, 2);
+        turn(&ctx);
+        CHECK_CONTAINS(state_of(&ctx, "Q"), "\"state\":\"retry\"");
+        result(s, "done", "Q", 1, gq, 0);
+        turn(&ctx);
+        CHECK_CONTAINS(state_of(&ctx, "Q"), "\"state\":\"done\"");
+        /* a failed late answer changes nothing, nor a success for another task's id */
+        char *reply = NULL;
+        CHECK_INT(fake_call(&organism_plugin, s, &ctx, "status", "{}", &reply), 0);
+        CHECK_CONTAINS(reply, "\"replayed_total\":2");
+        free(reply);
         organism_plugin.fini(s);
         fake_ctx_done(&ctx);
 }
@@ -553,5 +638,7 @@ int main(void) {
         RUN(test_heartbeat_busy_lag_and_foreign);
         RUN(test_prune);
         RUN(test_idle_heartbeat_after_running_retries);
+        RUN(test_idle_heartbeat_racing_done);
+        RUN(test_replayed_and_late_done_finish);
         return 0;
 }
