@@ -255,6 +255,8 @@ def test_three_agents_one_nats(tmp, agents):
         n_tasks, time.monotonic() - t_start, "built" if cache else "not built"))
 
     # --- submissions, with one NATS restart and one kill -9 of Cortex mid-run ---
+    # (a task's timeout of 5 s bounds its lease, 5 s + lease_grace: a dispatch or a
+    # result lost while NATS or Cortex is down costs at most that)
     ids = ["t%04d" % i for i in range(n_tasks)]
     out = os.path.join(work, "out")
     lock = threading.Lock()
@@ -268,7 +270,7 @@ def test_three_agents_one_nats(tmp, agents):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             p = subprocess.run([AGENTCTL, "-s", host.sock, "--json", "-t", "5", "--agent", "cortex", "task", "submit",
-                                "--id", tid, "--timeout", "20", "--", mark, out], capture_output=True, text=True,
+                                "--id", tid, "--timeout", "5", "--", mark, out], capture_output=True, text=True,
                                timeout=30)
             harness.check_sanitizers("agentctl task submit", p.stderr)
             if p.returncode == 0:
@@ -288,7 +290,7 @@ def test_three_agents_one_nats(tmp, agents):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             rc, r, err = host.ctl("-t", "5", "bus", "request", "gpu.task.enqueue",
-                                  json.dumps({"task_id": tid, "cmd": [mark, out], "timeout": 20}), timeout=30)
+                                  json.dumps({"task_id": tid, "cmd": [mark, out], "timeout": 5}), timeout=30)
             payload = r.get("payload") if isinstance(r, dict) else None
             if rc == 0 and isinstance(payload, dict) and payload.get("accepted") is True:
                 with lock:
@@ -342,9 +344,9 @@ def test_three_agents_one_nats(tmp, agents):
         raise
     print("# all final %.1fs after the last submission: done %d, failed %d, retries %d" % (
         time.monotonic() - t_submit, st["done_total"], st["failed_total"], st.get("retries_total", -1)))
-    # every task done (maestro's own view, task by task)
-    not_done = cortex.ok("task", "list", "--state", "failed", "--limit", "20")
-    assert st["failed_total"] == 0, ("failed tasks", not_done)
+    # every task done in maestro's store (its own view, across the restart)
+    done = cortex.ok("task", "list", "--state", "done", "--limit", str(n_tasks + 10))["tasks"]
+    assert sorted(t["task_id"] for t in done) == ids, (len(done), cortex.ok("task", "list", "--state", "failed"))
     # ... and exactly once: one file per task, one line in each
     files = sorted(os.listdir(out))
     assert files == ids, (len(files), sorted(set(ids) - set(files))[:10])
