@@ -132,16 +132,47 @@ def have_gpucache():
     return os.path.exists(os.path.join(PLUGINS, "gpucache.so"))
 
 
-def gpucache_yaml(tmp):
+def disk_dir(tmp, name):
+    """A directory on a disk filesystem: gpucache refuses to persist on a tmpfs."""
+    p = subprocess.run(["stat", "-f", "-c", "%T", tmp], capture_output=True, text=True).stdout.strip()
+    base = tmp if p not in ("tmpfs", "ramfs") else harness.BUILD
+    d = os.path.join(base, "organism-%s-%d-%s" % (name, os.getpid(), os.path.basename(tmp)))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def gpucache_yaml(tmp, proot, persist):
+    """One 4 MiB layer per GPU of the fixture. The plugin reads /proc/meminfo (admission)
+    and /proc/self/mountinfo (what is mounted) through the sysroot: there they are the
+    real ones, since its mounts are real (in agentd's own mount namespace)."""
+    os.makedirs(os.path.join(proot, "proc", "self"), exist_ok=True)
+    os.symlink("/proc/meminfo", os.path.join(proot, "proc", "meminfo"))
+    os.symlink("/proc/self/mountinfo", os.path.join(proot, "proc", "self", "mountinfo"))
     base = os.path.join(tmp, "gpucache")
-    for g in range(GPUS):
+    # a layer for each AMD display function, the 13th (bound to vfio-pci) included: the
+    # index rule of SPEC §6 is the same for gpuworker (which reports it passthrough)
+    for g in range(GPUS + 1):
         os.makedirs(os.path.join(base, "base", "gpu%d" % g, "base"), exist_ok=True)
         with open(os.path.join(base, "base", "gpu%d" % g, "base", "model.bin"), "w") as f:
             f.write("weights of gpu%d\n" % g)
     return ("  cache:\n    plugin: gpucache\n    config:\n"
-            "      gpus: auto\n      cache_mb: 4\n      base_root: %s/base\n      persist_root: %s/persist\n"
+            "      gpus: auto\n      cache_mb: 4\n      base_root: %s/base\n      persist_root: %s\n"
             "      ram_root: %s/ram\n      merge_root: %s/merged\n      sync_interval: 1h\n"
-            "      prewarm_on_start: false\n") % (base, base, base, base)
+            "      prewarm_on_start: false\n") % (base, persist, base, base)
+
+
+class Cleanup:
+    """A folder outside tmp removed when the test's agents are stopped."""
+
+    def __init__(self, path):
+        self.path = path
+        self.name = "cleanup"
+
+    def stop(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def logtext(self):
+        return ""
 
 
 class Sub:
@@ -226,8 +257,10 @@ def test_three_agents_one_nats(tmp, agents):
     pool_plugins = ("  gpuworker:\n    config:\n      task_root: %s\n      user: nobody\n"
                     "      heartbeat_interval: 1s\n      metrics_interval: 1s\n      running_interval: 2s\n") % (
                         os.path.join(work, "tasks"))
+    persist = None
     if cache:
-        pool_plugins += gpucache_yaml(tmp)
+        persist = disk_dir(tmp, "gpucache-persist")
+        pool_plugins += gpucache_yaml(tmp, proot, persist)
     pool = node(tmp, agents, "gpu-pool", pool_plugins, url,
                 export=["gpu.worker.>", "gpu.task.running", "gpu.task.done", "gpu.task.err", "gpu.cache.sync.done",
                         "gpu.cache.sync.err", "gpu.cache.heartbeat"],
@@ -235,6 +268,8 @@ def test_three_agents_one_nats(tmp, agents):
                 agent_extra="  sysroot: %s\n" % proot)
     # nats-server is stopped last (the agents flush to a live server when they stop)
     agents.append(srv)
+    if persist and not persist.startswith(tmp):
+        agents.append(Cleanup(persist))
 
     host.start()
     cortex.start()
@@ -363,14 +398,26 @@ def test_three_agents_one_nats(tmp, agents):
     if not cache:
         print("# skipped the night sync: this build has no gpucache plugin (plugins/gpucache)")
     else:
-        s = Sub(pool, "gpu.cache.sync.>", GPUS, timeout_ms=60000)
+        wait_for(lambda: [l["state"] for l in pool.ok("cache", "status")["layers"]] == ["mounted"] * (GPUS + 1),
+                 timeout=30, what="the 13 gpucache layers mounted")
+        layers = ["gpu%d" % g for g in range(GPUS + 1)]
+        assert [l["layer"] for l in pool.ok("cache", "status")["layers"]] == layers
+        # something to sync in each layer, written through its merged view
+        for g in range(GPUS + 1):
+            with open(os.path.join(tmp, "gpucache", "merged", "gpu%d" % g, "result.txt"), "w") as f:
+                f.write("written on gpu%d\n" % g)
+        s = Sub(pool, "gpu.cache.sync.>", len(layers), timeout_ms=60000)
         host.ok("circadian", "set", "night")
         msgs = s.wait(70)
-        done = {m["payload"]["gpu"] for m in msgs if m["subject"] == "gpu.cache.sync.done"}
         errs = [m["payload"] for m in msgs if m["subject"] == "gpu.cache.sync.err"]
         assert not errs, errs
-        assert sorted(done, key=lambda g: int(str(g).replace("gpu", ""))) == (
-            sorted(done, key=lambda g: int(str(g).replace("gpu", "")))) and len(done) == GPUS, msgs
+        done = [m for m in msgs if m["subject"] == "gpu.cache.sync.done"]
+        assert all(m["origin"] == "gpu-pool" for m in done), done
+        assert sorted(m["payload"]["layer"] for m in done) == sorted(layers), done
+        # ... and the file is in each persisted generation
+        for g in range(GPUS + 1):
+            found = [r for r, _, fs in os.walk(os.path.join(persist, "gpu%d" % g)) if "result.txt" in fs]
+            assert found, ("gpu%d" % g, "result.txt not persisted")
         host.ok("circadian", "clear")
     print("# total %.1fs" % (time.monotonic() - t_start))
 
