@@ -209,9 +209,10 @@ static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
                 natsMsg_free(nm);
         else
                 natsMsg_Destroy(nm);
+        if (is_announcement(m->m.subject))
+                return; /* the next one, 10 s later, says the same: no counter, no warning */
         if (s == NATS_OK) {
-                if (!is_announcement(m->m.subject))
-                        b->exported++;
+                b->exported++;
                 return;
         }
         uint64_t n = ++b->export_dropped;
