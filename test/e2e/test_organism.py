@@ -393,6 +393,7 @@ def test_three_agents_one_nats(tmp, agents):
         per_gpu[lines[0]] = per_gpu.get(lines[0], 0) + 1
     print("# tasks per GPU: %s" % " ".join("gpu%s=%d" % (g, per_gpu[g]) for g in sorted(per_gpu, key=int)))
     assert sorted(per_gpu, key=int) == [str(g) for g in range(GPUS)], per_gpu
+    assert min(per_gpu.values()) >= n_tasks // (2 * GPUS), ("not spread", per_gpu)  # each at least half its share
 
     # --- night: every gpucache layer of the GPU-Pool synced ---
     if not cache:
