@@ -132,8 +132,8 @@ def gpucache_missing():
     """Why the night part cannot run here, or None."""
     if not os.path.exists(os.path.join(PLUGINS, "gpucache.so")):
         return "this build has no gpucache plugin (plugins/gpucache)"
-    if not shutil.which("unshare"):
-        return "unshare (util-linux) is not installed: no private mount namespace for gpucache"
+    if not shutil.which("unshare") or not shutil.which("nsenter"):
+        return "unshare/nsenter (util-linux) not installed: no private mount namespace for gpucache"
     with open("/proc/filesystems") as f:
         if "overlay" not in f.read():
             subprocess.run(["modprobe", "overlay"], capture_output=True)
@@ -415,10 +415,16 @@ def test_three_agents_one_nats(tmp, agents):
                  timeout=30, what="the 13 gpucache layers mounted")
         layers = ["gpu%d" % g for g in range(GPUS + 1)]
         assert [l["layer"] for l in pool.ok("cache", "status")["layers"]] == layers
-        # something to sync in each layer, written through its merged view
+        # something to sync in each layer, written through its merged view — inside
+        # agentd's mount namespace, the only one where the overlays are mounted
+        src = os.path.join(tmp, "result.txt")
+        with open(src, "w") as f:
+            f.write("a task's result\n")
         for g in range(GPUS + 1):
-            with open(os.path.join(tmp, "gpucache", "merged", "gpu%d" % g, "result.txt"), "w") as f:
-                f.write("written on gpu%d\n" % g)
+            p = subprocess.run(["nsenter", "-t", str(pool.proc.pid), "-m", "--", "cp", src,
+                                os.path.join(tmp, "gpucache", "merged", "gpu%d" % g, "result.txt")],
+                               capture_output=True, text=True, timeout=30)
+            assert p.returncode == 0, p
         s = Sub(pool, "gpu.cache.sync.>", len(layers), timeout_ms=60000)
         host.ok("circadian", "set", "night")
         msgs = s.wait(70)
