@@ -156,9 +156,11 @@ static const org_config_entry config_map[] = {
         {.key = "durability",
          .type = ORG_CFG_STRING,
          .default_value = "normal",
-         .choices = ORG_CHOICES("normal", "full"),
-         .help = "normal: synchronous=NORMAL (survives a crash of agentd, a power cut may lose the last commits); "
-                 "full: synchronous=FULL (fsync per commit)"},
+         .choices = ORG_CHOICES("normal", "full", "off"),
+         .help = "normal: synchronous=NORMAL (survives a crash of agentd, a power cut may lose the last commits; "
+                 "the fsync of each WAL checkpoint stalls the loop); full: synchronous=FULL (fsync per commit); "
+                 "off: no fsync at all (survives a crash or kill of agentd; an OS crash or power cut may corrupt "
+                 "the store), for the lowest dispatch latency"},
         ORG_CONFIG_END,
 };
 
@@ -513,7 +515,10 @@ static int commit(maestro *m) {
                         maestro_task *t = m->dirty[i];
                         if (t->stored) {
                                 update_params(t, now, &nb, p);
-                                r = h->store_exec(m->ctx, MAESTRO_SQL_UPDATE, p, MAESTRO_SQL_UPDATE_COLUMNS);
+                                r = maestro_state_final(t->state)
+                                            ? h->store_exec(m->ctx, MAESTRO_SQL_UPDATE, p, MAESTRO_SQL_UPDATE_COLUMNS)
+                                            : h->store_exec(m->ctx, MAESTRO_SQL_UPDATE_OPEN, p,
+                                                            MAESTRO_SQL_UPDATE_OPEN_COLUMNS);
                         } else {
                                 row_params(t, now, &nb, p);
                                 r = h->store_exec(m->ctx, MAESTRO_SQL_INSERT, p, MAESTRO_SQL_INSERT_COLUMNS);
@@ -1424,8 +1429,10 @@ static int load_config(maestro *m) {
                 if (h->config_int(m->ctx, "intake.max_pending", &v) == 0 && v > 0)
                         m->cfg.intake_max_pending = v;
         }
-        if (h->config_string(m->ctx, "durability", &s) == 0 && s)
+        if (h->config_string(m->ctx, "durability", &s) == 0 && s) {
                 m->cfg.durability_full = strcmp(s, "full") == 0;
+                m->cfg.durability_off = strcmp(s, "off") == 0;
+        }
         return 0;
 }
 
@@ -1571,6 +1578,10 @@ static int maestro_init(const org_host *host, org_ctx *ctx, void **ret_state) {
         int r = host->store_exec(ctx, MAESTRO_SQL_SCHEMA, NULL, 0);
         if (r >= 0 && m->cfg.durability_full)
                 r = host->store_exec(ctx, "PRAGMA synchronous=FULL;", NULL, 0);
+        /* WAL without fsync: a process crash loses nothing committed (the OS has the
+         * pages); only an OS crash or power cut can, and may corrupt the file */
+        if (r >= 0 && m->cfg.durability_off)
+                r = host->store_exec(ctx, "PRAGMA synchronous=OFF;", NULL, 0);
         /* checkpoints (the only fsyncs under synchronous=NORMAL) every 16 MiB of WAL, not 4 */
         if (r >= 0)
                 r = host->store_exec(ctx, "PRAGMA wal_autocheckpoint=4096;", NULL, 0);

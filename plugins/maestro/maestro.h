@@ -121,7 +121,7 @@ typedef struct maestro_cfg {
         uint64_t retry_backoff_ms, default_timeout_ms, lease_grace_ms, heartbeat_ms, keep_final_ms;
         uint64_t idle_grace_ms;
         int64_t max_task_bytes;
-        bool allow_shell, durability_full;
+        bool allow_shell, durability_full, durability_off;
         const char *intake_stream, *intake_durable, *intake_filter;
         uint64_t intake_ack_wait_ms;
         int64_t intake_max_pending;

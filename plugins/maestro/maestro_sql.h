@@ -55,6 +55,15 @@
         " last_gpu = ?7, lease_expiry_us = ?8, next_try_us = ?9, cancel_requested = ?10, error = ?11,"                 \
         " result = ?12, final = ?13 WHERE id = ?1;"
 
+/* The same for a task still open (final stays 0): a SET without `final` spares the
+ * partial index maestro_tasks_open a delete and an insert per update (sqlite rewrites
+ * the index entries of every index whose columns, or WHERE, the SET names). */
+#define MAESTRO_SQL_UPDATE_OPEN_COLUMNS 12
+#define MAESTRO_SQL_UPDATE_OPEN                                                                                        \
+        "UPDATE maestro_tasks SET updated_us = ?2, state = ?3, attempt = ?4, failures = ?5, lease_gpu = ?6,"           \
+        " last_gpu = ?7, lease_expiry_us = ?8, next_try_us = ?9, cancel_requested = ?10, error = ?11,"                 \
+        " result = ?12 WHERE id = ?1;"
+
 #define MAESTRO_SQL_OPEN                                                                                               \
         "SELECT id, spec, pin, priority, max_retries, timeout_ms, deadline_us, seq, created_us, state,"                \
         " attempt, failures, lease_gpu, last_gpu, lease_expiry_us, next_try_us, cancel_requested, error"               \

@@ -5,7 +5,8 @@ marker file per task_id created exclusively so a task's side effect is seen to h
 exactly once) and its load generator submitting through gpu.task.enqueue requests:
 1000 tasks accepted → dispatched → done once each over 12 GPUs; agentd killed -9 at a
 random instant mid-run and restarted: every accepted task ends done, exactly once;
-`agentctl task submit --watch`, status, list, cancel; refusals with their reason; a
+`agentctl task submit --watch`, status, list, cancel (JSON and tables); refusals with
+their reason (malformed, schema, oversized, bad id, queue full), duplicates; a
 task submitted with no worker alive dispatched within a second of the first
 heartbeat, and err twice then done in three attempts; JetStream intake from another
 agent while maestro is down (real nats-server)."""
@@ -133,7 +134,7 @@ def test_agentctl_task_verbs(tmp, agents):
     text = a.ok("task", "status", as_json=False)
     assert "gpus_alive: 12" in text.splitlines() and "gpus:" in text.splitlines(), text
     assert sum(1 for l in text.splitlines() if l.split()[:1] and l.split()[0].isdigit()) == 12, text
-    text = a.ok("task", "submit", "--id", "hello2", "--watch", "true", "--", "echo", as_json=False)
+    text = a.ok("task", "submit", "--id", "hello2", "--watch", "--", "echo", as_json=False)
     assert "ok: yes" in text.splitlines() and "stdout:" in text.splitlines() and "returncode: 0" in text, text
     # refusals say why
     code, _, err = a.ctl("task", "submit", "--id", "bad/id", "--", "x")
@@ -147,6 +148,50 @@ def test_agentctl_task_verbs(tmp, agents):
     c = a.ok("task", "cancel", "pinned")
     assert c["state"] == "cancelled", c
     wait_for(lambda: a.ok("task", "status", "pinned")["state"] == "cancelled", what="cancelled in the store")
+
+
+def test_refusals_queue_full_and_duplicates(tmp, agents):
+    """Malformed submissions are refused with their reason (as the request's answer, and
+    as `rejected` on gpu.task.state.<id> when the id is readable); max_queue refuses with
+    "queue full"; an id submitted again is the existing task, unchanged."""
+    a, marker = start(tmp, agents, maestro_extra=", max_queue: 2")
+    wait_for(lambda: a.ok("task", "status")["gpus_alive"] == 12, what="12 GPUs alive")
+
+    def enqueue(payload):
+        r = a.ok("bus", "request", "gpu.task.enqueue", payload)
+        return r.get("payload", r)
+
+    for payload, why in (('[1, 2]', "not"), ('{"task_id": "m1", "cmd": "ls"}', "cmd must be"),
+                         ('{"task_id": "a b", "cmd": ["x"]}', "task_id must match"),
+                         ('{"task_id": "m2", "cmd": ["x"], "gpu": 99}', "gpu must be"),
+                         ('{"task_id": "m3", "cmd": ["x"], "bogus": 1}', "unknown key"),
+                         (json.dumps({"task_id": "m4", "cmd": ["x" * 70000]}), "too large")):
+        r = enqueue(payload)
+        assert r["accepted"] is False and why in r["error"], (payload[:60], r)
+    # a plain publish (no reply subject): the refusal is the task's state
+    c = Control(a.sock)
+    c.send("bus.sub", {"pattern": "gpu.task.state.pubbad"})
+    assert c.read()["event"]["subscribed"] is True
+    a.ok("bus", "pub", "gpu.task.enqueue", '{"task_id": "pubbad", "cmd": "x"}')
+    ev = c.read()["event"]["payload"]
+    assert ev["state"] == "rejected" and "cmd must be" in ev["error"], ev
+    c.close()
+    # two tasks pinned to a GPU nobody has fill the queue: the third is refused
+    for i in range(2):
+        assert enqueue(json.dumps({"task_id": "q%d" % i, "cmd": ["x"], "gpu": 40}))["accepted"] is True
+    r = enqueue(json.dumps({"task_id": "q2", "cmd": ["x"]}))
+    assert r["accepted"] is False and "queue full" in r["error"], r
+    # the same id again: the existing task, its spec unchanged, not a second one
+    r = enqueue(json.dumps({"task_id": "q0", "cmd": ["other"], "gpu": 41}))
+    assert r["accepted"] is True and r["existing"] is True and r["state"] == "waiting_gpu", r
+    st = a.ok("task", "status", "q0")
+    assert st["pin"] == 40 and st["stored"]["spec"]["cmd"] == ["x"], st
+    assert a.ok("task", "status")["queued"] == 2 and os.listdir(marker) == []
+    for i in range(2):
+        assert a.ok("task", "cancel", "q%d" % i)["state"] == "cancelled"
+    # room again
+    assert enqueue(json.dumps({"task_id": "q2", "cmd": ["x"]}))["accepted"] is True
+    wait_for(lambda: os.listdir(marker) == ["q2"], what="q2 ran")
 
 
 def test_enqueue_request_over_the_bus(tmp, agents):
