@@ -579,19 +579,23 @@ static void human_agents(json_t *res) {
                 printf("(no NATS bridge: this agent alone)\n");
 }
 
-/* One audit per agent, all asked at once (one connection each, so the slowest bounds
- * the wait, not the sum), each reply or failure one entry: {agent, ok, instances} or
- * {agent, ok: false, error}. An agent that does not answer within the time-out is a
- * row that says so. */
-static int audit_agents(const char *const *names, size_t n) {
-        ctl_client *conns[MAX_AGENTS] = {0};
-        json_t *out = json_array();
+#define AUDIT_BATCH 8
+
+/* The audits of names[0..n), asked at once (one connection each, so the slowest bounds
+ * the wait, not the sum), appended to out: {agent, ok, instances} or {agent, ok: false,
+ * error}. An agent that does not answer within the time-out is an entry that says so.
+ * Returns false if any is not ok; *ret_exit set when agentd itself is not reachable. */
+static bool audit_batch(const char *const *names, size_t n, json_t *out, int *ret_exit) {
+        ctl_client *conns[AUDIT_BATCH] = {0};
         bool all_ok = true;
-        int ex = EXIT_OK;
         for (size_t i = 0; i < n; i++) {
-                ex = connect_agent(&conns[i]);
-                if (ex != EXIT_OK)
-                        goto out;
+                int ex = connect_agent(&conns[i]);
+                if (ex != EXIT_OK) {
+                        *ret_exit = ex;
+                        for (size_t k = 0; k < i; k++)
+                                ctl_client_free(conns[k]);
+                        return false;
+                }
                 json_t *args = json_pack("{s:s, s:I}", "agent", names[i], "timeout_ms", (json_int_t)arg_timeout_ms);
                 if (ctl_client_send(conns[i], "audit", args) < 0) {
                         ctl_client_free(conns[i]);
@@ -620,9 +624,24 @@ static int audit_agents(const char *const *names, size_t n) {
                                 json_object_set_new(o, "ok", json_false());
                 }
                 json_decref(reply);
+                ctl_client_free(conns[i]);
                 all_ok = all_ok && json_is_true(json_object_get(o, "ok"));
                 json_array_append_new(out, o);
         }
+        return all_ok;
+}
+
+/* One table (or JSON array) over the audits of several agents; exit 1 if any failed or
+ * did not answer. */
+static int audit_agents(const char *const *names, size_t n) {
+        json_t *out = json_array();
+        bool all_ok = true;
+        int ex = EXIT_OK;
+        /* eight at a time: a member of group organism has 16 connections (control limits) */
+        for (size_t lo = 0; lo < n && ex == EXIT_OK; lo += AUDIT_BATCH)
+                all_ok = audit_batch(names + lo, MIN(n - lo, (size_t)AUDIT_BATCH), out, &ex) && all_ok;
+        if (ex != EXIT_OK)
+                goto out;
         if (arg_json)
                 print_json(out);
         else {
@@ -645,8 +664,6 @@ static int audit_agents(const char *const *names, size_t n) {
         }
         ex = all_ok ? EXIT_OK : EXIT_FAILED;
 out:
-        for (size_t i = 0; i < n; i++)
-                ctl_client_free(conns[i]);
         json_decref(out);
         return ex;
 }

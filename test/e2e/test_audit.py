@@ -81,6 +81,14 @@ def test_audit_all_agents(tmp, agents):
     rc, out, _ = a.ctl("-t", "3", "--agent", "beta", "--agent", "nobody", "audit")
     assert rc == 1 and out[0]["ok"] is True, out
     assert out[1]["agent"] == "nobody" and out[1]["ok"] is False and out[1]["error"], out
+    # more agents than one batch of connections (8): all there, in order
+    many = ["alpha", "beta", "gamma"] + ["ghost%d" % i for i in range(8)]
+    args = []
+    for n in many:
+        args += ["--agent", n]
+    rc, out, _ = a.ctl("-t", "3", *(args + ["audit"]))
+    assert rc == 1 and [o["agent"] for o in out] == many, out
+    assert [o["ok"] for o in out] == [True] * 3 + [False] * 8, out
     # repeated --agent is for audit only
     rc, _, err = a.ctl("--agent", "beta", "--agent", "gamma", "status")
     assert rc == 2 and "only audit" in err, err
