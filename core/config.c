@@ -125,6 +125,8 @@ static const org_config_entry root_entries[] = {
         ORG_CONFIG_END,
 };
 
+const org_config_entry *config_root_map(void) { return root_entries; }
+
 /* The checks the tables cannot express. Each looks only at values of the right type
  * (the schema reports the others), so no fault is reported twice. */
 

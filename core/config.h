@@ -20,6 +20,8 @@
 
 #include <jansson.h>
 
+#include <organism/config.h>
+
 #include "diag.h"
 #include "yamlnode.h"
 
@@ -84,6 +86,9 @@ int config_load(const char *path, agent_config **ret, diag *d);
 /* The same from memory, without looking at any file; name is used in messages. */
 int config_load_string(const char *text, size_t len, const char *name, agent_config **ret, diag *d);
 void config_free(agent_config *c); /* accepts NULL */
+/* The schema of the whole file (agent, bus, plugins.<instance>, control), for the
+ * generated reference (config_reference.c); static, never freed. */
+const org_config_entry *config_root_map(void);
 
 const instance_config *config_find_instance(const agent_config *c, const char *name);
 const char *config_command_path(const agent_config *c, const char *name);

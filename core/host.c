@@ -4,7 +4,9 @@
  * does the work (bus, sysroot, exec, store, metrics). What a generation creates
  * (timers, processes, pending requests) is recorded in its org_ctx so that retiring
  * the generation — on reload, disable or stop — cancels all of it and no callback ever
- * reaches freed plugin state. */
+ * reaches freed plugin state — except running commands and worker jobs that the next
+ * generation adopts during a reload (exec_adopt, work_adopt, ctx_hand_over_*): those
+ * move to it, callbacks and all, and complete there. */
 #include <stdarg.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
@@ -156,7 +158,7 @@ static ctx_timer *timer_new(org_ctx *ctx, ctx_timer_kind kind, org_timer_fn cb, 
         ctx_timer *t = new0(ctx_timer, 1);
         if (!t)
                 return NULL;
-        t->id = ++ctx->next_id;
+        t->id = ++ctx->inst->next_id;
         t->kind = kind;
         t->fd = -1;
         t->cb = cb;
@@ -278,7 +280,7 @@ static int h_io_add(org_ctx *ctx, int fd, uint32_t events, org_io_fn cb, void *u
         ctx_io *w = new0(ctx_io, 1);
         if (!w)
                 return -ENOMEM;
-        w->id = ++ctx->next_id;
+        w->id = ++ctx->inst->next_id;
         w->cb = cb;
         w->userdata = userdata;
         w->ctx = ctx;
@@ -328,7 +330,7 @@ static int h_publish_durable(org_ctx *ctx, const char *subject, const char *msg_
         d->cb = cb;
         d->userdata = userdata;
         d->ctx = ctx;
-        d->id = ++ctx->next_id;
+        d->id = ++ctx->inst->next_id;
         int r = bridge_publish_durable(ctx_agent(ctx)->bridge, subject, msg_id, data, len, on_durable_published, d);
         if (r < 0) {
                 free(d);
@@ -363,7 +365,7 @@ static int h_consume_durable(org_ctx *ctx, const org_consume_opts *opts, uint64_
         if (!d)
                 return -ENOMEM;
         d->ctx = ctx;
-        d->id = ++ctx->next_id;
+        d->id = ++ctx->inst->next_id;
         int r = bridge_consume(ctx_agent(ctx)->bridge, opts, on_durable_message, d, &d->consumer);
         if (r < 0) {
                 free(d);
@@ -476,11 +478,14 @@ static int h_exec_opts(org_ctx *ctx, const org_exec_spec *spec, const org_exec_o
         ctx_exec *x = new0(ctx_exec, 1);
         if (!x)
                 return -ENOMEM;
-        x->id = ++ctx->next_id;
+        x->id = ++ctx->inst->next_id;
         x->cb = cb;
         x->userdata = userdata;
         x->ctx = ctx;
         x->argv0 = strdup(name);
+        x->generation = ctx->generation;
+        x->started_us = now_monotonic_us();
+        x->timeout_ms = spec->timeout_ms ? spec->timeout_ms : 60000;
 
         /* the command line, for the log */
         char line[512] = "";
@@ -559,6 +564,33 @@ static int h_exec_cancel(org_ctx *ctx, uint64_t id) {
         return -ENOENT;
 }
 
+/* Moves a command of the predecessor to this generation now (so exec_info and
+ * exec_cancel work on it during init); ctx_hand_over_abort moves it back. */
+static int h_exec_adopt(org_ctx *ctx, uint64_t id, org_exec_fn cb, void *userdata) {
+        for (ctx_exec *x = ctx->execs; x; x = x->next)
+                if (x->id == id)
+                        return -EBUSY;
+        if (!ctx->predecessor)
+                return -ENOENT;
+        for (ctx_exec *x = ctx->predecessor->execs; x; x = x->next)
+                if (x->id == id) {
+                        LIST_UNLINK(ctx->predecessor->execs, x);
+                        x->adopted = true;
+                        x->prev_cb = x->cb;
+                        x->prev_userdata = x->userdata;
+                        x->cb = cb;
+                        x->userdata = userdata;
+                        x->ctx = ctx;
+                        x->next = ctx->execs;
+                        ctx->execs = x;
+                        log_internal(LOG_DEBUG, 0, ctx->inst->cfg.plugin, ctx->inst->name,
+                                     "exec %llu %s adopted by generation %llu", (unsigned long long)id, x->argv0,
+                                     (unsigned long long)ctx->generation);
+                        return 0;
+                }
+        return -ENOENT;
+}
+
 static int h_store_exec(org_ctx *ctx, const char *sql, const char *const *params, size_t n_params) {
         int r = instance_open_store(ctx->inst);
         if (r < 0)
@@ -616,23 +648,56 @@ static bool pool_user_index(org_ctx *ctx, size_t *ret_i) {
         return false;
 }
 
-static int h_work_submit(org_ctx *ctx, org_work_fn work, org_work_done_fn done, void *userdata, uint64_t *ret_id) {
+static void release_so(void *hold) { loader_release(hold); }
+
+static int pool_user_add(org_ctx *ctx) {
         size_t i;
+        if (pool_user_index(ctx, &i))
+                return 0;
+        org_ctx **n = realloc(pool_users, (n_pool_users + 1) * sizeof *n);
+        if (!n)
+                return -ENOMEM;
+        pool_users = n;
+        pool_users[n_pool_users++] = ctx;
+        return 0;
+}
+
+static int h_work_submit(org_ctx *ctx, org_work_fn work, org_work_done_fn done, void *userdata, uint64_t *ret_id) {
         if (!work)
                 return -EINVAL;
         if (!pool) {
-                int r = workpool_new(ctx_agent(ctx)->event, 2, free, &pool);
+                int r = workpool_new(ctx_agent(ctx)->event, 2, free, release_so, &pool);
                 if (r < 0)
                         return r;
         }
-        if (!pool_user_index(ctx, &i)) {
-                org_ctx **n = realloc(pool_users, (n_pool_users + 1) * sizeof *n);
-                if (!n)
-                        return -ENOMEM;
-                pool_users = n;
-                pool_users[n_pool_users++] = ctx;
-        }
-        return workpool_submit(pool, ctx, work, done, userdata, ret_id);
+        int r = pool_user_add(ctx);
+        if (r < 0)
+                return r;
+        /* the job's code is in the generation's .so: mapped until the job is gone */
+        plugin_so *so = ctx->inst->so;
+        r = workpool_submit(pool, ctx, work, done, userdata, so, ret_id);
+        if (r >= 0)
+                loader_hold(so);
+        return r;
+}
+
+/* Recorded now, applied at commit (the pool is shared with worker threads; a failed
+ * init must leave the jobs exactly as they were). */
+static int h_work_adopt(org_ctx *ctx, uint64_t id, org_work_adopted_fn done, void *userdata) {
+        for (ctx_work_adopt *w = ctx->work_adopts; w; w = w->next)
+                if (w->id == id)
+                        return -EBUSY;
+        if (!ctx->predecessor || !workpool_owns(pool, ctx->predecessor, id))
+                return -ENOENT;
+        ctx_work_adopt *w = new0(ctx_work_adopt, 1);
+        if (!w)
+                return -ENOMEM;
+        w->id = id;
+        w->done = done;
+        w->userdata = userdata;
+        w->next = ctx->work_adopts;
+        ctx->work_adopts = w;
+        return 0;
 }
 
 /* A retiring generation: its jobs are dropped (queued) or waited for (running), their
@@ -696,6 +761,9 @@ const org_host host_table = {
         .exec_opts = h_exec_opts,
         .exec_info = h_exec_info,
         .work_submit = h_work_submit,
+        /* appended by reload */
+        .exec_adopt = h_exec_adopt,
+        .work_adopt = h_work_adopt,
 };
 
 org_ctx *ctx_new(instance *in) {
@@ -705,6 +773,99 @@ org_ctx *ctx_new(instance *in) {
         ctx->inst = in;
         ctx->generation = in->generation;
         return ctx;
+}
+
+static void exec_record_free(ctx_exec *x) {
+        sd_event_source_disable_unref(x->defer);
+        free(x->argv0);
+        free(x);
+}
+
+static void work_adopts_free(org_ctx *ctx) {
+        while (ctx->work_adopts) {
+                ctx_work_adopt *w = ctx->work_adopts;
+                ctx->work_adopts = w->next;
+                free(w);
+        }
+}
+
+void ctx_hand_over_begin(org_ctx *ctx, org_ctx *old) { ctx->predecessor = old; }
+
+void ctx_hand_over_commit(org_ctx *ctx) {
+        org_ctx *old = ctx->predecessor;
+        ctx->predecessor = NULL;
+        for (ctx_exec *x = ctx->execs; x; x = x->next)
+                x->adopted = false;
+        if (!old) {
+                work_adopts_free(ctx);
+                return;
+        }
+        instance *in = ctx->inst;
+        while (old->execs) {
+                ctx_exec *x = old->execs;
+                old->execs = x->next;
+                if (x->job) {
+                        log_internal(LOG_NOTICE, 0, in->cfg.plugin, in->name,
+                                     "killing exec %llu %s (pid %d): not adopted by the new generation",
+                                     (unsigned long long)x->id, x->argv0, (int)exec_job_pid(x->job));
+                        exec_cancel(x->job);
+                }
+                exec_record_free(x);
+        }
+        /* The new generation inherits the old one's use of the pool, so the pool (and
+         * the jobs left running in it) lives on with the instance: retiring the old
+         * generation must not free the pool and wait for those jobs on the loop. */
+        size_t i;
+        if (pool && pool_user_index(old, &i) && pool_user_add(ctx) < 0) {
+                log_internal(LOG_ERR, ENOMEM, in->cfg.plugin, in->name,
+                             "out of memory: the adopted worker jobs are dropped");
+                work_adopts_free(ctx);
+        }
+        for (ctx_work_adopt *w = ctx->work_adopts; w; w = w->next)
+                (void)workpool_adopt(pool, old, w->id, ctx, w->done, w->userdata);
+        work_adopts_free(ctx);
+        unsigned left = workpool_orphan_owner(pool, old);
+        if (left > 0)
+                log_internal(LOG_NOTICE, 0, in->cfg.plugin, in->name,
+                             "%u worker job(s) not adopted by the new generation: they finish, their result is "
+                             "dropped", left);
+}
+
+void ctx_hand_over_abort(org_ctx *ctx) {
+        org_ctx *old = ctx->predecessor;
+        ctx->predecessor = NULL;
+        work_adopts_free(ctx);
+        if (!old)
+                return;
+        for (ctx_exec *x = ctx->execs, *next; x; x = next) {
+                next = x->next;
+                if (!x->adopted)
+                        continue;
+                LIST_UNLINK(ctx->execs, x);
+                x->adopted = false;
+                x->cb = x->prev_cb;
+                x->userdata = x->prev_userdata;
+                x->ctx = old;
+                x->next = old->execs;
+                old->execs = x;
+        }
+}
+
+json_t *ctx_execs_to_json(const org_ctx *ctx) {
+        json_t *arr = json_array();
+        uint64_t now = now_monotonic_us();
+        for (const ctx_exec *x = ctx ? ctx->execs : NULL; x && arr; x = x->next) {
+                if (!x->job)
+                        continue; /* a dry_run answer about to be delivered */
+                json_array_append_new(arr, json_pack("{s:I, s:s, s:i, s:I, s:I, s:I, s:b}", "id", (json_int_t)x->id,
+                                                     "argv0", x->argv0 ? x->argv0 : "?", "pid",
+                                                     (int)exec_job_pid(x->job), "age_ms",
+                                                     (json_int_t)((now - x->started_us) / USEC_PER_MSEC),
+                                                     "timeout_ms", (json_int_t)x->timeout_ms, "generation",
+                                                     (json_int_t)x->generation, "cgroup",
+                                                     exec_job_in_cgroup(x->job)));
+        }
+        return arr;
 }
 
 void ctx_free(org_ctx *ctx) {
@@ -725,10 +886,9 @@ void ctx_free(org_ctx *ctx) {
                                      (int)exec_job_pid(x->job));
                         exec_cancel(x->job);
                 }
-                sd_event_source_disable_unref(x->defer);
-                free(x->argv0);
-                free(x);
+                exec_record_free(x);
         }
+        work_adopts_free(ctx);
         while (ctx->ios) {
                 ctx_io *w = ctx->ios;
                 ctx->ios = w->next;

@@ -330,12 +330,12 @@ static int load_checked(instance *in, const instance_config *ic, const char *so_
         return 0;
 }
 
-/* Makes a new generation run: ctx, init, restore. On failure everything of the new
- * generation is undone and the instance's subscriptions are what they were. */
 /* Makes a new generation run: ctx, init, restore. The old generation's subscriptions
  * stay while the new one subscribes (the inbox gets each message once either way);
  * on success they go, on failure the new ones go, and the old generation keeps its
- * subscription ids. */
+ * subscription ids. Its running commands and worker jobs are offered to the new one
+ * (ctx_hand_over_*): on success what it adopted is its own and the rest is cancelled,
+ * on failure everything goes back to the old generation, which never stopped. */
 static int start_generation(instance *in, plugin_so *so, const void *blob, size_t blob_len, char **ret_error) {
         if (in->cfg.isolate) /* a reload waits for the new child's init; a start does not */
                 return isolate_start(in, so->path, blob, blob_len, in->run_state == INSTANCE_RUNNING, ret_error);
@@ -354,11 +354,15 @@ static int start_generation(instance *in, plugin_so *so, const void *blob, size_
         plugin_so *old_so = in->so;
         in->ctx = ctx;
         in->so = so;
+        if (old_ctx)
+                ctx_hand_over_begin(ctx, old_ctx);
         void *state = NULL;
         r = so->desc->init(&host_table, ctx, &state);
         if (r >= 0 && blob) {
                 int (*restore)(void *, const void *, size_t) = PLUGIN_HOOK(so, restore_state);
                 if (restore && (r = restore(state, blob, blob_len)) < 0) {
+                        /* first: a fini that cancels its commands must not kill the adopted ones */
+                        ctx_hand_over_abort(ctx);
                         void (*fini)(void *) = PLUGIN_HOOK(so, fini);
                         if (fini)
                                 fini(state);
@@ -367,6 +371,7 @@ static int start_generation(instance *in, plugin_so *so, const void *blob, size_
         in->ctx = old_ctx;
         in->so = old_so;
         if (r < 0) {
+                ctx_hand_over_abort(ctx);
                 ctx_free(ctx);
                 in->generation--;
                 bus_client_unsubscribe_range(in->client, marker, UINT64_MAX, 0);
@@ -374,13 +379,17 @@ static int start_generation(instance *in, plugin_so *so, const void *blob, size_
                         *ret_error = NULL;
                 return r;
         }
-        /* Commit: retire the old generation, if any, then switch. */
+        /* Commit: retire the old generation, if any, then switch. Its fini runs before
+         * the hand-over ends, so it still sees as its own exactly the commands the new
+         * generation did not adopt (and may fail them in its own words); the host
+         * kills what fini left of those. */
         if (old_ctx) {
                 void (*fini)(void *) = PLUGIN_HOOK(old_so, fini);
                 if (fini)
                         fini(in->state);
-                ctx_free(old_ctx);
         }
+        ctx_hand_over_commit(ctx);
+        ctx_free(old_ctx);
         bus_client_unsubscribe_range(in->client, 0, marker, in->ctl_sid);
         in->ctx = ctx;
         in->state = state;
@@ -650,6 +659,8 @@ json_t *instance_to_json(const instance *in, bool detailed) {
         strv_free(pats);
         json_object_set_new(o, "subscriptions", subs);
         json_object_set_new(o, "config", in->cfg.config_json ? json_incref(in->cfg.config_json) : json_object());
+        /* running commands, with the generation that started them (an adopted one runs on) */
+        json_object_set_new(o, "execs", ctx_execs_to_json(in->ctx));
         if (in->so) {
                 const org_plugin *d = in->so->desc;
                 json_object_set_new(o, "summary", json_string(d->summary ? d->summary : ""));

@@ -45,6 +45,7 @@ struct instance {
         instance_state run_state;
         char *error;             /* why it failed, or NULL */
         uint64_t generation;
+        uint64_t next_id;        /* ids of timers, commands, watches: never reused, across generations */
         uint64_t loaded_at_us;
         uint64_t ticks, handled, calls, hook_errors;
         uint64_t tick_us_last, tick_us_max;

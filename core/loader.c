@@ -161,6 +161,10 @@ int loader_open(const char *path, bool check_perms, plugin_so **ret, char **ret_
 void loader_close(plugin_so *so) {
         if (!so)
                 return;
+        if (so->holds > 0) {
+                so->closing = true;
+                return;
+        }
         if (so->dl)
                 dlclose(so->dl);
         /* after dlclose: while the object is loaded, its name keeps this number taken */
@@ -168,4 +172,18 @@ void loader_close(plugin_so *so) {
                 close(so->fd);
         free(so->path);
         free(so);
+}
+
+void loader_hold(plugin_so *so) {
+        if (so)
+                so->holds++;
+}
+
+void loader_release(plugin_so *so) {
+        if (!so || so->holds == 0)
+                return;
+        if (--so->holds == 0 && so->closing) {
+                so->closing = false;
+                loader_close(so);
+        }
 }

@@ -21,6 +21,8 @@ typedef struct plugin_so {
         char *path;          /* the file as configured/found */
         int fd;              /* the file, open while loaded: its /proc name was dlopen'ed */
         unsigned long long dev, ino;
+        unsigned holds;      /* worker jobs still running code of this file (loader_hold) */
+        bool closing;        /* loader_close came while held: the last release closes */
 } plugin_so;
 
 /* A hook of the descriptor, or NULL when the plugin's descriptor is older than the
@@ -39,5 +41,9 @@ int loader_check_perms(const char *path, char **ret_reason);
  * malloc'd human reason ("ABI version 2, agentd speaks 1", dlerror() text, ...). */
 int loader_open(const char *path, bool check_perms, plugin_so **ret, char **ret_error);
 void loader_close(plugin_so *so); /* accepts NULL */
+/* Keeps so mapped past loader_close until the matching release: a worker job of a
+ * retired generation may still run its code. Loop thread only. */
+void loader_hold(plugin_so *so);
+void loader_release(plugin_so *so);
 
 #endif

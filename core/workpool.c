@@ -22,7 +22,10 @@ typedef struct job {
         org_ctx *owner;
         org_work_fn work;
         org_work_done_fn done;
+        org_work_adopted_fn adopted; /* set by workpool_adopt: called instead of done */
+        void *adopted_ud;
         void *userdata;
+        void *hold;
         job_state state;
         bool cancelled; /* its owner went away while it ran: drop it once it returns */
         int result;
@@ -32,6 +35,7 @@ struct workpool {
         sd_event_source *source;
         int efd;
         void (*drop)(void *userdata);
+        void (*release)(void *hold);
         unsigned n_wanted, n_threads;
         pthread_t threads[WORKPOOL_MAX_THREADS];
         pthread_mutex_t lock;
@@ -101,7 +105,10 @@ static void *worker(void *arg) {
 static void job_drop(workpool *p, job *j) {
         if (p->drop)
                 p->drop(j->userdata);
+        void *hold = j->hold;
         free(j);
+        if (hold && p->release)
+                p->release(hold);
 }
 
 /* On the loop: deliver every finished job, one at a time, without the lock held while
@@ -123,22 +130,30 @@ static int on_event(sd_event_source *s, int fd, uint32_t revents, void *userdata
                         continue;
                 }
                 org_work_done_fn done = j->done;
+                org_work_adopted_fn adopted = j->adopted;
                 org_ctx *owner = j->owner;
                 int result = j->result;
-                void *ud = j->userdata;
+                void *ud = j->userdata, *aud = j->adopted_ud, *hold = j->hold;
                 free(j);
-                if (done)
+                if (adopted)
+                        adopted(owner, result, ud, aud);
+                else if (done)
                         done(owner, result, ud);
+                /* last: done may be code of the held .so */
+                if (hold && p->release)
+                        p->release(hold);
         }
         return 0;
 }
 
-int workpool_new(sd_event *event, unsigned n_threads, void (*drop)(void *userdata), workpool **ret) {
+int workpool_new(sd_event *event, unsigned n_threads, void (*drop)(void *userdata), void (*release)(void *hold),
+                 workpool **ret) {
         workpool *p = new0(workpool, 1);
         if (!p)
                 return -ENOMEM;
         p->n_wanted = MIN(n_threads ? n_threads : 2, WORKPOOL_MAX_THREADS);
         p->drop = drop;
+        p->release = release;
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->wake, NULL);
         pthread_cond_init(&p->finished, NULL);
@@ -169,7 +184,7 @@ static int start_threads(workpool *p) {
 }
 
 int workpool_submit(workpool *p, org_ctx *owner, org_work_fn work, org_work_done_fn done, void *userdata,
-                    uint64_t *ret_id) {
+                    void *hold, uint64_t *ret_id) {
         if (!p || !work)
                 return -EINVAL;
         if (p->n_threads == 0) {
@@ -184,6 +199,7 @@ int workpool_submit(workpool *p, org_ctx *owner, org_work_fn work, org_work_done
         j->work = work;
         j->done = done;
         j->userdata = userdata;
+        j->hold = hold;
         j->state = JOB_QUEUED;
         pthread_mutex_lock(&p->lock);
         j->id = ++p->next_id;
@@ -237,6 +253,58 @@ static void cancel_matching(workpool *p, org_ctx *owner, bool all) {
         take_jobs(&p->done, &p->done_tail, owner, all, true, &dropped);
         pthread_mutex_unlock(&p->lock);
         drop_list(p, dropped);
+}
+
+static job *find_job(workpool *p, org_ctx *owner, uint64_t id) {
+        for (job *lists[] = {p->queue, p->running, p->done}, **l = lists; l < lists + 3; l++)
+                for (job *j = *l; j; j = j->next)
+                        if (j->id == id && j->owner == owner && !j->cancelled)
+                                return j;
+        return NULL;
+}
+
+bool workpool_owns(workpool *p, org_ctx *owner, uint64_t id) {
+        if (!p || !owner)
+                return false;
+        pthread_mutex_lock(&p->lock);
+        bool found = find_job(p, owner, id) != NULL;
+        pthread_mutex_unlock(&p->lock);
+        return found;
+}
+
+int workpool_adopt(workpool *p, org_ctx *owner, uint64_t id, org_ctx *new_owner, org_work_adopted_fn adopted,
+                   void *adopted_ud) {
+        if (!p || !owner)
+                return -ENOENT;
+        pthread_mutex_lock(&p->lock);
+        job *j = find_job(p, owner, id);
+        if (j) {
+                j->owner = new_owner;
+                j->adopted = adopted;
+                j->adopted_ud = adopted_ud;
+        }
+        pthread_mutex_unlock(&p->lock);
+        return j ? 0 : -ENOENT;
+}
+
+unsigned workpool_orphan_owner(workpool *p, org_ctx *owner) {
+        if (!p || !owner)
+                return 0;
+        job *dropped = NULL;
+        unsigned left = 0;
+        pthread_mutex_lock(&p->lock);
+        take_jobs(&p->queue, &p->queue_tail, owner, false, false, &dropped);
+        take_jobs(&p->done, &p->done_tail, owner, false, false, &dropped);
+        /* owner NULL: no later cancel of another owner matches it; on_event drops it */
+        for (job *j = p->running; j; j = j->next)
+                if (j->owner == owner) {
+                        j->cancelled = true;
+                        j->owner = NULL;
+                        left++;
+                }
+        pthread_mutex_unlock(&p->lock);
+        drop_list(p, dropped);
+        return left;
 }
 
 void workpool_cancel_owner(workpool *p, org_ctx *owner) {

@@ -10,6 +10,7 @@
 #ifndef CORE_WORKPOOL_H
 #define CORE_WORKPOOL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <systemd/sd-event.h>
@@ -18,14 +19,25 @@
 
 typedef struct workpool workpool;
 
-/* n_threads 0 = 2. drop (may be NULL) receives the userdata of cancelled jobs. */
-int workpool_new(sd_event *event, unsigned n_threads, void (*drop)(void *userdata), workpool **ret);
+/* n_threads 0 = 2. drop (may be NULL) receives the userdata of cancelled jobs, release
+ * (may be NULL) the hold of every job once it is delivered or dropped. */
+int workpool_new(sd_event *event, unsigned n_threads, void (*drop)(void *userdata), void (*release)(void *hold),
+                 workpool **ret);
 /* Cancels every job (as workpool_cancel_owner does for each owner), joins the threads. */
 void workpool_free(workpool *p);
 
 /* work runs on a pool thread, done(owner, result, userdata) later on the loop. */
 int workpool_submit(workpool *p, org_ctx *owner, org_work_fn work, org_work_done_fn done, void *userdata,
-                    uint64_t *ret_id);
+                    void *hold, uint64_t *ret_id);
+/* True when job id is not yet delivered nor dropped and belongs to owner. */
+bool workpool_owns(workpool *p, org_ctx *owner, uint64_t id);
+/* Job id of owner goes to new_owner: adopted(new_owner, result, userdata, adopted_ud)
+ * replaces its done. 0 or -ENOENT. */
+int workpool_adopt(workpool *p, org_ctx *owner, uint64_t id, org_ctx *new_owner, org_work_adopted_fn adopted,
+                   void *adopted_ud);
+/* Drops the owner's queued and finished jobs; its running ones finish without waiting
+ * for them here, and are then dropped. Returns how many were left running. Loop thread. */
+unsigned workpool_orphan_owner(workpool *p, org_ctx *owner);
 /* Drops the owner's queued and finished-but-undelivered jobs, waits for its running
  * ones; done is never called for them, drop gets their userdata. Loop thread only. */
 void workpool_cancel_owner(workpool *p, org_ctx *owner);

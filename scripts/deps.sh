@@ -9,6 +9,9 @@ test=(python3 clang libclang-rt-14-dev nats-server sqlite3 util-linux git)
 test+=(collectd-core) # bench_agent.py: resident memory side by side with collectd
 build+=(libgit2-dev libcurl4-openssl-dev)  # deploy
 test+=(procps)
+test+=(debhelper dpkg-dev fakeroot lintian) # package-test.sh: dpkg-buildpackage, lintian
+test+=(prometheus)     # promtool: check rules and the agent's textfile (test_observability.py)
+test+=(bash-completion groff-base man-db) # completion test, man page rendering
 pkgs=("${build[@]}")
 [ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")
 missing=()

@@ -23,7 +23,7 @@ count() { # $1 = build dir: adds the results of its last meson test run
 }
 suite() { # $1 = build dir, rest = meson setup options
         local dir=$1; shift
-        if ! { [ -d "$dir" ] || meson setup "$dir" "$@" >/dev/null; } || ! ninja -C "$dir" -j2; then
+        if ! { [ -d "$dir" ] || meson setup --wrap-mode=nofallback "$dir" "$@" >/dev/null; } || ! ninja -C "$dir" -j2; then
                 echo "BUILD FAILED: $dir"; failed=$((failed + 1)); return
         fi
         meson test -C "$dir" --no-rebuild --print-errorlogs --num-processes 2 ${suites:---suite unit --suite plugins --suite e2e}
@@ -36,12 +36,12 @@ if [ $quick = 0 ]; then
         suites="--suite unit --suite plugins" suite build-ci-release -Dbuildtype=release # -O3 warns otherwise; no e2e (time)
         if command -v clang >/dev/null; then
                 # the whole tree with clang too: its warnings are not gcc's
-                if { [ -d build-ci-clang ] || CC=clang meson setup build-ci-clang >/dev/null; } && ninja -C build-ci-clang -j2 >/dev/null; then
+                if { [ -d build-ci-clang ] || CC=clang meson setup --wrap-mode=nofallback build-ci-clang >/dev/null; } && ninja -C build-ci-clang -j2 >/dev/null; then
                         echo "clang build: ok"; passed=$((passed + 1))
                 else
                         echo "BUILD FAILED: clang"; ninja -C build-ci-clang -j2 2>&1 | grep -E "error" | head -20; failed=$((failed + 1))
                 fi
-                if CC=clang meson setup build-ci-fuzz -Dfuzz=true -Dtests=false -Db_sanitize=address,undefined >/dev/null &&
+                if CC=clang meson setup --wrap-mode=nofallback build-ci-fuzz -Dfuzz=true -Dtests=false -Db_sanitize=address,undefined >/dev/null &&
                         ninja -C build-ci-fuzz -j2; then
                         for f in build-ci-fuzz/test/fuzz/fuzz-*; do
                                 [ -f "$f" ] && [ -x "$f" ] || continue
@@ -61,6 +61,16 @@ if [ $quick = 0 ]; then
                         echo "BUILD FAILED: fuzz targets"; failed=$((failed + 1))
                 fi
         fi
+        # the Debian packages: build in a copy, lintian, install, start, purge (one count per step)
+        pkglog=$(mktemp)
+        ./scripts/package-test.sh 2>&1 | tee "$pkglog"
+        if line=$(grep -E '^package: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$pkglog"); then
+                read -r p f s <<<"$(sed -E 's/^package: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/' <<<"$line")"
+                passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+        else
+                echo "package-test.sh: no summary line"; failed=$((failed + 1))
+        fi
+        rm -f "$pkglog"
         echo "== benchmarks (figures, not pass/fail) =="
         meson test -C build-ci --benchmark --no-rebuild --verbose 2>&1 | grep -vE '^(ninja|\s*$)' | tail -60 || true
 fi

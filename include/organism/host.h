@@ -132,13 +132,20 @@ typedef enum org_ack_kind {
 /* The worker pool (host->work_submit). `work` runs on a pool thread: it must not call
  * the host, nor touch plugin state the loop also uses — only its userdata. Its return
  * (0 or a negative errno, by convention) reaches `done`, which runs later on the loop.
- * A job of a generation that retires (reload, disable, stop) before its `done` ran:
- * a queued job never runs; a running one is waited for (so work must be bounded: give
- * the library inside it a time-out, or a cancel flag in the userdata that fini sets);
+ * A job of a generation that is disabled or stopped before its `done` ran: a queued
+ * job never runs; a running one is waited for (so work must be bounded: give the
+ * library inside it a time-out, or a cancel flag in the userdata that fini sets);
  * `done` is not called, and the host calls free(userdata) instead. So userdata must be
- * NULL or one malloc'd block that owns nothing else (fixed-size strings inside it). */
+ * NULL or one malloc'd block that owns nothing else (fixed-size strings inside it).
+ * On a reload the new generation may adopt the job (work_adopt); what it does not
+ * adopt is dropped the same way, except that a running job is not waited for: it
+ * finishes on its thread (its .so stays mapped until then) and its userdata is freed. */
 typedef int (*org_work_fn)(void *userdata);
 typedef void (*org_work_done_fn)(org_ctx *ctx, int result, void *userdata);
+/* The completion of a job adopted by a new generation (host->work_adopt): work_data is
+ * the block the old generation submitted (the adopter owns it now: free() it), userdata
+ * the adopter's own, which the host never frees. */
+typedef void (*org_work_adopted_fn)(org_ctx *ctx, int result, void *work_data, void *userdata);
 
 typedef struct org_host {
         uint32_t abi_version;
@@ -252,6 +259,51 @@ typedef struct org_host {
          * checkout, libcurl, big copies) belong here, never on the loop. See org_work_fn
          * for a job that outlives its generation. *ret_id may be NULL. */
         int (*work_submit)(org_ctx *ctx, org_work_fn work, org_work_done_fn done, void *userdata, uint64_t *ret_id);
+
+        /* -- appended by reload: running work survives `plugin reload` and `config reload` --
+         *
+         * A command started with exec/exec_opts, and a worker job of work_submit, belong
+         * to the instance, not to the generation (the loaded build) that started them. On
+         * a reload the old generation's save_state runs, then the new one's init and
+         * restore_state; meanwhile the process keeps running, its output is still
+         * captured and its time-out still counts. During the new generation's init or
+         * restore_state (and only then: later the old generation is gone) it re-attaches
+         * each such id to its own callback with exec_adopt/work_adopt; from then on the
+         * completion comes to the new generation, once, and never to the old one. What it
+         * does not adopt by the end of restore_state is cancelled as before (a command is
+         * killed and the log says "killing exec ID ARGV0 ...: not adopted by the new
+         * generation"), so a plugin that never calls these behaves as it always did. If
+         * the new generation fails (init or restore_state returns an error) the reload is
+         * refused: what it adopted goes back to the old generation with the old callback
+         * and userdata, and the old generation receives the completion. Ids are never
+         * reused within an instance, across generations.
+         *
+         * The plugin learns its inherited ids through its own state hand-over: save_state
+         * writes the ids (and whatever it needs to finish the work: what the task was,
+         * whom to answer) into its blob, restore_state reads them and adopts each one. A
+         * new build that changed its blob layout should put a version in it. The old
+         * generation's userdata is not handed over: the new generation passes its own.
+         * The old generation's fini runs after the new one's restore_state succeeded:
+         * a command the new one adopted is no longer the old one's (exec_info and
+         * exec_cancel on it answer -ENOENT), so a fini that reports its running work as
+         * failed can skip what was handed over and report only what was not. On a
+         * failed reload the old fini never runs; when the new one's restore_state
+         * failed, its fini runs after what it adopted went back (so there too -ENOENT
+         * means "not mine").
+         *
+         * exec_adopt: 0, -ENOENT (no such inherited command: finished, cancelled, never
+         * the predecessor's, or called outside init/restore_state of a reload), -EBUSY
+         * (already adopted). cb may be NULL (the result is dropped). A dry_run answer
+         * still pending is adopted the same way. */
+        int (*exec_adopt)(org_ctx *ctx, uint64_t id, org_exec_fn cb, void *userdata);
+        /* work_adopt: the job runs on with its block (the one work() writes into, whose
+         * layout the old build chose: adopt only jobs whose layout this build knows, and
+         * do not touch the block before done), and done(ctx, result, block, userdata)
+         * runs here instead of the old done. A pointer into the old state inside the
+         * block is stale: reach your state through userdata. If this generation retires
+         * before the job ends, the block is freed as for any job and done is not called;
+         * userdata stays yours. Same returns as exec_adopt. */
+        int (*work_adopt)(org_ctx *ctx, uint64_t id, org_work_adopted_fn done, void *userdata);
 } org_host;
 
 /* True when the host table has member M (a host older than the plugin may not). */

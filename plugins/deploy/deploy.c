@@ -79,6 +79,7 @@ typedef struct deploy {
         char health_release[DEPLOY_NAME_MAX];
         uint64_t run_started_us, step_started_us;
         int auto_retry;
+        uint64_t step_exec; /* host exec id of the step running (PH_STEP) */
 } deploy;
 
 /* ---- config ---- */
@@ -824,7 +825,7 @@ static void run_step(deploy *d, deploy_step s) {
                 d->steps[s] = "running";
         d->step_started_us = now_us(d);
         agent_log(d, d->run_id, "%s: %s", name, script);
-        int r = d->host->exec(d->ctx, &spec, on_step_done, d, NULL);
+        int r = d->host->exec(d->ctx, &spec, on_step_done, d, &d->step_exec);
         if (r < 0) {
                 char reason[160];
                 strfmt(reason, sizeof reason, "cannot run scripts/%s.sh: %s", name, strerror(-r));
@@ -1397,11 +1398,28 @@ static int recover(deploy *d) {
         for (size_t i = 0; i < sizeof schema / sizeof schema[0]; i++)
                 if ((r = exec_sql(d, schema[i], NULL, 0)) < 0)
                         return r;
+        /* a reload: the run whose step the previous build handed over is not interrupted
+         * (restore_state adopts the step, or fails the run itself) */
+        char handed[DEPLOY_NAME_MAX + 32];
+        kv_get(d, "handover_run", handed, sizeof handed);
+        if (handed[0]) {
+                /* "RUN@MONO_US": a marker left by a reload that never reached here (its
+                 * new build failed earlier) must not spare a run at the next start */
+                kv_set(d, "handover_run", "");
+                char *at = strrchr(handed, '@');
+                unsigned long long then = at ? strtoull(at + 1, NULL, 10) : 0;
+                if (at)
+                        *at = '\0';
+                if (!at || d->host->now_monotonic_us(d->ctx) - then > 60 * US_PER_SEC)
+                        handed[0] = '\0';
+        }
         name_list l = {0};
         d->host->store_query(d->ctx, "SELECT run_id FROM deploy_runs WHERE status = 'running'", NULL, 0, row_collect,
                              &l);
         for (size_t i = 0; i < l.n; i++) {
                 char path[DEPLOY_PATH_MAX + 80];
+                if (handed[0] && strcmp(l.v[i], handed) == 0)
+                        continue;
                 dlog(d, ORG_LOG_WARNING, "run %s was interrupted (agentd stopped during it): marked failed", l.v[i]);
                 exec_sql(d, "UPDATE deploy_runs SET status = 'fail', reason = 'interrupted' WHERE run_id = ?1",
                          (const char *[]){l.v[i]}, 1);
@@ -1487,8 +1505,101 @@ static void deploy_fini(void *state) {
         deploy_free(state);
 }
 
+/* ---- reload: a build, test or healthcheck that runs goes on in the new build ---- */
+
+/* The step in flight and its exec id; the store learns (handover_run) that the run is
+ * handed over, so the new build's recover does not mark it interrupted. Work on the
+ * pool (detect, checkout) is not handed over: the host drops it, and the run is
+ * marked interrupted as after a restart. */
+static int deploy_save(void *state, void **ret_blob, size_t *ret_len) {
+        deploy *d = state;
+        json_t *o = json_pack("{s:i}", "format", 1);
+        if (o && d->ph == PH_STEP && d->step_exec) {
+                json_t *steps = json_array();
+                for (int i = 0; i < STEP_N; i++)
+                        json_array_append_new(steps, d->steps[i] ? json_string(d->steps[i]) : json_null());
+                json_object_update_new(
+                        o, json_pack("{s:I, s:i, s:s, s:s, s:s, s:s, s:o, s:b, s:s, s:I, s:I, s:i}", "exec_id",
+                                     (json_int_t)d->step_exec, "step", (int)d->step, "run_id", d->run_id, "run_sha",
+                                     d->run_sha, "run_dir", d->run_dir, "rel_dir", d->rel_dir, "steps", steps,
+                                     "health_of_current", d->health_of_current, "health_release", d->health_release,
+                                     "run_started_us", (json_int_t)d->run_started_us, "step_started_us",
+                                     (json_int_t)d->step_started_us, "auto_retry", d->auto_retry));
+                char marker[DEPLOY_NAME_MAX + 32];
+                strfmt(marker, sizeof marker, "%s@%llu", d->run_id,
+                       (unsigned long long)d->host->now_monotonic_us(d->ctx));
+                kv_set(d, "handover_run", marker);
+        }
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (!text)
+                return -ENOMEM;
+        *ret_blob = text;
+        *ret_len = strlen(text);
+        return 0;
+}
+
+static const char *step_result_name(const char *v) {
+        static const char *const names[] = {"skipped", "running", "ok", "fail", "timeout"};
+        for (size_t i = 0; v && i < sizeof names / sizeof names[0]; i++)
+                if (strcmp(v, names[i]) == 0)
+                        return names[i];
+        return NULL;
+}
+
+static void copy_str(char *dst, size_t len, const json_t *o, const char *key) {
+        const char *v = json_string_value(json_object_get(o, key));
+        strfmt(dst, len, "%s", v ? v : "");
+}
+
+static int deploy_restore(void *state, const void *blob, size_t len) {
+        deploy *d = state;
+        json_error_t e;
+        json_t *o = json_loadb(blob, len, 0, &e);
+        json_int_t step = json_integer_value(json_object_get(o, "step"));
+        uint64_t id = (uint64_t)json_integer_value(json_object_get(o, "exec_id"));
+        if (json_integer_value(json_object_get(o, "format")) != 1 || !id || step < 0 || step >= STEP_N) {
+                json_decref(o);
+                return 0; /* nothing was running */
+        }
+        d->step = (deploy_step)step;
+        copy_str(d->run_id, sizeof d->run_id, o, "run_id");
+        copy_str(d->run_sha, sizeof d->run_sha, o, "run_sha");
+        copy_str(d->run_dir, sizeof d->run_dir, o, "run_dir");
+        copy_str(d->rel_dir, sizeof d->rel_dir, o, "rel_dir");
+        copy_str(d->health_release, sizeof d->health_release, o, "health_release");
+        for (int i = 0; i < STEP_N; i++)
+                d->steps[i] = step_result_name(json_string_value(json_array_get(json_object_get(o, "steps"), (size_t)i)));
+        d->health_of_current = json_is_true(json_object_get(o, "health_of_current"));
+        d->run_started_us = (uint64_t)json_integer_value(json_object_get(o, "run_started_us"));
+        d->step_started_us = (uint64_t)json_integer_value(json_object_get(o, "step_started_us"));
+        d->auto_retry = (int)json_integer_value(json_object_get(o, "auto_retry"));
+        json_decref(o);
+        int r = ORG_HOST_HAS(d->host, exec_adopt) ? d->host->exec_adopt(d->ctx, id, on_step_done, d) : -EOPNOTSUPP;
+        if (r >= 0) {
+                d->ph = PH_STEP;
+                d->step_exec = id;
+                agent_log(d, d->run_id, "%s: taken over by the new build of the plugin", step_names[d->step]);
+                return 0;
+        }
+        /* the host kills the step: the run ends here, in the store too */
+        char reason[128];
+        strfmt(reason, sizeof reason, "interrupted: the new build could not take %s over (%s)", step_names[d->step],
+               strerror(-r));
+        if (d->step == STEP_HEALTH) {
+                /* not judged: an unfinished check must not promote nor roll back */
+                d->ph = PH_IDLE;
+                dlog(d, ORG_LOG_WARNING, "healthcheck of %s %s", d->health_release, reason);
+        } else {
+                d->steps[d->step] = "fail";
+                finish_run(d, false, step_names[d->step], reason);
+        }
+        return 0;
+}
+
 ORG_PLUGIN_DEFINE(.name = "deploy", .version = "1.0.0",
                   .summary = "git branch -> timestamped release -> build and test as an unprivileged user -> "
                              "candidate; accept, reject and rollback by atomic link switches",
                   .config_map = deploy_config_map, .verbs = deploy_verbs, .init = deploy_init, .handle = deploy_handle,
-                  .call = deploy_call, .fini = deploy_fini);
+                  .call = deploy_call, .fini = deploy_fini, .save_state = deploy_save,
+                  .restore_state = deploy_restore);

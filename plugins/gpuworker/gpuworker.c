@@ -750,6 +750,37 @@ static int gpuworker_call(void *state, const char *verb, const org_msg *req) {
         return -EOPNOTSUPP;
 }
 
+/* A reload hands the running tasks to the new build: it adopts their commands, so a
+ * task running when the operator drops in a new gpuworker.so finishes and is reported
+ * once, by the new build. */
+static int gpuworker_save(void *state, void **ret_blob, size_t *ret_len) {
+        gpuw *w = state;
+        json_t *tasks = json_array();
+        int r = tasks ? gpuw_tasks_save(w, tasks) : -ENOMEM;
+        json_t *o = r >= 0 ? json_pack("{s:i, s:O}", "format", 1, "tasks", tasks) : NULL;
+        json_decref(tasks);
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (!text)
+                return -ENOMEM;
+        *ret_blob = text;
+        *ret_len = strlen(text);
+        return 0;
+}
+
+static int gpuworker_restore(void *state, const void *blob, size_t len) {
+        gpuw *w = state;
+        json_error_t e;
+        json_t *o = json_loadb(blob, len, 0, &e);
+        if (json_integer_value(json_object_get(o, "format")) == 1 && ORG_HOST_HAS(w->host, exec_adopt))
+                gpuw_tasks_restore(w, json_object_get(o, "tasks"));
+        else
+                w->host->log(w->ctx, ORG_LOG_WARNING, "state of the previous build not understood: its tasks "
+                                                     "are not taken over");
+        json_decref(o);
+        return 0;
+}
+
 static void gpuworker_fini(void *state) {
         gpuw *w = state;
         if (!w)
@@ -762,4 +793,5 @@ ORG_PLUGIN_DEFINE(.name = "gpuworker", .version = GPUW_VERSION,
                   .summary = "one worker per GPU: discovery (sysfs + libdrm), metrics, one task at a time per GPU as "
                              "an unprivileged user in its own cgroup, results kept by task_id",
                   .config_map = config_map, .verbs = verbs, .init = gpuworker_init, .handle = gpuworker_handle,
-                  .call = gpuworker_call, .fini = gpuworker_fini);
+                  .call = gpuworker_call, .fini = gpuworker_fini, .save_state = gpuworker_save,
+                  .restore_state = gpuworker_restore);

@@ -151,6 +151,10 @@ json_t *gpuw_task_json(const gpuw_task *t);
 const char *gpuw_task_id(const gpuw_task *t);
 json_t *gpuw_tasks_recent(gpuw *w, int64_t n);
 void gpuw_tasks_fini(gpuw *w);
+/* Reload: appends the running tasks to the array tasks / adopts those of the array
+ * (host->exec_adopt, during restore_state). */
+int gpuw_tasks_save(gpuw *w, json_t *tasks);
+void gpuw_tasks_restore(gpuw *w, const json_t *tasks);
 bool gpuw_task_id_valid(const char *id);
 /* The GPU named by a subject token ("3" or "gpu3"), or NULL. */
 gpuw_gpu *gpuw_gpu_by_token(gpuw *w, const char *token);

@@ -311,9 +311,17 @@ void gpuw_task_fail_gpu(gpuw *w, gpuw_gpu *g, const char *error) {
 }
 
 void gpuw_tasks_fini(gpuw *w) {
-        for (size_t i = 0; i < w->n_gpus; i++)
-                if (w->gpus[i].task)
+        for (size_t i = 0; i < w->n_gpus; i++) {
+                gpuw_task *t = w->gpus[i].task;
+                /* Handed over on a reload: the new build adopted the command, so it is not
+                 * ours any more (-ENOENT) and the new build reports it, once. */
+                if (t && ORG_HOST_HAS(w->host, exec_adopt) &&
+                    w->host->exec_info(w->ctx, t->exec_id, NULL, NULL) == -ENOENT) {
+                        w->gpus[i].task = NULL;
+                        task_free(t);
+                } else if (t)
                         gpuw_task_fail_gpu(w, &w->gpus[i], "cancelled: the worker stopped");
+        }
 }
 
 /* ---- preparing a task --------------------------------------------------------- */
@@ -830,4 +838,74 @@ json_t *gpuw_tasks_recent(gpuw *w, int64_t n) {
         if (w->store_ok)
                 (void)w->host->store_query(w->ctx, GPUW_SQL_RECENT, p, 1, recent_row, a);
         return a;
+}
+
+/* ---- reload: running tasks go on in the new build ------------------------------ */
+
+/* What the new build needs to finish a running task: the exec id it adopts and what
+ * the result payload says. Format 1. */
+int gpuw_tasks_save(gpuw *w, json_t *tasks) {
+        for (size_t i = 0; i < w->n_gpus; i++) {
+                const gpuw_task *t = w->gpus[i].task;
+                if (!t)
+                        continue;
+                json_t *o = json_pack("{s:i, s:s, s:s, s:I, s:s, s:s, s:I, s:i, s:b, s:I, s:I, s:I}", "gpu",
+                                      (int)t->g->index, "pci", t->g->dev.pci, "id", t->id, "attempt",
+                                      (json_int_t)t->attempt, "type", t->type, "cwd", t->cwd, "exec_id",
+                                      (json_int_t)t->exec_id, "pid", (int)t->pid, "cgroup", t->cgroup, "started_us",
+                                      (json_int_t)t->started_us, "start_mono_us", (json_int_t)t->start_mono_us,
+                                      "timeout_ms", (json_int_t)t->timeout_ms);
+                if (!o || json_array_append_new(tasks, o) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+/* Adopts each saved task whose GPU is here and idle. One that cannot be adopted stays
+ * the old build's, whose fini reports it failed: each task is reported once. */
+void gpuw_tasks_restore(gpuw *w, const json_t *tasks) {
+        size_t i;
+        json_t *o;
+        json_array_foreach (tasks, i, o) {
+                const char *id = json_string_value(json_object_get(o, "id"));
+                const char *pci = json_string_value(json_object_get(o, "pci"));
+                const char *type = json_string_value(json_object_get(o, "type"));
+                const char *cwd = json_string_value(json_object_get(o, "cwd"));
+                json_int_t index = json_integer_value(json_object_get(o, "gpu"));
+                char token[16];
+                snprintf(token, sizeof token, "%lld", (long long)index);
+                gpuw_gpu *g = gpuw_gpu_by_token(w, token);
+                gpuw_task *t = NULL;
+                if (!id || !gpuw_task_id_valid(id) || !pci || !type || !cwd || !g || strcmp(g->dev.pci, pci) != 0 ||
+                    g->state != GPUW_IDLE || g->task || !(t = calloc(1, sizeof *t))) {
+                        w->host->log(w->ctx, ORG_LOG_WARNING, "task %s: not taken over from the previous build",
+                                     id ? id : "?");
+                        continue;
+                }
+                t->w = w;
+                t->g = g;
+                gpuw_copy(t->id, sizeof t->id, id);
+                t->attempt = json_integer_value(json_object_get(o, "attempt"));
+                gpuw_copy(t->type, sizeof t->type, type);
+                gpuw_copy(t->cwd, sizeof t->cwd, cwd);
+                t->exec_id = (uint64_t)json_integer_value(json_object_get(o, "exec_id"));
+                t->pid = (pid_t)json_integer_value(json_object_get(o, "pid"));
+                t->cgroup = json_is_true(json_object_get(o, "cgroup"));
+                t->started_us = (uint64_t)json_integer_value(json_object_get(o, "started_us"));
+                t->start_mono_us = (uint64_t)json_integer_value(json_object_get(o, "start_mono_us"));
+                t->timeout_ms = (uint64_t)json_integer_value(json_object_get(o, "timeout_ms"));
+                int r = w->host->exec_adopt(w->ctx, t->exec_id, on_task_exit, t);
+                if (r < 0) {
+                        w->host->log(w->ctx, ORG_LOG_WARNING, "task %s: cannot adopt exec %" PRIu64 ": %s", t->id,
+                                     t->exec_id, strerror(-r));
+                        task_free(t);
+                        continue;
+                }
+                g->task = t;
+                g->state = GPUW_BUSY;
+                g->tasks_run++;
+                store_start(w, t); /* init marked the row interrupted; it runs on */
+                w->host->log(w->ctx, ORG_LOG_INFO, "task %s (attempt %" PRId64 ") on gpu%u: taken over, pid %d", t->id,
+                             t->attempt, g->index, (int)t->pid);
+        }
 }

@@ -132,7 +132,7 @@ int main(int argc, char **argv) {
                 sd_event *e = NULL;
                 workpool *pool = NULL;
                 CHECK(sd_event_new(&e) >= 0);
-                CHECK_INT(workpool_new(e, 2, NULL, &pool), 0);
+                CHECK_INT(workpool_new(e, 2, NULL, NULL, &pool), 0);
                 static struct {
                         char etag[DEPLOY_ETAG_MAX];
                         uint64_t loop_us;
@@ -142,7 +142,7 @@ int main(int argc, char **argv) {
                 int polls2 = 200;
                 for (int i = 0; i < polls2; i++) {
                         uint64_t a = now_us();
-                        CHECK_INT(workpool_submit(pool, NULL, bench_poll_work, bench_poll_done, st.etag, NULL), 0);
+                        CHECK_INT(workpool_submit(pool, NULL, bench_poll_work, bench_poll_done, st.etag, NULL, NULL), 0);
                         st.loop_us += now_us() - a;
                         while (bench_done < i + 1) {
                                 CHECK(sd_event_run(e, 5000000) >= 0);

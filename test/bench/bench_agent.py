@@ -133,7 +133,8 @@ def main():
     try:
         pdir = os.path.join(tmp, "plugins")
         install_plugin(plugin_file(), pdir)
-        a = Agent(tmp, "  ex:\n    plugin: example\n    interval: 5s\n", plugin_dirs=[pdir])
+        a = Agent(tmp, "  ex:\n    plugin: example\n    interval: 5s\n", plugin_dirs=[pdir],
+                  agent_extra="  commands: {sh: /bin/sh}\n")
         a.start()
         try:
             c = Control(a.sock)
@@ -168,6 +169,18 @@ def main():
             reload_us.sort()
             print("plugin reload (dlopen + init + state handover + fini): median %d us, p90 %d us, max %d us" % (
                 reload_us[len(reload_us) // 2], reload_us[int(len(reload_us) * 0.9)], reload_us[-1]))
+            # the same with a command running through every reload (adopted each time)
+            c.send("call", {"instance": "ex", "verb": "sleep_echo", "args": {"seconds": 60, "text": "bench"}}, id=0)
+            r = c.read()
+            reload_us = []
+            for i in range(50):
+                install_plugin(variants[i % 2], pdir)
+                c.send("plugin.reload", {"name": "ex"}, id=i)
+                reload_us.append(c.read()["result"]["reload_us"])
+            reload_us.sort()
+            running = len(a.ok("plugin", "info", "ex")["execs"])
+            print("plugin reload with %d running command(s) handed over: median %d us, p90 %d us, max %d us" % (
+                running, reload_us[len(reload_us) // 2], reload_us[int(len(reload_us) * 0.9)], reload_us[-1]))
             c.close()
 
             # idle: let the start-up settle, then watch for 10 s

@@ -503,12 +503,21 @@ def test_reload_during_a_run(tmp, agents):
     agents.append(a)
     a.start()
     wait_for(lambda: (status(a).get("running") or {}).get("step") == "build", what="the build running")
+    execs = a.ok("plugin", "info", "web")["execs"]
+    assert len(execs) == 1 and execs[0]["generation"] == 1, execs
     a.ok("plugin", "reload", "web")
-    # the old generation's build is killed; the run is marked interrupted and retried once
-    s = wait_for(lambda: (lambda s: s if s["candidate"] else None)(idle(a)), timeout=60, what="the retried run")
+    # the new generation adopted the build: the same process goes on, the run is not
+    # interrupted, it ends once, green, without a retry
+    after = a.ok("plugin", "info", "web")
+    assert after["generation"] == 2 and [x["pid"] for x in after["execs"]] == [execs[0]["pid"]], after
+    assert status(a)["running"]["step"] == "build"
+    s = wait_for(lambda: (lambda s: s if s["candidate"] else None)(idle(a)), timeout=60, what="the run")
     runs = a.ok("call", "web", "runs", "10")["runs"]
-    assert [r["status"] for r in runs] == ["success", "fail"] and runs[1]["reason"] == "interrupted", runs
+    assert [r["status"] for r in runs] == ["success"], runs
     assert runs[0]["commit"] == sha and s["candidate"] == runs[0]["run_id"], (runs, s)
+    with open(os.path.join(root(tmp), "runs", runs[0]["run_id"], "agent.log")) as f:
+        log = f.read()
+    assert "build: taken over by the new build" in log and "interrupted" not in log, log
 
 
 def a_cmd(a, verb):

@@ -7,14 +7,15 @@ scripts this test writes (never `sh -c`): done with stdout, err with the returnc
 time-out and a cancel that kill a grandchild which called setsid (when cgroup v2 is
 writable: otherwise the fallback is printed), output of 10 MB capped at 64 000 bytes
 without the agent's RSS growing by it, a busy GPU refused, a re-delivered task answered
-from the store (its side effect happens once), a task per GPU at once, bad input."""
+from the store (its side effect happens once), a task per GPU at once, bad input, and a
+reload of a new gpuworker.so mid-task: the task runs on and is reported done once."""
 import json
 import os
 import shutil
 import subprocess
 import time
 
-from harness import Agent, Control, Skip, run_tests, wait_for
+from harness import PLUGINS, Agent, Control, Skip, install_plugin, run_tests, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "..", "fixtures", "sysroots", "gpupool12")
@@ -36,7 +37,7 @@ def need_root():
         raise Skip("tasks run as the unprivileged user nobody: agentd must run as root to switch to it")
 
 
-def start(tmp, agents, extra="", user="nobody", rescan="1s"):
+def start(tmp, agents, extra="", user="nobody", rescan="1s", plugin_dirs=None):
     need_root()
     root = os.path.join(tmp, "root")
     shutil.copytree(FIXTURE, root, symlinks=True)
@@ -51,7 +52,7 @@ def start(tmp, agents, extra="", user="nobody", rescan="1s"):
     plugins = ("  gpuworker:\n    config:\n      task_root: %s\n      user: %s\n"
                "      heartbeat_interval: 1s\n      metrics_interval: 1s\n      rescan_interval: %s\n"
                "      env: {HSA_OVERRIDE_GFX_VERSION: \"8.0.3\"}\n%s") % (tasks, user, rescan, extra)
-    a = Agent(tmp, plugins, agent_extra="  sysroot: %s\n" % root)
+    a = Agent(tmp, plugins, agent_extra="  sysroot: %s\n" % root, plugin_dirs=plugin_dirs)
     agents.append(a)
     a.start()
     return a, bindir, tasks
@@ -187,6 +188,40 @@ def test_tasks(tmp, agents):
     assert subj == "gpu.task.done", p
     recent = a.ok("gpuworker", "tasks", "20")["tasks"]
     assert {"m1", "e1", "long", "par3"} <= {t["task_id"] for t in recent}, recent
+    c.close()
+
+
+def test_reload_mid_task_reports_once(tmp, agents):
+    """An operator drops in a new gpuworker.so (a new file, renamed over the old) and
+    reloads while a task runs: the same process goes on, the new build adopts it and
+    reports it done once, with its output; the old build reports nothing."""
+    pdir = os.path.join(tmp, "plugins")
+    so = os.path.join(PLUGINS, "gpuworker.so")
+    install_plugin(so, pdir, "gpuworker.so")
+    a, bindir, _ = start(tmp, agents, plugin_dirs=[pdir])
+    c = subscribe(a, "gpu.task.>")
+    run(a, 2, {"task_id": "rl", "cmd": ["/bin/sh", bindir + "/sleep.sh", "3"]})
+    subj, p = wait_result(c, "rl", subjects=("gpu.task.running",))
+    pid = p["pid"]
+    install_plugin(so, pdir, "gpuworker.so")
+    r = a.ok("plugin", "reload", "gpuworker")
+    assert r["generation"] == 2, r
+    execs = a.ok("plugin", "info", "gpuworker")["execs"]
+    assert [(x["pid"], x["generation"]) for x in execs] == [(pid, 1)], execs
+    g = a.ok("gpuworker", "status")["gpus"][2]
+    assert g["state"] == "busy" and g["task"]["task_id"] == "rl", g
+    subj, p = wait_result(c, "rl")
+    assert subj == "gpu.task.done" and p["stdout"] == "slept\n" and p["returncode"] == 0, p
+    # a later task's result is the fence: nothing more came for rl before it
+    run(a, 3, {"task_id": "fence", "cmd": ["/bin/sh", bindir + "/sleep.sh", "0"]})
+    subj, _ = wait_result(c, "fence")
+    assert subj == "gpu.task.done"
+    late = [s for s, _ in _seen.get((id(c), "rl"), []) if s in ("gpu.task.done", "gpu.task.err")]
+    assert late == [], late
+    row = [t for t in a.ok("gpuworker", "tasks", "5")["tasks"] if t["task_id"] == "rl"]
+    assert len(row) == 1 and row[0]["state"] == "done", row
+    assert a.ok("gpuworker", "status")["gpus"][2]["state"] == "idle"
+    assert "not adopted" not in a.logtext() and "taken over" in a.logtext()
     c.close()
 
 

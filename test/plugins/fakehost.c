@@ -444,6 +444,20 @@ static int f_work_submit(org_ctx *ctx, org_work_fn work, org_work_done_fn done, 
         return 0;
 }
 
+/* A deferred exec still pending gets the adopter's callback (a test plays the reload:
+ * a second init on the same ctx); there is no predecessor check here. */
+static int f_exec_adopt(org_ctx *ctx, uint64_t id, org_exec_fn cb, void *userdata) {
+        for (size_t i = 0; i < ctx->n_pending; i++)
+                if (ctx->pending[i].id == id) {
+                        ctx->pending[i].cb = cb;
+                        ctx->pending[i].userdata = userdata;
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+static int f_work_adopt(org_ctx *ctx, uint64_t id, org_work_adopted_fn done, void *userdata) { return -ENOENT; }
+
 unsigned fake_work_run(org_ctx *ctx) {
         unsigned n = 0;
         while (ctx->n_works > 0) {
@@ -500,6 +514,8 @@ const org_host fake_host = {
         .timer_add_realtime = f_timer_add_realtime,
         .time_change_add = f_time_change_add,
         .work_submit = f_work_submit,
+        .exec_adopt = f_exec_adopt,
+        .work_adopt = f_work_adopt,
 };
 
 void fake_ctx_init(org_ctx *ctx, const char *instance, const char *config_json) {

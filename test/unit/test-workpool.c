@@ -2,8 +2,10 @@
  * submit, work off the loop thread and done on it, results carried through, chains
  * submitted from done, and the retirement rule: cancelling an owner drops its queued
  * jobs, waits for its running ones, never calls their done and hands every userdata to
- * the drop function, while another owner's jobs complete. Loops are bounded by
- * iteration counts and sd-event time-outs. */
+ * the drop function, while another owner's jobs complete. The reload rules: an
+ * adopted job completes with its new owner and done; an orphaned owner's running job
+ * is not waited for, finishes, and is dropped; each job's hold is released once, after
+ * its done (or drop). Loops are bounded by iteration counts and sd-event time-outs. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -76,7 +78,7 @@ static void wait_started(int want) {
 
 static void test_basic(sd_event *e) {
         workpool *p;
-        CHECK_INT(workpool_new(e, 2, drop, &p), 0);
+        CHECK_INT(workpool_new(e, 2, drop, NULL, &p), 0);
         CHECK_INT(workpool_threads(p), 0); /* lazily started */
         org_ctx *owner = (org_ctx *)(uintptr_t)0x1;
         item *items[20];
@@ -84,7 +86,7 @@ static void test_basic(sd_event *e) {
         for (int i = 0; i < 20; i++) {
                 items[i] = item_new(i, false);
                 uint64_t id = 0;
-                CHECK_INT(workpool_submit(p, owner, work, done, items[i], &id), 0);
+                CHECK_INT(workpool_submit(p, owner, work, done, items[i], NULL, &id), 0);
                 CHECK(id > 0);
         }
         CHECK_INT(workpool_threads(p), 2);
@@ -100,7 +102,7 @@ static void test_basic(sd_event *e) {
                 free(items[i]);
         }
         CHECK_INT(dropped, 0);
-        CHECK_INT(workpool_submit(p, owner, NULL, done, NULL, NULL), -EINVAL);
+        CHECK_INT(workpool_submit(p, owner, NULL, done, NULL, NULL, NULL), -EINVAL);
         workpool_free(p);
 }
 
@@ -111,14 +113,14 @@ static void chain_done(org_ctx *ctx, int result, void *userdata) {
         done_calls++;
         free(userdata);
         if (--chain_left > 0)
-                CHECK_INT(workpool_submit(chain_pool, ctx, work, chain_done, item_new(1, false), NULL), 0);
+                CHECK_INT(workpool_submit(chain_pool, ctx, work, chain_done, item_new(1, false), NULL, NULL), 0);
 }
 
 static void test_chain(sd_event *e) {
-        CHECK_INT(workpool_new(e, 1, drop, &chain_pool), 0);
+        CHECK_INT(workpool_new(e, 1, drop, NULL, &chain_pool), 0);
         done_calls = 0;
         chain_left = 5;
-        CHECK_INT(workpool_submit(chain_pool, NULL, work, chain_done, item_new(1, false), NULL), 0);
+        CHECK_INT(workpool_submit(chain_pool, NULL, work, chain_done, item_new(1, false), NULL, NULL), 0);
         run_until(e, &done_calls, 5);
         CHECK_INT(done_calls, 5);
         workpool_free(chain_pool);
@@ -133,19 +135,19 @@ static void *open_gate_later(void *arg) {
 
 static void test_cancel_owner(sd_event *e) {
         workpool *p;
-        CHECK_INT(workpool_new(e, 2, drop, &p), 0);
+        CHECK_INT(workpool_new(e, 2, drop, NULL, &p), 0);
         org_ctx *a = (org_ctx *)(uintptr_t)0xa, *b = (org_ctx *)(uintptr_t)0xb;
         atomic_store(&started, 0);
         atomic_store(&gate_open, 0);
         done_calls = dropped = 0;
         /* two slow jobs of a occupy both threads, then two more of a and one of b queue */
         for (int i = 0; i < 2; i++)
-                CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL), 0);
+                CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL, NULL), 0);
         wait_started(2);
         for (int i = 0; i < 2; i++)
-                CHECK_INT(workpool_submit(p, a, work, done, item_new(1, false), NULL), 0);
+                CHECK_INT(workpool_submit(p, a, work, done, item_new(1, false), NULL, NULL), 0);
         item *bi = item_new(7, false);
-        CHECK_INT(workpool_submit(p, b, work, done, bi, NULL), 0);
+        CHECK_INT(workpool_submit(p, b, work, done, bi, NULL, NULL), 0);
         CHECK_INT(workpool_pending(p, a), 4);
         CHECK_INT(workpool_pending(p, b), 1);
 
@@ -167,16 +169,80 @@ static void test_cancel_owner(sd_event *e) {
         /* free with work still queued drops it too */
         atomic_store(&gate_open, 0);
         atomic_store(&started, 0);
-        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL), 0);
-        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL), 0);
+        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL, NULL), 0);
+        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), NULL, NULL), 0);
         wait_started(2);
-        CHECK_INT(workpool_submit(p, b, work, done, item_new(1, false), NULL), 0);
+        CHECK_INT(workpool_submit(p, b, work, done, item_new(1, false), NULL, NULL), 0);
         CHECK_INT(pthread_create(&t, NULL, open_gate_later, NULL), 0);
         dropped = 0;
         workpool_free(p);
         pthread_join(t, NULL);
         CHECK_INT(dropped, 3);
         CHECK_INT(done_calls, 1);
+}
+
+static int releases;
+static org_ctx *done_owner;
+static void release(void *hold) {
+        CHECK(hold == (void *)&releases);
+        releases++;
+}
+
+static void *adopted_ud_seen;
+static void done_adopted(org_ctx *ctx, int result, void *work_data, void *userdata) {
+        done_owner = ctx;
+        adopted_ud_seen = userdata;
+        done(ctx, result, work_data);
+}
+
+static void test_adopt_and_orphan(sd_event *e) {
+        workpool *p;
+        CHECK_INT(workpool_new(e, 1, drop, release, &p), 0);
+        org_ctx *a = (org_ctx *)(uintptr_t)0xa, *b = (org_ctx *)(uintptr_t)0xb;
+        atomic_store(&started, 0);
+        atomic_store(&gate_open, 0);
+        done_calls = dropped = releases = 0;
+        uint64_t id1 = 0, id2 = 0;
+        item *it = item_new(3, true);
+        CHECK_INT(workpool_submit(p, a, work, done, it, &releases, &id1), 0);
+        wait_started(1);
+        CHECK(workpool_owns(p, a, id1));
+        CHECK(!workpool_owns(p, b, id1));
+        CHECK_INT(workpool_adopt(p, b, id1, a, done_adopted, NULL), -ENOENT); /* not b's */
+        CHECK_INT(workpool_adopt(p, a, id1, b, done_adopted, &done_owner), 0);
+        CHECK(!workpool_owns(p, a, id1));
+        /* a's running job is b's now: orphaning a leaves nothing of a's running */
+        CHECK_INT(workpool_orphan_owner(p, a), 0);
+        atomic_store(&gate_open, 1);
+        run_until(e, &done_calls, 1);
+        CHECK_INT(done_calls, 1);
+        CHECK(done_owner == b);
+        CHECK(adopted_ud_seen == &done_owner);
+        CHECK_INT(it->done_seen, 1);
+        CHECK_INT(releases, 1);
+        free(it);
+
+        /* orphan: a slow running job and a queued one of a */
+        atomic_store(&started, 0);
+        atomic_store(&gate_open, 0);
+        done_calls = dropped = releases = 0;
+        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, true), &releases, &id1), 0);
+        wait_started(1);
+        CHECK_INT(workpool_submit(p, a, work, done, item_new(1, false), &releases, &id2), 0);
+        /* returns at once, the gate still closed: nothing waits for the running job */
+        CHECK_INT(workpool_orphan_owner(p, a), 1);
+        CHECK_INT(dropped, 1);  /* the queued one, never started */
+        CHECK_INT(releases, 1);
+        CHECK_INT(atomic_load(&gate_open), 0);
+        CHECK_INT(workpool_pending(p, a), 0);
+        CHECK_INT(workpool_pending(p, NULL), 1);
+        atomic_store(&gate_open, 1);
+        run_until(e, &dropped, 2);
+        CHECK_INT(dropped, 2);
+        CHECK_INT(releases, 2);
+        CHECK_INT(done_calls, 0);
+        CHECK_INT(atomic_load(&started), 1);
+        workpool_free(p);
 }
 
 int main(void) {
@@ -186,6 +252,7 @@ int main(void) {
         test_basic(e);
         test_chain(e);
         test_cancel_owner(e);
+        test_adopt_and_orphan(e);
         sd_event_unref(e);
         printf("ok\n");
         return 0;

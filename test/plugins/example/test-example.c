@@ -1,6 +1,7 @@
 /* test-example.c — the example plugin against the fake host: init subscribes to the
  * configured pattern, tick publishes a heartbeat, handle counts, verbs answer, state
- * survives save/restore, verify reports. */
+ * survives save/restore, verify reports, a running sleep_echo is adopted by the state
+ * that restores the blob and completes there (the old one never hears of it). */
 #include <errno.h>
 
 #include <jansson.h>
@@ -76,7 +77,7 @@ static void test_descriptor(void) {
         size_t n = 0;
         for (const org_config_entry *e = organism_plugin.config_map; e->key; e++)
                 n++;
-        CHECK_INT(n, 9);
+        CHECK_INT(n, 10);
         bool reset_mutating = false;
         for (const org_verb *v = organism_plugin.verbs; v->name; v++)
                 if (strcmp(v->name, "reset") == 0)
@@ -84,8 +85,40 @@ static void test_descriptor(void) {
         CHECK(reset_mutating);
 }
 
+/* The fake host's exec_adopt re-points a pending exec: the reload as the plugin sees it. */
+static void test_adopt(void) {
+        org_ctx ctx;
+        fake_ctx_init(&ctx, "ex1", "{\"heartbeat_subject\":\"hb\",\"subscribe\":\"example.>\",\"adopt_execs\":true}");
+        ctx.exec_deferred = true;
+        void *old = NULL, *new = NULL;
+        CHECK_INT(organism_plugin.init(&fake_host, &ctx, &old), 0);
+        char *reply = NULL;
+        CHECK_INT(fake_call(&organism_plugin, old, &ctx, "sleep_echo", "{\"seconds\":3,\"text\":\"t\"}", &reply), 0);
+        CHECK_CONTAINS(reply, "\"id\":1");
+        free(reply);
+        CHECK_STR(ctx.execs[0].argv[0], "sh");
+        CHECK_STR(ctx.execs[0].argv[5], "t"); /* an argument, not script text */
+
+        void *blob = NULL;
+        size_t len = 0;
+        CHECK_INT(organism_plugin.save_state(old, &blob, &len), 0);
+        CHECK_INT(organism_plugin.init(&fake_host, &ctx, &new), 0);
+        CHECK_INT(organism_plugin.restore_state(new, blob, len), 0);
+        free(blob);
+        organism_plugin.fini(old); /* frees its own run records; the command is the new one's */
+        CHECK(fake_exec_complete(&ctx, 0, "begin\nt\n"));
+        CHECK_INT(fake_call(&organism_plugin, new, &ctx, "execs", "{}", &reply), 0);
+        CHECK_CONTAINS(reply, "\"running\":[]");
+        CHECK_CONTAINS(reply, "\"out\":\"begin\\nt\\n\"");
+        CHECK_CONTAINS(reply, "\"restores\":1");
+        free(reply);
+        organism_plugin.fini(new);
+        fake_ctx_done(&ctx);
+}
+
 int main(void) {
         RUN(test_descriptor);
+        RUN(test_adopt);
         RUN(test_lifecycle);
         return 0;
 }
