@@ -6,6 +6,7 @@
 
 #include "agent.h"
 #include "bridge.h"
+#include "peers.h"
 #include "config_schema.h"
 #include "control.h"
 #include "instance.h"
@@ -202,6 +203,9 @@ int agent_new(sd_event *event, agent_config *cfg, const char *config_path, agent
                 r = bridge_new(a, cfg->nats, &a->bridge);
                 if (r < 0)
                         goto fail;
+                r = peers_new(a, &a->peers);
+                if (r < 0)
+                        goto fail;
                 const char *rc = json_string_value(json_object_get(cfg->nats, "remote_control"));
                 if (!rc || !streq(rc, "off")) {
                         r = control_remote_start(a->control, rc && streq(rc, "admin"));
@@ -247,6 +251,7 @@ void agent_free(agent *a) {
         free(a->instances);
         if (a->bus)
                 bus_dispatch(a->bus, 0); /* what the instances said last reaches the bridge */
+        peers_free(a->peers);
         bridge_free(a->bridge);
         bus_free(a->bus);
         metrics_free(a->metrics);

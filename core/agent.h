@@ -18,6 +18,7 @@
 typedef struct instance instance;
 typedef struct control control;
 typedef struct bridge bridge;
+typedef struct peers peers;
 
 typedef struct agent {
         sd_event *event;
@@ -29,6 +30,7 @@ typedef struct agent {
         size_t n_instances;
         control *control;
         bridge *bridge;         /* NULL in embedded mode (no bus.nats) */
+        peers *peers;           /* the other agents heard on NATS; NULL without the bridge */
         bool check_perms;       /* refuse plugin files trust.c refuses (always set) */
         uint64_t started_us;
         uint64_t config_reloads;

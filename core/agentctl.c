@@ -22,6 +22,9 @@ enum {
 
 static const char *arg_socket;
 static const char *arg_agent;
+#define MAX_AGENTS 64
+static const char *arg_agents[MAX_AGENTS]; /* --agent given several times (audit only) */
+static size_t n_arg_agents;
 static bool arg_json;
 static uint64_t arg_timeout_ms = 10000;
 
@@ -33,7 +36,10 @@ static void help(void) {
                "Agent:\n"
                "  status                          agent, instances, bus counters\n"
                "  metrics [--text]                every counter and gauge (--text: Prometheus format)\n"
-               "  audit                           run every plugin's verify hook (desired vs actual)\n"
+               "  audit [--all-agents]            run every plugin's verify hook (desired vs actual);\n"
+               "                                  --all-agents (or --agent repeated): one table over\n"
+               "                                  this agent and every agent seen on the NATS bus\n"
+               "  agents                          this agent and the others heard on the NATS bus\n"
                "  config check [FILE]             check the config file (default: the running one)\n"
                "  config reload                   re-read the config; restart only what changed\n"
                "\n"
@@ -60,6 +66,7 @@ static void help(void) {
                "Options:\n"
                "  -s, --socket PATH   control socket (default $AGENTCTL_SOCKET or %s)\n"
                "  -a, --agent NAME    act on another agent through the NATS bridge of this one\n"
+               "                      (audit: may be repeated)\n"
                "                      (its bus.nats.remote_control decides what it allows)\n"
                "      --json          print the daemon's JSON instead of tables\n"
                "  -t, --timeout SEC   how long to wait for a reply (default 10; bus sub: none)\n"
@@ -512,34 +519,192 @@ static int cmd_config_check(int argc, char **argv) {
         return run_checked("config.check", args, human_config_check);
 }
 
-static void human_audit(json_t *res) {
-        static const char *const h[] = {"INSTANCE", "PLUGIN", "STATE", "RESULT", "WHAT", "WANT", "HAVE"};
-        table *t = table_new(ELEMENTSOF(h), h);
+/* The rows of one agent's audit; agent_name NULL: the single-agent table (no AGENT
+ * column). */
+static void audit_rows(table *t, const char *agent_name, json_t *res) {
         size_t i;
         json_t *o;
+        int off = agent_name ? 1 : 0;
         json_array_foreach(json_object_get(res, "instances"), i, o) {
                 const char *result = !json_is_true(json_object_get(o, "verified")) ? "no verify"
                                      : json_is_true(json_object_get(o, "ok"))      ? "ok"
                                                                                    : "DRIFT";
-                const char *row[] = {json_string_value(json_object_get(o, "instance")),
-                                     json_string_value(json_object_get(o, "plugin")),
-                                     json_string_value(json_object_get(o, "state")), result,
-                                     json_string_value(json_object_get(o, "error")), NULL, NULL};
+                const char *row[8] = {agent_name};
+                row[off + 0] = json_string_value(json_object_get(o, "instance"));
+                row[off + 1] = json_string_value(json_object_get(o, "plugin"));
+                row[off + 2] = json_string_value(json_object_get(o, "state"));
+                row[off + 3] = result;
+                row[off + 4] = json_string_value(json_object_get(o, "error"));
                 table_add_row(t, row);
                 size_t k;
                 json_t *c;
                 json_array_foreach(json_object_get(o, "checks"), k, c) {
                         char b[3][64];
-                        const char *crow[] = {"", "", "",
-                                              json_is_true(json_object_get(c, "ok")) ? "  ok" : "  DRIFT",
-                                              cell(json_object_get(c, "what"), b[0]),
-                                              cell(json_object_get(c, "want"), b[1]),
-                                              cell(json_object_get(c, "have"), b[2])};
+                        const char *crow[8] = {""};
+                        for (int j = 0; j < off + 3; j++)
+                                crow[j] = "";
+                        crow[off + 3] = json_is_true(json_object_get(c, "ok")) ? "  ok" : "  DRIFT";
+                        crow[off + 4] = cell(json_object_get(c, "what"), b[0]);
+                        crow[off + 5] = cell(json_object_get(c, "want"), b[1]);
+                        crow[off + 6] = cell(json_object_get(c, "have"), b[2]);
                         table_add_row(t, crow);
                 }
         }
+}
+
+static void human_audit(json_t *res) {
+        static const char *const h[] = {"INSTANCE", "PLUGIN", "STATE", "RESULT", "WHAT", "WANT", "HAVE"};
+        table *t = table_new(ELEMENTSOF(h), h);
+        audit_rows(t, NULL, res);
         table_print(t, stdout);
         table_free(t);
+}
+
+static void human_agents(json_t *res) {
+        static const char *const h[] = {"AGENT", "VERSION", "LAST SEEN", "STATE"};
+        table *t = table_new(ELEMENTSOF(h), h);
+        size_t i;
+        json_t *o;
+        json_array_foreach(json_object_get(res, "agents"), i, o) {
+                bool self = json_is_true(json_object_get(o, "self"));
+                const char *row[] = {json_string_value(json_object_get(o, "agent")),
+                                     json_string_value(json_object_get(o, "version")),
+                                     self ? "-" : json_string_value(json_object_get(o, "last_seen")),
+                                     self ? "this agent" : json_is_true(json_object_get(o, "stale")) ? "STALE" : "seen"};
+                table_add_row(t, row);
+        }
+        table_print(t, stdout);
+        table_free(t);
+        if (!json_is_true(json_object_get(res, "nats")))
+                printf("(no NATS bridge: this agent alone)\n");
+}
+
+#define AUDIT_BATCH 8
+
+/* The audits of names[0..n), asked at once (one connection each, so the slowest bounds
+ * the wait, not the sum), appended to out: {agent, ok, instances} or {agent, ok: false,
+ * error}. An agent that does not answer within the time-out is an entry that says so.
+ * Returns false if any is not ok; *ret_exit set when agentd itself is not reachable. */
+static bool audit_batch(const char *const *names, size_t n, json_t *out, int *ret_exit) {
+        ctl_client *conns[AUDIT_BATCH] = {0};
+        bool all_ok = true;
+        for (size_t i = 0; i < n; i++) {
+                int ex = connect_agent(&conns[i]);
+                if (ex != EXIT_OK) {
+                        *ret_exit = ex;
+                        for (size_t k = 0; k < i; k++)
+                                ctl_client_free(conns[k]);
+                        return false;
+                }
+                json_t *args = json_pack("{s:s, s:I}", "agent", names[i], "timeout_ms", (json_int_t)arg_timeout_ms);
+                if (ctl_client_send(conns[i], "audit", args) < 0) {
+                        ctl_client_free(conns[i]);
+                        conns[i] = NULL;
+                }
+        }
+        for (size_t i = 0; i < n; i++) {
+                json_t *reply = NULL, *o;
+                /* the local agentd answers a remote time-out itself: a little beyond it */
+                int r = conns[i] ? ctl_client_read(conns[i], arg_timeout_ms + 2000, &reply) : -ECONNRESET;
+                if (r < 0)
+                        o = json_pack("{s:s, s:b, s:s}", "agent", names[i], "ok", 0, "error",
+                                      r == -ETIMEDOUT ? "no answer in time" : strerror(-r));
+                else if (!json_is_true(json_object_get(reply, "ok"))) {
+                        const char *err = json_string_value(json_object_get(reply, "error"));
+                        o = json_pack("{s:s, s:b, s:s, s:O?}", "agent", names[i], "ok", 0, "error",
+                                      err ? err : "request failed", "errno", json_object_get(reply, "errno"));
+                } else {
+                        o = json_deep_copy(json_object_get(reply, "result"));
+                        if (!json_is_object(o)) {
+                                json_decref(o);
+                                o = json_pack("{s:b, s:s}", "ok", 0, "error", "the audit answered no object");
+                        }
+                        json_object_set_new(o, "agent", json_string(names[i]));
+                        if (!json_is_boolean(json_object_get(o, "ok")))
+                                json_object_set_new(o, "ok", json_false());
+                }
+                json_decref(reply);
+                ctl_client_free(conns[i]);
+                all_ok = all_ok && json_is_true(json_object_get(o, "ok"));
+                json_array_append_new(out, o);
+        }
+        return all_ok;
+}
+
+/* One table (or JSON array) over the audits of several agents; exit 1 if any failed or
+ * did not answer. */
+static int audit_agents(const char *const *names, size_t n) {
+        json_t *out = json_array();
+        bool all_ok = true;
+        int ex = EXIT_OK;
+        /* eight at a time: a member of group organism has 16 connections (control limits) */
+        for (size_t lo = 0; lo < n && ex == EXIT_OK; lo += AUDIT_BATCH)
+                all_ok = audit_batch(names + lo, MIN(n - lo, (size_t)AUDIT_BATCH), out, &ex) && all_ok;
+        if (ex != EXIT_OK)
+                goto out;
+        if (arg_json)
+                print_json(out);
+        else {
+                static const char *const h[] = {"AGENT", "INSTANCE", "PLUGIN", "STATE", "RESULT", "WHAT", "WANT", "HAVE"};
+                table *t = table_new(ELEMENTSOF(h), h);
+                size_t i;
+                json_t *o;
+                json_array_foreach(out, i, o) {
+                        const char *name = json_string_value(json_object_get(o, "agent"));
+                        if (json_object_get(o, "instances"))
+                                audit_rows(t, name, o);
+                        else {
+                                const char *row[] = {name, "-", "-", "-", "NO ANSWER",
+                                                     json_string_value(json_object_get(o, "error")), NULL, NULL};
+                                table_add_row(t, row);
+                        }
+                }
+                table_print(t, stdout);
+                table_free(t);
+        }
+        ex = all_ok ? EXIT_OK : EXIT_FAILED;
+out:
+        json_decref(out);
+        return ex;
+}
+
+/* audit [--all-agents]: this agent (or the one --agent names), or several: every
+ * --agent given, and with --all-agents every agent the local agentd knows (this one
+ * and those heard on the NATS bus: `agentctl agents`). */
+static int cmd_audit(int argc, char **argv) {
+        bool all = false;
+        for (int i = 0; i < argc; i++) {
+                if (streq(argv[i], "--all-agents") || streq(argv[i], "--all"))
+                        all = true;
+                else
+                        return usage_error("audit takes no argument but --all-agents, got '%s'", argv[i]);
+        }
+        if (!all && n_arg_agents <= 1)
+                return run_checked("audit", NULL, human_audit);
+        const char *names[MAX_AGENTS];
+        size_t n = 0;
+        for (size_t i = 0; i < n_arg_agents; i++)
+                names[n++] = arg_agents[i];
+        json_t *res = NULL;
+        if (all) {
+                arg_agent = NULL; /* the list is the local agentd's */
+                int ex = request("agents", NULL, &res);
+                if (ex != EXIT_OK)
+                        return ex;
+                size_t i;
+                json_t *o;
+                json_array_foreach(json_object_get(res, "agents"), i, o) {
+                        const char *name = json_string_value(json_object_get(o, "agent"));
+                        bool dup = false;
+                        for (size_t k = 0; k < n && !dup; k++)
+                                dup = streq(names[k], name);
+                        if (name && !dup && n < MAX_AGENTS)
+                                names[n++] = name;
+                }
+        }
+        int ex = audit_agents(names, n);
+        json_decref(res);
+        return ex;
 }
 
 static int parse_json_arg(const char *text, json_t **ret) {
@@ -801,6 +966,9 @@ int main(int argc, char **argv) {
                         break;
                 case 'a':
                         arg_agent = optarg;
+                        if (n_arg_agents >= MAX_AGENTS)
+                                return usage_error("at most %d --agent", MAX_AGENTS);
+                        arg_agents[n_arg_agents++] = optarg;
                         break;
                 case OPT_JSON:
                         arg_json = true;
@@ -833,6 +1001,8 @@ int main(int argc, char **argv) {
         if (argc < 1)
                 return usage_error("no command given");
         const char *cmd = argv[0];
+        if (n_arg_agents > 1 && !streq(cmd, "audit"))
+                return usage_error("--agent given %zu times: only audit takes several agents", n_arg_agents);
         if (streq(cmd, "status"))
                 return run_simple("status", NULL, human_status);
         if (streq(cmd, "metrics")) {
@@ -847,7 +1017,9 @@ int main(int argc, char **argv) {
                 return run_simple("metrics", NULL, human_metrics);
         }
         if (streq(cmd, "audit"))
-                return run_checked("audit", NULL, human_audit);
+                return cmd_audit(argc - 1, argv + 1);
+        if (streq(cmd, "agents"))
+                return run_simple("agents", NULL, human_agents);
         if (streq(cmd, "plugin"))
                 return cmd_plugin(argc - 1, argv + 1);
         if (streq(cmd, "bus"))

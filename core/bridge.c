@@ -49,6 +49,11 @@ static bool is_routed(const char *subject) {
         return startswith(subject, "organism.ctl.") || startswith(subject, "_INBOX.");
 }
 
+/* An agent's announcement (peers.h): housekeeping, left out of the message counters. */
+static bool is_announcement(const char *subject) {
+        return startswith(subject, "organism.agent.");
+}
+
 /* libnats' constructor of a message from headers already encoded (the one it uses for
  * what it receives): exported by libnats 3.x, not declared in nats.h. Weak, and used
  * only with a libnats 3 (bridge_new checks; else the public calls below): one
@@ -204,6 +209,8 @@ static void export_deliver(bus_client *c, const bus_msg *m, void *userdata) {
                 natsMsg_free(nm);
         else
                 natsMsg_Destroy(nm);
+        if (is_announcement(m->m.subject))
+                return; /* the next one, 10 s later, says the same: no counter, no warning */
         if (s == NATS_OK) {
                 b->exported++;
                 return;
@@ -231,8 +238,10 @@ static void import_free(import_msg *im) {
 static void import_run(bridge *b, post_item *it) {
         import_msg *im = (import_msg *)it;
         if (bus_publish(b->agent->bus, im->subject, im->reply, im->headers, im->n_headers, im->data, im->len,
-                        im->origin) >= 0)
-                b->imported++;
+                        im->origin) >= 0) {
+                if (!is_announcement(im->subject))
+                        b->imported++;
+        }
         else
                 b->import_dropped++;
         import_free(im);
@@ -335,7 +344,8 @@ static void on_nats_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
         if (natsMsgHeader_Get(msg, BRIDGE_ORIGIN_HEADER, &origin) != NATS_OK || !origin || !*origin)
                 origin = "nats"; /* a plain NATS client, not an agent */
         if (streq(origin, b->self)) {
-                b->echo_dropped++;
+                if (!is_announcement(subject))
+                        b->echo_dropped++;
                 natsMsg_Destroy(msg);
                 return;
         }
@@ -555,8 +565,9 @@ static natsStatus set_options(bridge *b, json_t *cfg) {
         return s;
 }
 
-/* The import subscriptions, in order: configured patterns, then the reply inbox and
- * (unless remote control is off) the control subjects of this agent. */
+/* The import subscriptions, in order: configured patterns, then the reply inbox,
+ * (unless remote control is off) the control subjects of this agent, and the other
+ * agents' announcements (peers.h). */
 static int add_import(bridge *b, const char *pattern) {
         import_sub *is = &b->imports[b->n_imports];
         is->bridge = b;
@@ -593,7 +604,7 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
 
         json_t *imports = json_object_get(cfg, "import"), *v;
         size_t i;
-        b->imports = new0(import_sub, json_array_size(imports) + 2);
+        b->imports = new0(import_sub, json_array_size(imports) + 3);
         if (!b->imports)
                 goto fail;
         json_array_foreach(imports, i, v) if ((r = add_import(b, json_string_value(v))) < 0) goto fail;
@@ -605,7 +616,8 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
                 r = -ENOMEM;
                 goto fail;
         }
-        if ((r = add_import(b, inbox)) < 0 || (b->remote_control && (r = add_import(b, ctl)) < 0))
+        if ((r = add_import(b, inbox)) < 0 || (b->remote_control && (r = add_import(b, ctl)) < 0) ||
+            (r = add_import(b, "organism.agent.*")) < 0)
                 goto fail;
 
         b->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -683,9 +695,11 @@ int bridge_new(agent *a, json_t *cfg, bridge **ret) {
         }
         json_t *exports = json_object_get(cfg, "export");
         json_array_foreach(exports, i, v) if ((r = bus_subscribe(b->exporter, json_string_value(v), NULL)) < 0) goto fail;
-        /* requests to other agents and replies to them always cross */
+        /* requests to other agents and replies to them always cross, and so does this
+         * agent's announcement */
         if ((r = bus_subscribe(b->exporter, "_INBOX.>", NULL)) < 0 ||
-            (r = bus_subscribe(b->exporter, "organism.ctl.>", NULL)) < 0)
+            (r = bus_subscribe(b->exporter, "organism.ctl.>", NULL)) < 0 ||
+            (r = bus_subscribe(b->exporter, "organism.agent.*", NULL)) < 0)
                 goto fail;
 
         r = js_start(b);

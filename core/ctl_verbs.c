@@ -14,6 +14,7 @@
 #include "log.h"
 #include "notify.h"
 #include "org-build-config.h"
+#include "peers.h"
 #include "subject.h"
 #include "util.h"
 
@@ -650,6 +651,15 @@ static void v_audit(ctl_request *q) {
         ctl_reply_ok(q, json_pack("{s:b, s:o}", "ok", all_ok, "instances", arr));
 }
 
+/* agents: this one and the others heard on the NATS bus (peers.h). */
+static void v_agents(ctl_request *q) {
+        json_t *list = peers_to_json(q->agent->peers);
+        json_array_insert_new(list, 0, json_pack("{s:s, s:s, s:b}", "agent", q->agent->config->name, "version",
+                                                 ORG_VERSION, "self", 1));
+        ctl_reply_ok(q, json_pack("{s:s, s:b, s:o}", "self", q->agent->config->name, "nats", q->agent->bridge != NULL,
+                                  "agents", list));
+}
+
 static void v_verbs(ctl_request *q);
 
 static const ctl_verb verbs[] = {
@@ -670,6 +680,7 @@ static const ctl_verb verbs[] = {
         {"metrics", false, v_metrics},
         {"audit", false, v_audit},
         {"verbs", false, v_verbs},
+        {"agents", false, v_agents},
 };
 
 static void v_verbs(ctl_request *q) {

@@ -141,13 +141,65 @@ def test_shipped_config_is_valid(tmp, agents):
     n = len(re.findall(r"^  [a-z_][a-z0-9_-]*:", body, re.M))
     assert "valid (%d plugin instances)" % n in p.stdout, p.stdout
     # and so are the examples of the README
-    for name in ("single-host.yaml", "multi-host.yaml", "gpu-pool.yaml", "cortex.yaml"):
+    for name in ("single-host.yaml", "multi-host.yaml", "host.yaml", "gpu-pool.yaml", "cortex.yaml"):
         with open(os.path.join(os.path.dirname(src), "examples", name)) as f:
             text = f.read().replace("agent:\n", "agent:\n  plugin_dirs: [%s]\n" % PLUGINS, 1)
         with open(path, "w") as f:
             f.write(text)
         p = subprocess.run([AGENTD, "--check", "-c", path], capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, (name, p.stderr)
+
+
+def test_reference_topology_fits_together(tmp, agents):
+    """host.yaml, cortex.yaml and gpu-pool.yaml (SPEC §6) share one authenticated NATS:
+    the token of the sample nats-server.conf, distinct agent names, and every subject
+    one of them needs from another exported by that other (no silent gap in the lists)."""
+    import shutil
+    ex = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "etc", "examples")
+
+    def flows(text, key):
+        m = re.search(r"^    %s: \[([^\]]*)\]" % key, text, re.M)
+        return re.findall(r'"([^"]+)"', m.group(1)) if m else []
+
+    with open(os.path.join(ex, "nats-server.conf")) as f:
+        conf = f.read()
+    token = re.search(r'^\s*token: "([^"]+)"', conf, re.M).group(1)
+    nodes = {}
+    for name in ("host.yaml", "cortex.yaml", "gpu-pool.yaml"):
+        with open(os.path.join(ex, name)) as f:
+            text = f.read()
+        agent = re.search(r"^  name: (\S+)", text, re.M).group(1)
+        assert re.search(r"^    token: %s\b" % re.escape(token), text, re.M), (name, "token of nats-server.conf")
+        nodes[agent] = (flows(text, "export"), flows(text, "import"))
+    assert sorted(nodes) == ["cortex", "gpu-pool", "host"], nodes
+    needs = {  # subject -> (who publishes it, who must hear it)
+        "gpu.task.run.3": ("cortex", "gpu-pool"), "gpu.task.cancel.3": ("cortex", "gpu-pool"),
+        "gpu.worker.heartbeat": ("gpu-pool", "cortex"), "gpu.worker.metrics": ("gpu-pool", "cortex"),
+        "gpu.task.running": ("gpu-pool", "cortex"), "gpu.task.done": ("gpu-pool", "cortex"),
+        "gpu.task.err": ("gpu-pool", "cortex"), "gpu.task.enqueue": ("host", "cortex"),
+        "gpu.task.result.x": ("cortex", "host"), "gpu.cache.sync": ("host", "gpu-pool"),
+        "gpu.cache.sync.done": ("gpu-pool", "host"),
+    }
+
+    def matches(pattern, subject):
+        p, s = pattern.split("."), subject.split(".")
+        for i, t in enumerate(p):
+            if t == ">":
+                return len(s) > i
+            if i >= len(s) or (t != "*" and t != s[i]):
+                return False
+        return len(p) == len(s)
+
+    for subject, (src, dst) in needs.items():
+        assert any(matches(p, subject) for p in nodes[src][0]), (subject, src, "does not export it")
+        assert any(matches(p, subject) for p in nodes[dst][1]), (subject, dst, "does not import it")
+    # the sample server config is valid (when nats-server is installed)
+    if shutil.which("nats-server"):
+        path = os.path.join(tmp, "nats-server.conf")
+        with open(path, "w") as f:
+            f.write(conf.replace("/var/lib/nats/jetstream", os.path.join(tmp, "js")))
+        p = subprocess.run(["nats-server", "-t", "-c", path], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p
 
 
 def test_sigint_and_hup(tmp, agents):
