@@ -252,7 +252,8 @@ static void check_plugin_dirs(const ynode *agent, diag *d, bool *bad) {
 /* SPEC §6: gpu.task.* carries commands. An agent that would take them from NATS (an
  * import reaching gpu.task.run.> or gpu.task.enqueue), or that lets NATS peers use
  * its admin verbs, must make the server authenticate it, or anyone who can reach the
- * server runs programs here. Refused at --check with the line of the fault. */
+ * server runs programs here. A JetStream stream on those subjects counts too (whoever
+ * consumes it runs what anyone published). Refused at --check with the line of the fault. */
 static bool scalar_set(const ynode *map, const char *key) {
         const ynode *v = map && map->kind == YNODE_MAP ? ynode_get(map, key, NULL) : NULL;
         return v && v->kind == YNODE_SCALAR && v->scalar[0];
@@ -279,6 +280,27 @@ static void check_nats_auth(const ynode *nats, diag *d, bool *bad) {
                                 *bad = true;
                                 break;
                         }
+        }
+        /* a JetStream stream kept for command subjects holds what anyone may publish there */
+        const ynode *js = ynode_get(nats, "jetstream", NULL);
+        const ynode *streams = js && js->kind == YNODE_MAP ? ynode_get(js, "streams", NULL) : NULL;
+        for (size_t i = 0; streams && streams->kind == YNODE_SEQ && i < streams->n; i++) {
+                const ynode *st = streams->values[i];
+                const ynode *subjects = st->kind == YNODE_MAP ? ynode_get(st, "subjects", NULL) : NULL;
+                bool said = false;
+                for (size_t k = 0; !said && subjects && subjects->kind == YNODE_SEQ && k < subjects->n; k++) {
+                        v = subjects->values[k];
+                        if (v->kind != YNODE_SCALAR || !pattern_is_valid(v->scalar))
+                                continue;
+                        for (size_t j = 0; !said && j < ELEMENTSOF(commands); j++)
+                                if (patterns_overlap(v->scalar, commands[j])) {
+                                        diag_add(d, v->line, v->col,
+                                                 "bus.nats.jetstream.streams[%zu].subjects[%zu]: \"%.64s\" keeps "
+                                                 "commands (%s) from NATS without authentication: %s",
+                                                 i, k, v->scalar, commands[j], fix);
+                                        *bad = said = true;
+                                }
+                }
         }
         v = ynode_get(nats, "remote_control", NULL);
         if (v && v->kind == YNODE_SCALAR && streq(v->scalar, "admin")) {

@@ -252,6 +252,7 @@ def test_no_worker_then_worker_appears(tmp, agents):
 WQ = """bus:
   nats:
     url: %s
+    token: wq-token
     export: %s
     reconnect_wait: 100ms
     jetstream:
@@ -271,7 +272,7 @@ def nats_agent(tmp, agents, name, url, plugins, export=()):
 
 
 def test_jetstream_intake_survives_maestro_down(tmp, agents):
-    srv = NatsServer(tmp).start()
+    srv = NatsServer(tmp, extra=["--auth", "wq-token"]).start()  # a stream of commands needs auth
     agents.append(srv)
     marker = os.path.join(tmp, "markers")
     os.makedirs(marker)

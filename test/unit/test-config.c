@@ -329,6 +329,11 @@ static void test_bad_values(void) {
                    "without authentication: set bus.nats.token, user and password, creds or tls.cert, so that the server authenticates this agent");
         expect_one("bus:\n"
                    "  nats:\n"
+                   "    jetstream: {streams: [{name: T, subjects: [a.b, gpu.task.>]}]}\n",
+                   "t.yaml:3:53: bus.nats.jetstream.streams[0].subjects[1]: \"gpu.task.>\" keeps commands "
+                   "(gpu.task.run.>) from NATS without authentication: set bus.nats.token, user and password, creds or tls.cert, so that the server authenticates this agent");
+        expect_one("bus:\n"
+                   "  nats:\n"
                    "    remote_control: admin\n",
                    "t.yaml:3:21: bus.nats.remote_control: admin lets NATS peers run admin verbs, but nothing "
                    "authenticates this agent: set bus.nats.token, user and password, creds or tls.cert, so that the server authenticates this agent");
