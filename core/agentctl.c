@@ -407,6 +407,30 @@ static void human_plugin_info(json_t *r) {
                 table_print(t, stdout);
                 table_free(t);
         }
+        json_t *execs = json_object_get(r, "execs");
+        if (json_array_size(execs)) {
+                /* running commands: they outlive a reload, so say which generation started each */
+                static const char *const h[] = {"EXEC", "COMMAND", "PID", "AGE", "TIMEOUT", "GENERATION"};
+                static const char *const k[] = {"id", "argv0", "pid", "age_ms", "timeout_ms", "generation"};
+                table *t = table_new(ELEMENTSOF(h), h);
+                size_t i;
+                json_t *x;
+                json_array_foreach(execs, i, x) {
+                        char b[ELEMENTSOF(k)][64];
+                        const char *row[ELEMENTSOF(k)];
+                        for (size_t j = 0; j < ELEMENTSOF(k); j++)
+                                row[j] = cell(json_object_get(x, k[j]), b[j]);
+                        char age[32], to[32];
+                        snprintf(age, sizeof age, "%.1fs", (double)json_integer_value(json_object_get(x, "age_ms")) / 1000);
+                        snprintf(to, sizeof to, "%.1fs", (double)json_integer_value(json_object_get(x, "timeout_ms")) / 1000);
+                        row[3] = age;
+                        row[4] = to;
+                        table_add_row(t, row);
+                }
+                putchar('\n');
+                table_print(t, stdout);
+                table_free(t);
+        }
         json_t *verbs = json_object_get(r, "verbs");
         if (json_array_size(verbs)) {
                 static const char *const h[] = {"VERB", "MUTATING", "ARGS", "HELP"};

@@ -176,6 +176,11 @@ def test_reload_keeps_running_command(tmp, agents):
     y = host_execs(a)[xid]
     assert y["pid"] == x["pid"] and y["generation"] == 1, y
     assert a.ok("call", "ex", "execs")["running"] == [xid]
+    # the human table of plugin info lists it too: id, argv[0], pid, age, time-out, generation
+    code, out, err = a.ctl("plugin", "info", "ex", as_json=False)
+    assert code == 0, err
+    row = [ln.split() for ln in out.splitlines() if ln.split()[:1] == [str(xid)]]
+    assert row and row[0][1:3] == ["sh", str(x["pid"])] and row[0][-1] == "1", out
     done = wait_for(lambda: completions(a), timeout=15, what="the completion")
     assert done == [{"id": xid, "status": 0, "timed_out": False, "out": "begin\nfull output\n",
                      "version": "2.0.0", "restores": 1}], done
