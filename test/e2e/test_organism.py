@@ -8,11 +8,12 @@ agentd processes, each on its own fixture sysroot:
             host submits with `agentctl --agent cortex task submit`;
   gpu-pool  gpuworker on the 12-GPU fixture (gpupool12), tasks run as nobody; gpucache,
             one layer per GPU, when this build has it (in a private mount namespace).
-TASKS tasks (1 000; ORGANISM_E2E_TASKS overrides, 300 under ASan) are submitted from the
-host, most with agentctl processes (eight at a time), the rest through the host's bus
-request to gpu.task.enqueue; nats-server is restarted once and the Cortex agent killed
--9 once (then restarted) mid-run. Every task ends `done` exactly once (each writes one
-line to a file named after it), spread over the 12 GPUs. Then circadian's night phase,
+TASKS tasks (1 000; 200 under ASan, where each agentctl process is slow;
+ORGANISM_E2E_TASKS overrides) are submitted from the host, most with agentctl processes
+(eight at a time), the rest through the host's bus request to gpu.task.enqueue;
+nats-server is restarted once and the Cortex agent killed -9 once (then restarted)
+mid-run. Every task ends `done` exactly once (each writes one line to a file named after
+it), spread over the 12 GPUs. Then circadian's night phase,
 forced with `agentctl circadian set night`, syncs every gpucache layer of the GPU-Pool
 agent (gpu.cache.sync.done for each GPU) — skipped, saying why, without gpucache.
 Needs root (tasks switch to nobody; mounts) and nats-server; skipped otherwise."""
@@ -42,7 +43,7 @@ def sanitized():
 def task_count():
     if os.environ.get("ORGANISM_E2E_TASKS"):
         return int(os.environ["ORGANISM_E2E_TASKS"])
-    return 300 if sanitized() else 1000
+    return 200 if sanitized() else 1000
 
 
 def nats_yaml(url, name, export, imports, remote="read-only"):
