@@ -6,7 +6,9 @@
 #include <link.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include "loader.h"
 #include "trust.h"
@@ -69,6 +71,29 @@ static int unique_fd_name(int *fd, char *name, size_t size) {
         return -EMFILE;
 }
 
+/* Whether the mapping that holds ADDR is the file ST describes. glibc also answers a
+ * dlopen from an alias: when /proc/<pid>/fd/N once named a file that was loaded
+ * already (found by inode), the name stays attached to that object, invisible to
+ * dl_iterate_phdr, and a later dlopen of the same name with another file behind N
+ * returns the old object. The mapping's device and inode in /proc/self/maps tell. */
+static bool mapping_is_file(const void *addr, const struct stat *st) {
+        _cleanup_fclose_ FILE *f = fopen("/proc/self/maps", "re");
+        if (!f)
+                return true; /* no /proc: dlopen through it would have failed already */
+        char line[512];
+        uintptr_t a = (uintptr_t)addr;
+        while (fgets(line, sizeof line, f)) {
+                unsigned long lo, hi, ino;
+                unsigned maj, min;
+                if (sscanf(line, "%lx-%lx %*s %*s %x:%x %lu", &lo, &hi, &maj, &min, &ino) != 5)
+                        continue;
+                if (a >= lo && a < hi)
+                        return ino == (unsigned long)st->st_ino && maj == major(st->st_dev) &&
+                               min == minor(st->st_dev);
+        }
+        return false;
+}
+
 static int fail(char **ret_error, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char **ret_error, int r, const char *fmt, ...) {
         if (ret_error) {
@@ -107,20 +132,35 @@ int loader_open(const char *path, bool check_perms, plugin_so **ret, char **ret_
                 return fail(ret_error, -EINVAL, "%s is not a regular file", path);
 
         char name[64];
-        r = unique_fd_name(&fd, name, sizeof name);
-        if (r < 0)
-                return fail(ret_error, r, "%s: %s", path, strerror(-r));
-        void *dl = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-        if (!dl) {
-                const char *e = dlerror();
-                return fail(ret_error, -ENOEXEC, "%s: %s%s", path, e ? e : "dlopen failed",
-                            access(name, F_OK) < 0 ? " (plugins are loaded through /proc: is it mounted?)" : "");
-        }
-        const uint32_t *head = dlsym(dl, ORG_PLUGIN_SYMBOL);
-        if (!head) {
+        void *dl = NULL;
+        const uint32_t *head = NULL;
+        for (int tries = 0;; tries++) {
+                r = unique_fd_name(&fd, name, sizeof name);
+                if (r < 0)
+                        return fail(ret_error, r, "%s: %s", path, strerror(-r));
+                dl = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+                if (!dl) {
+                        const char *e = dlerror();
+                        return fail(ret_error, -ENOEXEC, "%s: %s%s", path, e ? e : "dlopen failed",
+                                    access(name, F_OK) < 0 ? " (plugins are loaded through /proc: is it mounted?)"
+                                                           : "");
+                }
+                head = dlsym(dl, ORG_PLUGIN_SYMBOL);
+                if (!head) {
+                        dlclose(dl);
+                        return fail(ret_error, -ENOEXEC,
+                                    "%s does not export the symbol \"%s\": not an organism plugin", path,
+                                    ORG_PLUGIN_SYMBOL);
+                }
+                if (mapping_is_file(head, &st))
+                        break;
+                /* another object answered under an alias of this name: a new number */
                 dlclose(dl);
-                return fail(ret_error, -ENOEXEC, "%s does not export the symbol \"%s\": not an organism plugin",
-                            path, ORG_PLUGIN_SYMBOL);
+                int nfd = tries < 64 ? fcntl(fd, F_DUPFD_CLOEXEC, fd + 1) : -1;
+                if (nfd < 0)
+                        return fail(ret_error, -ELOOP, "%s: dlopen keeps answering with another object", path);
+                close(fd);
+                fd = nfd;
         }
         /* Only the first two words may be read before they are checked. */
         if (head[0] != ORG_PLUGIN_ABI_VERSION || head[1] < DESC_MIN_SIZE) {

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 
-from harness import Agent, Control, install_plugin, plugin_file, run_tests, wait_for
+from harness import PLUGINS, Agent, Control, install_plugin, plugin_file, run_tests, wait_for
 
 N_MESSAGES = 20000
 
@@ -350,6 +350,18 @@ def test_runtime_load_enable_disable(tmp, agents):
     assert rc == 2 and "--confirm" in err, err
     a.ok("plugin", "unload", "extra", "--confirm")
     assert a.instance("extra") is None
+
+
+def test_each_file_loads_its_own_descriptor(tmp, agents):
+    """glibc keeps /proc/<pid>/fd/N as an alias of an object found by inode: once
+    `plugin info example` (loaded already) used that name, a later file behind the same
+    descriptor number must not get example's descriptor back."""
+    a = Agent(tmp, "  ex: {plugin: example, interval: 1h}\n", plugin_dirs=[PLUGINS])
+    agents.append(a)
+    a.start()
+    for name in ("example", "memory", "zfs", "example", "circadian", "memory"):
+        info = a.ok("plugin", "info", name)
+        assert info["plugin"] == name, (name, info["plugin"], info.get("file"))
 
 
 if __name__ == "__main__":
