@@ -558,6 +558,11 @@ void gc_layers_final_sync(gc *g) {
                 gc_layer *l = &g->layers[i];
                 if (l->state != GC_MOUNTED)
                         continue;
+                if (gc_handed_layer(g, i)) {
+                        g->host->log(g->ctx, ORG_LOG_INFO, "%s: handed to the new build, which syncs it (no final sync "
+                                     "here)", l->name);
+                        continue;
+                }
                 gc_stats st;
                 char err[GC_WHY_MAX];
                 int r = gc_sync_now(l, &st, err, sizeof err);
