@@ -348,6 +348,12 @@ static void on_sync_timer(org_ctx *ctx, uint64_t id, void *userdata) {
                         (void)gc_layer_sync(g, &g->layers[i]);
 }
 
+static void on_inherited_check(org_ctx *ctx, uint64_t id, void *userdata) {
+        gc *g = userdata;
+        g->inherit_timer = 0;
+        gc_layers_inherited_check(g);
+}
+
 /* ---- requests --------------------------------------------------------------------- */
 
 /* The "gpu" of a request: from {"gpu": X}, {"args": [X]} or a bare X; NULL = all
@@ -620,6 +626,8 @@ static void gc_free(gc *g) {
                 g->host->timer_cancel(g->ctx, g->sync_timer);
         if (g->hb_timer)
                 g->host->timer_cancel(g->ctx, g->hb_timer);
+        if (g->inherit_timer)
+                g->host->timer_cancel(g->ctx, g->inherit_timer);
         for (size_t k = 0; k < GC_MAX_WAITERS; k++)
                 json_decref(g->waiters[k].results);
         gc_handover_free(g);
@@ -648,8 +656,16 @@ static int gpucache_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                 host->log(ctx, ORG_LOG_ERR, "subscribe/timers: %s", strerror(-r));
                 goto fail;
         }
-        for (size_t i = 0; i < g->n_layers; i++)
+        bool inherited = false;
+        for (size_t i = 0; i < g->n_layers; i++) {
                 gc_layer_start(g, &g->layers[i]);
+                inherited = inherited || g->layers[i].restore_inherited;
+        }
+        /* the first event after the reload: restore_state has adopted what it could */
+        if (inherited && (r = host->timer_add(ctx, 1, 0, on_inherited_check, g, &g->inherit_timer)) < 0) {
+                host->log(ctx, ORG_LOG_ERR, "timer: %s", strerror(-r));
+                goto fail;
+        }
         *ret_state = g;
         return 0;
 fail:

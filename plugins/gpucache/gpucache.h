@@ -56,6 +56,8 @@ typedef struct gc_layer {
         bool adopted;           /* found mounted by an earlier run */
         /* the jobs in flight (their blocks, until done): mine or adopted from the old build */
         gc_job *sync_job, *prewarm_job, *restore_job, *busy_job;
+        bool restore_inherited; /* restoring: the previous build's restore, until the hand-over */
+        bool restore_retry;     /* start afresh: never wait for a previous build's restore */
 
         /* sync: one at a time; a request during one asks for exactly one more */
         bool syncing, sync_pending;
@@ -107,7 +109,7 @@ typedef struct gc {
         size_t n_layers;
         gc_waiter waiters[GC_MAX_WAITERS];
 
-        uint64_t sync_timer, hb_timer;
+        uint64_t sync_timer, hb_timer, inherit_timer;
         uint64_t busy_refusals;
 } gc;
 
@@ -129,6 +131,9 @@ void gc_layer_disable(gc *g, gc_layer *l, const char *reply);
 void gc_layer_enable(gc *g, gc_layer *l, const char *reply);
 void gc_layer_usage(gc *g, gc_layer *l);
 void gc_layers_final_sync(gc *g);
+/* After a reload: a layer left waiting for a previous build's restore that was not
+ * handed over starts afresh (the old build's fini unmounted its tmpfs). */
+void gc_layers_inherited_check(gc *g);
 const char *gc_state_name(gc_state s);
 /* A sync (or prewarm) of l numbered seq finished: tells the waiters. */
 void gc_waiters_done(gc *g, gc_kind kind, size_t layer, uint64_t seq, json_t *result);

@@ -87,7 +87,8 @@ int gc_save_state(gc *g, void **ret_blob, size_t *ret_len) {
         json_t *layers = json_array(), *waiters = json_array();
         for (size_t i = 0; i < g->n_layers; i++) {
                 const gc_layer *l = &g->layers[i];
-                if (l->state != GC_MOUNTED || l->disabling || l->op_reply[0] || l->busy_job || l->restore_job)
+                bool restoring = l->state == GC_RESTORING && l->restore_job;
+                if ((l->state != GC_MOUNTED && !restoring) || l->disabling || l->op_reply[0] || l->busy_job)
                         continue; /* the old fini handles it as at a stop */
                 json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}", "i",
                                       (json_int_t)i, "name", l->name, "upper", l->upper, "persist", l->persist,
@@ -101,6 +102,8 @@ int gc_save_state(gc *g, void **ret_blob, size_t *ret_len) {
                         json_object_set_new(o, "sync_job", job_json(l->sync_job));
                 if (o && l->prewarm_job)
                         json_object_set_new(o, "prewarm_job", job_json(l->prewarm_job));
+                if (o && l->restore_job)
+                        json_object_set_new(o, "restore_job", job_json(l->restore_job));
                 json_array_append_new(layers, o);
         }
         for (size_t k = 0; k < GC_MAX_WAITERS; k++) {
@@ -137,7 +140,9 @@ static gc_layer *layer_named(gc *g, const char *name) {
  * could not be adopted. */
 static gc_job *adopt(gc *g, json_t *e, gc_job_kind kind, int *ret_r) {
         *ret_r = 0;
-        json_t *jo = json_object_get(e, kind == GC_JOB_SYNC ? "sync_job" : "prewarm_job");
+        json_t *jo = json_object_get(e, kind == GC_JOB_SYNC      ? "sync_job"
+                                        : kind == GC_JOB_PREWARM ? "prewarm_job"
+                                                                 : "restore_job");
         if (!jo)
                 return NULL;
         uint64_t id = u64(jo, "id");
@@ -172,10 +177,28 @@ int gc_restore_state(gc *g, const void *blob, size_t len) {
                 const char *upper = json_string_value(json_object_get(v, "upper"));
                 const char *persist = json_string_value(json_object_get(v, "persist"));
                 if (oi >= GC_MAX_LAYERS || !l || !upper || !persist || strcmp(l->upper, upper) != 0 ||
-                    strcmp(l->persist, persist) != 0 || l->state != GC_MOUNTED || l->sync_job || l->prewarm_job ||
-                    l->restore_job || l->busy_job)
+                    strcmp(l->persist, persist) != 0 || l->sync_job || l->prewarm_job || l->restore_job ||
+                    l->busy_job)
                         continue; /* not the same layer here: the old build finishes it */
                 int r;
+                if (json_object_get(v, "restore_job")) {
+                        /* layer.c left it waiting (restoring) for exactly this */
+                        if (l->state != GC_RESTORING || !l->restore_inherited)
+                                continue;
+                        gc_job *rj = adopt(g, v, GC_JOB_RESTORE, &r);
+                        if (r < 0 || !rj) {
+                                g->host->log(g->ctx, ORG_LOG_WARNING, "%s: cannot adopt the running restore: %s",
+                                             l->name, strerror(r < 0 ? -r : EINVAL));
+                                continue;
+                        }
+                        l->restore_job = rj;
+                        t->layer[oi] = true;
+                        g->host->log(g->ctx, ORG_LOG_NOTICE, "%s: restore of the previous build adopted: it runs on, "
+                                     "the overlay goes on here", l->name);
+                        continue;
+                }
+                if (l->state != GC_MOUNTED)
+                        continue;
                 gc_job *sj = adopt(g, v, GC_JOB_SYNC, &r);
                 if (r < 0) {
                         g->host->log(g->ctx, ORG_LOG_WARNING, "%s: cannot adopt the running sync: %s", l->name,

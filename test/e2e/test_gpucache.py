@@ -16,7 +16,8 @@ generation, and the next start restores it; requests during a sync coalesce into
 more; stop syncs; a `plugin reload` in the middle of a long sync (a second build, then
 the same build) hands the running sync to the new build, which reports it once and
 answers its request, without a final sync on the loop (a control round trip during
-the reload stays fast); a stop in the middle of a sync still ends in a final sync;
+the reload stays fast); a stop in the middle of a sync still ends in a final sync; a
+reload during a restore hands the restore over;
 disable is refused while a process has its cwd inside; a full tmpfs
 (ENOSPC, alert, a correct next sync); bad input (persist on tmpfs, a missing lower,
 sizes above the admission limit, an unknown gpu); GPU layers by PCI address on the
@@ -496,6 +497,21 @@ def test_reload_mid_sync(tmp, agents):
         log = a.logtext()
         assert "final sync: generation" in log, log[-3000:]
         assert_same(snapshot(l.current()), want, "persisted vs upper after a stop mid-sync")
+        # after a "reboot", a reload during the restore: the new build adopts the restore
+        # (and neither unmounts the tmpfs under it nor restores a second time)
+        l.unmount()
+        a.start()
+        st = status(a)
+        assert st["state"] == "restoring", ("the restore (%d files) should still run" % n, st)
+        t0 = time.monotonic()
+        a.ok("plugin", "reload", "cache")
+        reload_ms = (time.monotonic() - t0) * 1000
+        wait_mounted(a, timeout=60)
+        log = a.logtext()
+        print("reload during the restore: %.0f ms" % reload_ms)
+        assert "restore of the previous build adopted" in log, log[-3000:]
+        assert "interrupted restore" not in log and log.count("restored generation") == 1, log[-3000:]
+        assert_same(snapshot(l.upper), want, "restored upper vs the persisted generation")
     finally:
         for x in agents:
             x.stop()
