@@ -512,6 +512,7 @@ def test_reload_mid_sync(tmp, agents):
         assert "restore of the previous build adopted" in log, log[-3000:]
         assert "interrupted restore" not in log and log.count("restored generation") == 1, log[-3000:]
         assert_same(snapshot(l.upper), want, "restored upper vs the persisted generation")
+        a.stop(timeout=120)  # its final sync walks the whole restored upper (slow under ASan)
     finally:
         for x in agents:
             x.stop()
