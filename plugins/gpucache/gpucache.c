@@ -5,7 +5,9 @@
  * share; then the named `layers:`), the sum of their sizes is checked against
  * MemTotal × max_ram_fraction, and each layer is started (layer.c). Syncs run every
  * sync_interval, on gpu.cache.sync and on the `sync` verb, and once more, on the loop,
- * in fini (stop, reload, disable of the instance). Requests name a layer as "gpu3", 3,
+ * in fini (stop, disable of the instance). A reload hands the layers over instead
+ * (handover.c): the sync or prewarm in flight runs on and the new build reports it, a
+ * pending request is answered by the new build, and the new build syncs off the loop. Requests name a layer as "gpu3", 3,
  * a PCI address or a named layer; no name means every layer. */
 #include <errno.h>
 #include <inttypes.h>
@@ -74,25 +76,6 @@ static const org_verb verbs[] = {
          .help = "final sync, then unmount; refused while a process has its cwd or a file inside"},
         ORG_VERBS_END,
 };
-
-/* ---- the live instances, for jobs.c ------------------------------------------------ */
-
-static gc *live[32];
-
-gc *gc_by_token(uint64_t token) {
-        for (size_t i = 0; i < sizeof live / sizeof live[0]; i++)
-                if (live[i] && live[i]->token == token)
-                        return live[i];
-        return NULL;
-}
-
-static void live_set(gc *g, bool on) {
-        for (size_t i = 0; i < sizeof live / sizeof live[0]; i++)
-                if (on ? !live[i] : live[i] == g) {
-                        live[i] = on ? g : NULL;
-                        return;
-                }
-}
 
 /* ---- helpers ---------------------------------------------------------------------- */
 
@@ -363,6 +346,12 @@ static void on_sync_timer(org_ctx *ctx, uint64_t id, void *userdata) {
         for (size_t i = 0; i < g->n_layers; i++)
                 if (g->layers[i].state == GC_MOUNTED)
                         (void)gc_layer_sync(g, &g->layers[i]);
+}
+
+static void on_inherited_check(org_ctx *ctx, uint64_t id, void *userdata) {
+        gc *g = userdata;
+        g->inherit_timer = 0;
+        gc_layers_inherited_check(g);
 }
 
 /* ---- requests --------------------------------------------------------------------- */
@@ -637,11 +626,11 @@ static void gc_free(gc *g) {
                 g->host->timer_cancel(g->ctx, g->sync_timer);
         if (g->hb_timer)
                 g->host->timer_cancel(g->ctx, g->hb_timer);
+        if (g->inherit_timer)
+                g->host->timer_cancel(g->ctx, g->inherit_timer);
         for (size_t k = 0; k < GC_MAX_WAITERS; k++)
                 json_decref(g->waiters[k].results);
-        live_set(g, false);
-        if (g->token)
-                gc_token_retire(g->token);
+        gc_handover_free(g);
         free(g);
 }
 
@@ -656,11 +645,9 @@ static int gpucache_init(const org_host *host, org_ctx *ctx, void **ret_state) {
         g->host = host;
         g->ctx = ctx;
         g->dry_run = host->dry_run(ctx);
-        g->token = gc_token_new();
-        int r = g->token ? 0 : -EMFILE;
-        if (r < 0 || (r = load_config(g)) < 0 || (r = admission(g)) < 0)
+        int r;
+        if ((r = load_config(g)) < 0 || (r = admission(g)) < 0)
                 goto fail;
-        live_set(g, true);
         uint64_t sid;
         if ((r = host->subscribe(ctx, "gpu.cache.sync", &sid)) < 0 ||
             (r = host->subscribe(ctx, "gpu.cache.prewarm", &sid)) < 0 ||
@@ -669,8 +656,16 @@ static int gpucache_init(const org_host *host, org_ctx *ctx, void **ret_state) {
                 host->log(ctx, ORG_LOG_ERR, "subscribe/timers: %s", strerror(-r));
                 goto fail;
         }
-        for (size_t i = 0; i < g->n_layers; i++)
+        bool inherited = false;
+        for (size_t i = 0; i < g->n_layers; i++) {
                 gc_layer_start(g, &g->layers[i]);
+                inherited = inherited || g->layers[i].restore_inherited;
+        }
+        /* the first event after the reload: restore_state has adopted what it could */
+        if (inherited && (r = host->timer_add(ctx, 1, 0, on_inherited_check, g, &g->inherit_timer)) < 0) {
+                host->log(ctx, ORG_LOG_ERR, "timer: %s", strerror(-r));
+                goto fail;
+        }
         *ret_state = g;
         return 0;
 fail:
@@ -682,13 +677,22 @@ static void gpucache_fini(void *state) {
         gc *g = state;
         if (!g)
                 return;
-        /* running jobs stop at their next entry and are waited for; a cancelled sync
-         * leaves its generation unfinished and `current` where it was */
-        live_set(g, false);
-        gc_token_retire(g->token);
-        g->token = 0;
+        /* The jobs of a layer a new build took over run on: they are its own now. The
+         * others are cancelled and waited for; a cancelled sync leaves its generation
+         * unfinished and `current` where it was. */
         for (size_t i = 0; i < g->n_layers; i++) {
                 gc_layer *l = &g->layers[i];
+                if (gc_handed_layer(g, i))
+                        continue;
+                gc_job_stop(l->sync_job);
+                gc_job_stop(l->prewarm_job);
+                gc_job_stop(l->restore_job);
+                gc_job_stop(l->busy_job);
+        }
+        for (size_t i = 0; i < g->n_layers; i++) {
+                gc_layer *l = &g->layers[i];
+                if (gc_handed_layer(g, i))
+                        continue;
                 if (l->state == GC_RESTORING) {
                         /* a partial upper: never synced, never left mounted */
                         (void)gc_umount(g, l->ram);
@@ -700,7 +704,7 @@ static void gpucache_fini(void *state) {
                         gc_respond(g, l->op_reply, json_pack("{s:s}", "error", "instance stopping"));
         }
         for (size_t k = 0; k < GC_MAX_WAITERS; k++)
-                if (g->waiters[k].used)
+                if (g->waiters[k].used && !gc_handed_waiter(g, k))
                         gc_respond(g, g->waiters[k].reply,
                                    json_pack("{s:b, s:s}", "ok", 0, "error", "instance stopping (a final sync follows)"));
         if (!g->dry_run)
@@ -708,8 +712,17 @@ static void gpucache_fini(void *state) {
         gc_free(g);
 }
 
+static int gpucache_save(void *state, void **ret_blob, size_t *ret_len) {
+        return gc_save_state(state, ret_blob, ret_len);
+}
+
+static int gpucache_restore(void *state, const void *blob, size_t len) {
+        return gc_restore_state(state, blob, len);
+}
+
 ORG_PLUGIN_DEFINE(.name = "gpucache", .version = GC_VERSION,
                   .summary = "RAM cache layers: tmpfs + overlay per GPU (by PCI address) and named layers, "
                              "crash-safe incremental sync to generations on disk, restore, prewarm off the loop",
                   .config_map = config_map, .verbs = verbs, .init = gpucache_init, .handle = gpucache_handle,
-                  .call = gpucache_call, .verify = gpucache_verify, .fini = gpucache_fini);
+                  .call = gpucache_call, .verify = gpucache_verify, .fini = gpucache_fini,
+                  .save_state = gpucache_save, .restore_state = gpucache_restore);

@@ -4,7 +4,8 @@
  *
  * gpucache.c holds the descriptor, config, hooks, bus and verbs; layer.c the start
  * (check, adopt, mount, restore), sync and prewarm scheduling and disable; mounts.c
- * mountinfo, statfs and the busy scan; jobs.c the worker-pool jobs; gen.c the
+ * mountinfo, statfs and the busy scan; jobs.c the worker-pool jobs; handover.c the
+ * state a `plugin reload` hands to the new build (running jobs included); gen.c the
  * generation builder. */
 #ifndef GPUCACHE_H
 #define GPUCACHE_H
@@ -35,6 +36,14 @@ typedef enum gc_state {
         GC_DRY_RUN,     /* dry_run: the mounts were logged, not made */
 } gc_state;
 
+/* A job of the worker pool (jobs.c; opaque elsewhere). */
+typedef struct gc_job gc_job;
+typedef enum gc_job_kind { GC_JOB_SYNC, GC_JOB_RESTORE, GC_JOB_PREWARM, GC_JOB_BUSY } gc_job_kind;
+/* The layout of gc_job and of the hand-over blob: a build that changes either bumps it. */
+#define GC_JOB_FORMAT 1
+
+typedef struct gc_handover gc_handover;
+
 typedef struct gc_layer {
         char name[GC_NAME_MAX]; /* gpu<i> or the key of layers: */
         int index;              /* gpu index, -1 for a named layer */
@@ -45,6 +54,10 @@ typedef struct gc_layer {
         gc_state state;
         char why[GC_WHY_MAX];
         bool adopted;           /* found mounted by an earlier run */
+        /* the jobs in flight (their blocks, until done): mine or adopted from the old build */
+        gc_job *sync_job, *prewarm_job, *restore_job, *busy_job;
+        bool restore_inherited; /* restoring: the previous build's restore, until the hand-over */
+        bool restore_retry;     /* start afresh: never wait for a previous build's restore */
 
         /* sync: one at a time; a request during one asks for exactly one more */
         bool syncing, sync_pending;
@@ -83,7 +96,7 @@ typedef struct gc_waiter {
 typedef struct gc {
         const org_host *host;
         org_ctx *ctx;
-        uint64_t token;         /* jobs.c: this instance's jobs */
+        gc_handover *handover;  /* handover.c: the ticket of the last save_state, or NULL */
         bool dry_run;
 
         uint64_t cache_bytes, sync_ms, heartbeat_ms, prewarm_max, max_ram;
@@ -96,7 +109,7 @@ typedef struct gc {
         size_t n_layers;
         gc_waiter waiters[GC_MAX_WAITERS];
 
-        uint64_t sync_timer, hb_timer;
+        uint64_t sync_timer, hb_timer, inherit_timer;
         uint64_t busy_refusals;
 } gc;
 
@@ -105,8 +118,6 @@ void gc_publish(gc *g, const char *subject, json_t *o);
 void gc_respond(gc *g, const char *reply, json_t *o);
 char *gc_ts(gc *g, char *buf, size_t len);
 json_t *gc_layer_id(const gc_layer *l); /* {gpu, layer, pci} */
-
-gc *gc_by_token(uint64_t token); /* the live instance of a token, or NULL (loop thread) */
 
 /* layer.c */
 void gc_sync_done(gc *g, size_t layer, uint64_t seq, int r, const gc_stats *st, const char *err, uint64_t us);
@@ -120,6 +131,9 @@ void gc_layer_disable(gc *g, gc_layer *l, const char *reply);
 void gc_layer_enable(gc *g, gc_layer *l, const char *reply);
 void gc_layer_usage(gc *g, gc_layer *l);
 void gc_layers_final_sync(gc *g);
+/* After a reload: a layer left waiting for a previous build's restore that was not
+ * handed over starts afresh (the old build's fini unmounted its tmpfs). */
+void gc_layers_inherited_check(gc *g);
 const char *gc_state_name(gc_state s);
 /* A sync (or prewarm) of l numbered seq finished: tells the waiters. */
 void gc_waiters_done(gc *g, gc_kind kind, size_t layer, uint64_t seq, json_t *result);
@@ -146,14 +160,31 @@ size_t gc_discover(gc *g, char (*ret)[GC_PCI_MAX], size_t max);
 uint64_t gc_mem_total(gc *g);
 
 /* jobs.c */
-uint64_t gc_token_new(void);
-void gc_token_retire(uint64_t token); /* cancels this token's jobs and waits for the running ones */
-void gc_token_set_cancel(uint64_t token, bool on);
+/* Cancels a job and waits until it is not running (a queued one then never runs). */
+void gc_job_stop(gc_job *j);
+/* The pool's id, sequence number, kind and layer name of a job; valid = a block of this
+ * layout (handover.c checks a block the old build named before reading it). */
+bool gc_job_valid(const gc_job *j);
+uint64_t gc_job_id(const gc_job *j);
+uint64_t gc_job_seq(const gc_job *j);
+gc_job_kind gc_job_kind_of(const gc_job *j);
+const char *gc_job_layer(const gc_job *j);
+/* host->work_adopt of the old build's job id: its completion comes to g (restore_state only). */
+int gc_job_adopt(gc *g, uint64_t id);
 int gc_submit_sync(gc *g, gc_layer *l, uint64_t seq);
 int gc_submit_restore(gc *g, gc_layer *l);
 int gc_submit_prewarm(gc *g, gc_layer *l, uint64_t seq);
 int gc_submit_busy(gc *g, gc_layer *l);
 /* Sync on the calling thread (fini). */
 int gc_sync_now(gc_layer *l, gc_stats *st, char *err, size_t len);
+
+/* handover.c */
+int gc_save_state(gc *g, void **ret_blob, size_t *ret_len);
+int gc_restore_state(gc *g, const void *blob, size_t len);
+/* In fini: was layer i (this build's numbering) taken over by a new build, and the
+ * waiter k? Both false at a stop or when the reload did not take it. */
+bool gc_handed_layer(const gc *g, size_t i);
+bool gc_handed_waiter(const gc *g, size_t k);
+void gc_handover_free(gc *g);
 
 #endif

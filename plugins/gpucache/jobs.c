@@ -1,12 +1,19 @@
 /* jobs.c — gpucache's work on the host's worker pool: sync (gen.c), restore, prewarm
  * and the busy scan of disable. The loop never copies a byte.
  *
- * A job's userdata is one malloc'd block with its own copies of the paths (the pool
- * frees it when a retired generation's job is dropped). The jobs of one plugin
- * instance share a token in a registry that lives in this .so's static memory, not in
- * the plugin state: fini retires the token (cancels the running jobs at their next
- * entry and waits for them), and a queued job that starts after that sees the token
- * gone and returns at once, without touching the state that fini freed. */
+ * A job's userdata is one malloc'd block (gc_job) with its own copies of the paths and
+ * everything the job and its completion need: its cancel flag and its phase (queued,
+ * running, returned) sit in the block, under a mutex and condition of the block, never
+ * in this .so's static memory. That is what lets a job outlive its generation: on a
+ * `plugin reload` the new build adopts the job (host->work_adopt, handover.c); the job
+ * goes on running the old build's code, which reads only its block, and the new build
+ * can still cancel it and wait for it at its own stop, with the block's own mutex. The
+ * block's layout is part of the hand-over format (GC_JOB_FORMAT): a build that
+ * changes it changes the format, and the next build does not adopt older blocks.
+ *
+ * The state pointer in the block (g) is the submitter's: only that generation's done
+ * reads it (the host never calls done of a retired generation); an adopted job's
+ * completion reaches the state through the adopter's userdata instead. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -22,100 +29,23 @@
 
 #include "gpucache.h"
 
-#define REG_MAX       32
 #define PREWARM_MAX_THREADS 16
 #define PREWARM_BUF  (1024 * 1024)
+#define GC_JOB_MAGIC 0x6763616a6f622131ull /* "gcajob!1" */
 
-static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t reg_cond = PTHREAD_COND_INITIALIZER;
-static struct {
-        uint64_t token;
-        bool cancel;
-        unsigned running;
-} reg[REG_MAX];
-static uint64_t next_token = 1;
+typedef enum job_phase { PHASE_QUEUED, PHASE_RUNNING, PHASE_RETURNED } job_phase;
 
-uint64_t gc_token_new(void) {
-        uint64_t t = 0;
-        pthread_mutex_lock(&reg_lock);
-        for (size_t i = 0; i < REG_MAX; i++)
-                if (!reg[i].token) {
-                        t = reg[i].token = next_token++;
-                        reg[i].cancel = false;
-                        reg[i].running = 0;
-                        break;
-                }
-        pthread_mutex_unlock(&reg_lock);
-        return t;
-}
-
-static int reg_find(uint64_t token) {
-        for (int i = 0; i < REG_MAX; i++)
-                if (token && reg[i].token == token)
-                        return i;
-        return -1;
-}
-
-void gc_token_set_cancel(uint64_t token, bool on) {
-        pthread_mutex_lock(&reg_lock);
-        int i = reg_find(token);
-        if (i >= 0)
-                reg[i].cancel = on;
-        pthread_mutex_unlock(&reg_lock);
-}
-
-void gc_token_retire(uint64_t token) {
-        pthread_mutex_lock(&reg_lock);
-        int i = reg_find(token);
-        if (i >= 0) {
-                reg[i].cancel = true;
-                while (reg[i].running)
-                        pthread_cond_wait(&reg_cond, &reg_lock);
-                reg[i].token = 0;
-        }
-        pthread_mutex_unlock(&reg_lock);
-}
-
-static bool job_begin(uint64_t token) {
-        pthread_mutex_lock(&reg_lock);
-        int i = reg_find(token);
-        bool ok = i >= 0 && !reg[i].cancel;
-        if (ok)
-                reg[i].running++;
-        pthread_mutex_unlock(&reg_lock);
-        return ok;
-}
-
-static void job_end(uint64_t token) {
-        pthread_mutex_lock(&reg_lock);
-        int i = reg_find(token);
-        if (i >= 0 && reg[i].running)
-                reg[i].running--;
-        pthread_cond_broadcast(&reg_cond);
-        pthread_mutex_unlock(&reg_lock);
-}
-
-static bool cancelled(void *userdata) {
-        uint64_t token = *(const uint64_t *)userdata;
-        pthread_mutex_lock(&reg_lock);
-        int i = reg_find(token);
-        bool c = i < 0 || reg[i].cancel;
-        pthread_mutex_unlock(&reg_lock);
-        return c;
-}
-
-static uint64_t mono_us(void) {
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
-}
-
-typedef enum job_kind { JOB_SYNC, JOB_RESTORE, JOB_PREWARM, JOB_BUSY } job_kind;
-
-typedef struct job {
-        uint64_t token; /* first: the cancel callback reads it */
-        job_kind kind;
-        size_t layer;
+struct gc_job {
+        uint64_t magic;
+        uint32_t format;                /* GC_JOB_FORMAT */
+        pthread_mutex_t lock;           /* phase and cancel */
+        pthread_cond_t returned;
+        job_phase phase;
+        atomic_bool cancel;
+        gc *g;                          /* the submitter's state (see the top) */
+        uint64_t id;                    /* the pool's job id */
+        gc_job_kind kind;
+        char layer[GC_NAME_MAX];
         uint64_t seq;
         char a[PATH_MAX], b[PATH_MAX]; /* sync: upper, persist; restore: persist, upper; prewarm/busy: merged, ram */
         char proc[PATH_MAX];           /* busy: the sysroot's /proc */
@@ -125,7 +55,64 @@ typedef struct job {
         gc_stats st;
         char err[GC_WHY_MAX];
         uint64_t duration_us;
-} job;
+};
+
+static bool cancelled(void *userdata) {
+        gc_job *j = userdata;
+        return atomic_load(&j->cancel);
+}
+
+/* A job cancelled before it began never begins (the phase changes under the lock, so
+ * gc_job_stop either sees it running and waits, or it sees the cancel and returns). */
+static bool job_begin(gc_job *j) {
+        pthread_mutex_lock(&j->lock);
+        bool ok = !atomic_load(&j->cancel);
+        j->phase = ok ? PHASE_RUNNING : PHASE_RETURNED;
+        pthread_mutex_unlock(&j->lock);
+        return ok;
+}
+
+static void job_end(gc_job *j) {
+        pthread_mutex_lock(&j->lock);
+        j->phase = PHASE_RETURNED;
+        pthread_cond_broadcast(&j->returned);
+        pthread_mutex_unlock(&j->lock);
+}
+
+void gc_job_stop(gc_job *j) {
+        if (!j)
+                return;
+        pthread_mutex_lock(&j->lock);
+        atomic_store(&j->cancel, true);
+        while (j->phase == PHASE_RUNNING)
+                pthread_cond_wait(&j->returned, &j->lock);
+        pthread_mutex_unlock(&j->lock);
+}
+
+bool gc_job_valid(const gc_job *j) {
+        return j && j->magic == GC_JOB_MAGIC && j->format == GC_JOB_FORMAT;
+}
+uint64_t gc_job_id(const gc_job *j) {
+        return j->id;
+}
+uint64_t gc_job_seq(const gc_job *j) {
+        return j->seq;
+}
+gc_job_kind gc_job_kind_of(const gc_job *j) {
+        return j->kind;
+}
+const char *gc_job_layer(const gc_job *j) {
+        return j->layer;
+}
+
+static uint64_t mono_us(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
+typedef gc_job job;
+typedef gc_job_kind job_kind;
 
 /* ---- prewarm ---------------------------------------------------------------------- */
 
@@ -134,12 +121,12 @@ typedef struct pw_list {
         size_t n, cap;
         atomic_size_t next;
         atomic_uint_fast64_t files, bytes;
-        uint64_t token;
+        gc_job *job;
         uint64_t max_file;
 } pw_list;
 
 static int pw_walk(pw_list *l, const char *dir, int depth) {
-        if (depth > 256 || cancelled(&l->token))
+        if (depth > 256 || cancelled(l->job))
                 return 0;
         DIR *d = opendir(dir);
         if (!d)
@@ -184,7 +171,7 @@ static void *pw_reader(void *arg) {
                 return NULL;
         for (;;) {
                 size_t i = atomic_fetch_add(&l->next, 1);
-                if (i >= l->n || cancelled(&l->token))
+                if (i >= l->n || cancelled(l->job))
                         break;
                 int fd = open(l->v[i], O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
                 if (fd < 0)
@@ -202,7 +189,7 @@ static void *pw_reader(void *arg) {
 }
 
 static int prewarm(job *j) {
-        pw_list l = {.token = j->token, .max_file = j->max_file};
+        pw_list l = {.job = j, .max_file = j->max_file};
         atomic_init(&l.next, 0);
         atomic_init(&l.files, 0);
         atomic_init(&l.bytes, 0);
@@ -222,7 +209,7 @@ static int prewarm(job *j) {
         for (size_t i = 0; i < l.n; i++)
                 free(l.v[i]);
         free(l.v);
-        return cancelled(&j->token) ? -ECANCELED : 0;
+        return cancelled(j) ? -ECANCELED : 0;
 }
 
 /* ---- busy scan -------------------------------------------------------------------- */
@@ -309,7 +296,7 @@ static int busy(job *j) {
 
 static int run(void *userdata) {
         job *j = userdata;
-        if (!job_begin(j->token))
+        if (!job_begin(j))
                 return -ECANCELED;
         uint64_t t0 = mono_us();
         /* copies at nice 10 (the pool thread is given back at its old priority): the
@@ -317,64 +304,92 @@ static int run(void *userdata) {
         id_t tid = (id_t)gettid();
         errno = 0;
         int prio = getpriority(PRIO_PROCESS, tid);
-        bool reniced = errno == 0 && j->kind != JOB_BUSY && prio < 10 && setpriority(PRIO_PROCESS, tid, 10) == 0;
+        bool reniced = errno == 0 && j->kind != GC_JOB_BUSY && prio < 10 && setpriority(PRIO_PROCESS, tid, 10) == 0;
         int r = 0;
         switch (j->kind) {
-        case JOB_SYNC:
-                r = gc_gen_sync(j->a, j->b, cancelled, &j->token, &j->st, j->err, sizeof j->err);
+        case GC_JOB_SYNC:
+                r = gc_gen_sync(j->a, j->b, cancelled, j, &j->st, j->err, sizeof j->err);
                 break;
-        case JOB_RESTORE:
-                r = gc_gen_restore(j->a, j->b, cancelled, &j->token, &j->st, j->err, sizeof j->err);
+        case GC_JOB_RESTORE:
+                r = gc_gen_restore(j->a, j->b, cancelled, j, &j->st, j->err, sizeof j->err);
                 break;
-        case JOB_PREWARM:
+        case GC_JOB_PREWARM:
                 r = prewarm(j);
                 break;
-        case JOB_BUSY:
+        case GC_JOB_BUSY:
                 r = busy(j);
                 break;
         }
         if (reniced)
                 (void)setpriority(PRIO_PROCESS, tid, prio);
         j->duration_us = mono_us() - t0;
-        job_end(j->token);
+        job_end(j);
         return r;
+}
+
+/* The completion, for the submitter or the adopter alike: the layer is the one whose
+ * job this block is (found by the pointer, so a new build's layer numbering is free). */
+static void complete(gc *g, job *j, int result) {
+        for (size_t i = 0; i < g->n_layers; i++) {
+                gc_layer *l = &g->layers[i];
+                gc_job **slot = j->kind == GC_JOB_SYNC      ? &l->sync_job
+                                : j->kind == GC_JOB_RESTORE ? &l->restore_job
+                                : j->kind == GC_JOB_PREWARM ? &l->prewarm_job
+                                                            : &l->busy_job;
+                if (*slot != j)
+                        continue;
+                *slot = NULL;
+                switch (j->kind) {
+                case GC_JOB_SYNC:
+                        gc_sync_done(g, i, j->seq, result, &j->st, j->err, j->duration_us);
+                        break;
+                case GC_JOB_RESTORE:
+                        gc_restore_done(g, i, result, &j->st, j->err, j->duration_us);
+                        break;
+                case GC_JOB_PREWARM:
+                        gc_prewarm_done(g, i, j->seq, result, &j->st, j->duration_us);
+                        break;
+                case GC_JOB_BUSY:
+                        gc_busy_done(g, i, result, j->err);
+                        break;
+                }
+                break;
+        }
+        free(j);
 }
 
 static void done(org_ctx *ctx, int result, void *userdata) {
         job *j = userdata;
-        /* the state is found through the token: a job outliving its instance is never done */
-        gc *g = gc_by_token(j->token);
-        if (g)
-                switch (j->kind) {
-                case JOB_SYNC:
-                        gc_sync_done(g, j->layer, j->seq, result, &j->st, j->err, j->duration_us);
-                        break;
-                case JOB_RESTORE:
-                        gc_restore_done(g, j->layer, result, &j->st, j->err, j->duration_us);
-                        break;
-                case JOB_PREWARM:
-                        gc_prewarm_done(g, j->layer, j->seq, result, &j->st, j->duration_us);
-                        break;
-                case JOB_BUSY:
-                        gc_busy_done(g, j->layer, result, j->err);
-                        break;
-                }
-        free(j);
+        complete(j->g, j, result);
+}
+
+static void adopted_done(org_ctx *ctx, int result, void *work_data, void *userdata) {
+        complete(userdata, work_data, result);
+}
+
+int gc_job_adopt(gc *g, uint64_t id) {
+        return g->host->work_adopt(g->ctx, id, adopted_done, g);
 }
 
 static int submit(gc *g, gc_layer *l, job_kind kind, uint64_t seq, const char *a, const char *b) {
         job *j = calloc(1, sizeof *j);
         if (!j)
                 return -ENOMEM;
-        j->token = g->token;
+        j->magic = GC_JOB_MAGIC;
+        j->format = GC_JOB_FORMAT;
+        pthread_mutex_init(&j->lock, NULL);
+        pthread_cond_init(&j->returned, NULL);
+        j->phase = PHASE_QUEUED;
+        atomic_init(&j->cancel, false);
+        j->g = g;
         j->kind = kind;
-        j->layer = (size_t)(l - g->layers);
+        snprintf(j->layer, sizeof j->layer, "%s", l->name);
         j->seq = seq;
         snprintf(j->a, sizeof j->a, "%s", a);
         snprintf(j->b, sizeof j->b, "%s", b);
         j->max_file = g->prewarm_max;
         j->parallel = g->prewarm_parallel;
-        if (kind == JOB_BUSY) {
+        if (kind == GC_JOB_BUSY) {
                 char *proc = NULL;
                 if (g->host->sysroot_path(g->ctx, "/proc", &proc) == 0) {
                         snprintf(j->proc, sizeof j->proc, "%s", proc);
@@ -382,23 +397,32 @@ static int submit(gc *g, gc_layer *l, job_kind kind, uint64_t seq, const char *a
                 } else
                         snprintf(j->proc, sizeof j->proc, "/proc");
         }
-        int r = g->host->work_submit(g->ctx, run, done, j, NULL);
-        if (r < 0)
+        uint64_t id = 0;
+        int r = g->host->work_submit(g->ctx, run, done, j, &id);
+        if (r < 0) {
                 free(j);
-        return r;
+                return r;
+        }
+        /* the thread never reads id; done runs later, on the loop */
+        j->id = id;
+        *(kind == GC_JOB_SYNC      ? &l->sync_job
+          : kind == GC_JOB_RESTORE ? &l->restore_job
+          : kind == GC_JOB_PREWARM ? &l->prewarm_job
+                                   : &l->busy_job) = j;
+        return 0;
 }
 
 int gc_submit_sync(gc *g, gc_layer *l, uint64_t seq) {
-        return submit(g, l, JOB_SYNC, seq, l->upper, l->persist);
+        return submit(g, l, GC_JOB_SYNC, seq, l->upper, l->persist);
 }
 int gc_submit_restore(gc *g, gc_layer *l) {
-        return submit(g, l, JOB_RESTORE, 0, l->persist, l->upper);
+        return submit(g, l, GC_JOB_RESTORE, 0, l->persist, l->upper);
 }
 int gc_submit_prewarm(gc *g, gc_layer *l, uint64_t seq) {
-        return submit(g, l, JOB_PREWARM, seq, l->merged, "");
+        return submit(g, l, GC_JOB_PREWARM, seq, l->merged, "");
 }
 int gc_submit_busy(gc *g, gc_layer *l) {
-        return submit(g, l, JOB_BUSY, 0, l->merged, l->ram);
+        return submit(g, l, GC_JOB_BUSY, 0, l->merged, l->ram);
 }
 
 int gc_sync_now(gc_layer *l, gc_stats *st, char *err, size_t len) {

@@ -8,7 +8,12 @@
  * into that upper while nothing is mounted on top, and only then the overlay. A layer
  * found mounted by an earlier run is adopted as it is, never restored over. A tmpfs
  * left without its overlay is kept only when the marker written after a complete
- * restore is in it; otherwise it held an interrupted restore and is mounted afresh. */
+ * restore is in it; otherwise it held an interrupted restore and is mounted afresh —
+ * unless the restore is one a previous build of this same agentd process is running
+ * (a `plugin reload` during the restore: the tmpfs carries the process's identity):
+ * then the layer waits, restoring, for the hand-over (handover.c adopts the job); if
+ * the job is not handed over, the old build's fini unmounts its tmpfs and the layer
+ * starts afresh right after the reload. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -22,6 +27,7 @@
 #include "gpucache.h"
 
 #define RESTORED_MARK ".gpucache-restored"
+#define RESTORING_MARK ".gpucache-restoring"
 
 const char *gc_state_name(gc_state s) {
         switch (s) {
@@ -69,6 +75,47 @@ static void op_error(gc *g, gc_layer *l, const char *why) {
 
 static bool mark_path(const gc_layer *l, char *buf, size_t len) {
         return snprintf(buf, len, "%s/%s", l->ram, RESTORED_MARK) < (int)len;
+}
+
+/* This agentd process, different from any other one even with the same pid: the pid
+ * and its start time (field 22 of /proc/self/stat). */
+static void process_identity(char *buf, size_t len) {
+        char stat[1024] = "";
+        int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, stat, sizeof stat - 1) : -1;
+        if (fd >= 0)
+                close(fd);
+        stat[n > 0 ? n : 0] = '\0';
+        const char *p = strrchr(stat, ')');
+        for (int field = 2; p && field < 22; field++)
+                p = strchr(p + 1, ' ');
+        char start[24] = "?";
+        if (p) {
+                size_t k = strcspn(p + 1, " \n");
+                k = k < sizeof start ? k : sizeof start - 1;
+                memcpy(start, p + 1, k);
+                start[k] = '\0';
+        }
+        snprintf(buf, len, "%ld %s", (long)getpid(), start);
+}
+
+static bool restoring_path(const gc_layer *l, char *buf, size_t len) {
+        return snprintf(buf, len, "%s/%s", l->ram, RESTORING_MARK) < (int)len;
+}
+
+/* Is the restore in this tmpfs one this process runs (a previous build's)? */
+static bool restoring_here(const gc_layer *l) {
+        char path[PATH_MAX + 32], want[64], have[64] = "";
+        if (!restoring_path(l, path, sizeof path))
+                return false;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return false;
+        ssize_t n = read(fd, have, sizeof have - 1);
+        close(fd);
+        have[n > 0 ? n : 0] = '\0';
+        process_identity(want, sizeof want);
+        return strcmp(have, want) == 0;
 }
 
 /* The tmpfs is in place with upper/ and work/ complete: the overlay on top. */
@@ -122,6 +169,8 @@ void gc_restore_done(gc *g, size_t i, int r, const gc_stats *st, const char *err
                 return;
         }
         close(fd);
+        if (restoring_path(l, mark, sizeof mark))
+                (void)unlink(mark);
         mount_overlay(g, l);
 }
 
@@ -146,11 +195,36 @@ static void mount_fresh(gc *g, gc_layer *l) {
                 op_error(g, l, l->why);
                 return;
         }
+        char mark[PATH_MAX + 32], id[64];
+        process_identity(id, sizeof id);
+        int fd = restoring_path(l, mark, sizeof mark) ? open(mark, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
+        if (fd >= 0) {
+                ssize_t wr = write(fd, id, strlen(id));
+                (void)wr; /* without it a reload during this restore starts the layer afresh */
+                close(fd);
+        }
         l->state = GC_RESTORING;
         if ((r = gc_submit_restore(g, l)) < 0) {
                 (void)gc_umount(g, l->ram);
                 set_error(g, l, r, "start the restore of %s", l->persist);
                 op_error(g, l, l->why);
+        }
+}
+
+void gc_layers_inherited_check(gc *g) {
+        for (size_t i = 0; i < g->n_layers; i++) {
+                gc_layer *l = &g->layers[i];
+                if (!l->restore_inherited)
+                        continue;
+                l->restore_inherited = false;
+                if (l->state != GC_RESTORING || l->restore_job)
+                        continue; /* adopted: gc_restore_done goes on from here */
+                g->host->log(g->ctx, ORG_LOG_NOTICE, "%s: the previous build's restore was not handed over: starting "
+                             "afresh", l->name);
+                l->state = GC_DOWN;
+                l->restore_retry = true;
+                gc_layer_start(g, l);
+                l->restore_retry = false;
         }
 }
 
@@ -233,6 +307,14 @@ void gc_layer_start(gc *g, gc_layer *l) {
                                      "(no restore)",
                                      l->name, l->ram);
                         mount_overlay(g, l);
+                        return;
+                }
+                if (!l->restore_retry && restoring_here(l)) {
+                        l->state = GC_RESTORING;
+                        l->restore_inherited = true;
+                        g->host->log(g->ctx, ORG_LOG_NOTICE,
+                                     "%s: tmpfs %s: the previous build's restore is running: waiting for the hand-over",
+                                     l->name, l->ram);
                         return;
                 }
                 g->host->log(g->ctx, ORG_LOG_WARNING,
@@ -558,6 +640,11 @@ void gc_layers_final_sync(gc *g) {
                 gc_layer *l = &g->layers[i];
                 if (l->state != GC_MOUNTED)
                         continue;
+                if (gc_handed_layer(g, i)) {
+                        g->host->log(g->ctx, ORG_LOG_INFO, "%s: handed to the new build, which syncs it (no final sync "
+                                     "here)", l->name);
+                        continue;
+                }
                 gc_stats st;
                 char err[GC_WHY_MAX];
                 int r = gc_sync_now(l, &st, err, sizeof err);

@@ -13,7 +13,12 @@ compared with the upper (content, modes, owners, times, xattrs, whiteouts, link
 groups); restore into a fresh tmpfs and remount gives the same merged view; kill -9 at
 random instants during syncs of a large upper leaves exactly the old or the new
 generation, and the next start restores it; requests during a sync coalesce into one
-more; stop syncs; disable is refused while a process has its cwd inside; a full tmpfs
+more; stop syncs; a `plugin reload` in the middle of a long sync (a second build, then
+the same build) hands the running sync to the new build, which reports it once and
+answers its request, without a final sync on the loop (a control round trip during
+the reload stays fast); a stop in the middle of a sync still ends in a final sync; a
+reload during a restore hands the restore over;
+disable is refused while a process has its cwd inside; a full tmpfs
 (ENOSPC, alert, a correct next sync); bad input (persist on tmpfs, a missing lower,
 sizes above the admission limit, an unknown gpu); GPU layers by PCI address on the
 gpupool12 fixture in dry_run."""
@@ -31,7 +36,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from harness import BUILD, Agent, Control, Skip, run_tests, wait_for  # noqa: E402
+import threading  # noqa: E402
+
+from harness import BUILD, PLUGINS, Agent, Control, Skip, install_plugin, run_tests, wait_for  # noqa: E402
 
 FIXTURE = os.path.join(HERE, "..", "fixtures", "sysroots", "gpupool12")
 
@@ -395,6 +402,117 @@ def test_coalesce_and_final_sync(tmp, agents):
         with open(os.path.join(l.current(), "last-words")) as f:
             assert f.read() == "written just before stop\n"
         assert "final sync" in a.logtext()
+    finally:
+        for x in agents:
+            x.stop()
+        l.cleanup()
+
+
+def rewrite_all(l, n, seed):
+    """Changes every small file and the big ones: the next sync copies them all."""
+    rnd = random.Random(seed)
+    for i in range(n):
+        write(os.path.join(l.merged, "d%02d" % (i % 40), "f%05d" % i), rnd.randbytes(rnd.randint(512, 8192)))
+    for i in range(12):
+        write(os.path.join(l.merged, "big", "b%d" % i), rnd.randbytes(4 << 20))
+
+
+def request_in_thread(a, result):
+    def run():
+        result["reply"] = a.ctl("bus", "request", "gpu.cache.sync", '{"gpu": "ramlayer"}', "--timeout", "120",
+                                timeout=150)
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def until_marker(c, marker):
+    """The events before marker (this connection gets them in order)."""
+    seen = []
+    while True:
+        ev = next_event(c, "gpu.cache.sync", timeout=120)
+        if ev["subject"] == marker:
+            return seen
+        seen.append(ev)
+
+
+def test_reload_mid_sync(tmp, agents):
+    l = Layer(tmp, size="256MiB")
+    pdir = os.path.join(tmp, "plugins")
+    install_plugin(os.path.join(PLUGINS, "gpucache.so"), pdir, "gpucache.so")
+    try:
+        a = Agent(tmp, config([l]), plugin_dirs=[pdir])
+        agents.append(a)
+        a.start()
+        wait_mounted(a)
+        n = 8000
+        make_large(l.merged, n, 5)
+        sync(a)
+        # first a second build (a new file in place, as a package upgrade), then the same build
+        for round, new_build in enumerate((True, False)):
+            rewrite_all(l, n, 10 + round)
+            want = snapshot(l.upper)
+            c = subscribe(a, "gpu.cache.sync.>")
+            before = status(a)["syncs"]
+            res = {}
+            t = request_in_thread(a, res)
+            wait_for(lambda: status(a)["syncing"], 20, "the sync to start")
+            if new_build:
+                install_plugin(os.path.join(PLUGINS, "gpucache.so"), pdir, "gpucache.so")
+            t0 = time.monotonic()
+            r = a.ok("plugin", "reload", "cache")
+            reload_ms = (time.monotonic() - t0) * 1000
+            t1 = time.monotonic()
+            st = status(a)  # a control round trip right after: the loop is free
+            status_ms = (time.monotonic() - t1) * 1000
+            assert r["generation"] == 2 + round, r
+            assert st["syncing"] is True, ("the sync should still run after the reload", st)
+            t.join(150)
+            rc, out, err = res["reply"]
+            assert rc == 0, (rc, out, err)
+            assert out["payload"]["ok"] is True, out
+            done = out["payload"]["results"][0]
+            a.ok("bus", "pub", "gpu.cache.sync.marker", "{}")
+            seen = until_marker(c, "gpu.cache.sync.marker")
+            c.close()
+            assert [e["subject"] for e in seen] == ["gpu.cache.sync.done"], [e["subject"] for e in seen]
+            assert seen[0]["payload"]["generation"] == done["generation"], (seen, done)
+            sync_ms = done["duration_ms"]
+            print("round %d (%s): sync %d ms, reload %.0f ms, status after it %.0f ms" % (
+                round, "second build" if new_build else "same build", sync_ms, reload_ms, status_ms))
+            assert sync_ms > 1000, "the sync must outlast the reload by far: %d ms" % sync_ms
+            assert reload_ms < sync_ms / 2 and status_ms < 500, (reload_ms, status_ms, sync_ms)
+            s2 = status(a)
+            assert s2["syncs"] == before + 1 and not s2["syncing"] and not s2["sync_pending"], s2
+            assert_same(snapshot(l.current()), want, "persisted vs upper after a reload mid-sync")
+            log = a.logtext()
+            assert log.count("of the previous build adopted") == round + 1, log[-3000:]
+            assert "final sync:" not in log, log[-3000:]
+        # a stop in the middle of a sync: cancelled, then the final sync on the loop
+        rewrite_all(l, n, 20)
+        want = snapshot(l.upper)
+        a.ok("bus", "pub", "gpu.cache.sync", '{"gpu": "ramlayer"}')
+        wait_for(lambda: status(a)["syncing"], 20, "the sync to start")
+        a.stop(timeout=120)
+        log = a.logtext()
+        assert "final sync: generation" in log, log[-3000:]
+        assert_same(snapshot(l.current()), want, "persisted vs upper after a stop mid-sync")
+        # after a "reboot", a reload during the restore: the new build adopts the restore
+        # (and neither unmounts the tmpfs under it nor restores a second time)
+        l.unmount()
+        a.start()
+        st = status(a)
+        assert st["state"] == "restoring", ("the restore (%d files) should still run" % n, st)
+        t0 = time.monotonic()
+        a.ok("plugin", "reload", "cache")
+        reload_ms = (time.monotonic() - t0) * 1000
+        wait_mounted(a, timeout=60)
+        log = a.logtext()
+        print("reload during the restore: %.0f ms" % reload_ms)
+        assert "restore of the previous build adopted" in log, log[-3000:]
+        assert "interrupted restore" not in log and log.count("restored generation") == 1, log[-3000:]
+        assert_same(snapshot(l.upper), want, "restored upper vs the persisted generation")
+        a.stop(timeout=120)  # its final sync walks the whole restored upper (slow under ASan)
     finally:
         for x in agents:
             x.stop()

@@ -4,8 +4,9 @@
  * by list order, dry_run logs instead of mounting, the admission limit, an unknown gpu
  * answered with .err, a missing lower refused, a layer that mountinfo shows mounted is
  * adopted (no restore) and synced through the worker-pool jobs (run by the fake
- * host), requests during a sync fold into one more, metrics and verify, and fini's
- * final sync. Arguments: the fixtures folder and a scratch folder on disk. */
+ * host), requests during a sync fold into one more, metrics and verify, a reload
+ * whose new build cannot adopt the running sync (the old one's fini answers and
+ * syncs), and fini's final sync. Arguments: the fixtures folder and a scratch folder on disk. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -217,12 +218,36 @@ static void test_adopted_sync(void) {
         CHECK(strstr(vj, "ramlayer last sync") && strstr(vj, "generation 2") && strstr(vj, "\"ok\":false"));
         free(vj); /* ok false: nolower is in error */
 
+        /* a reload whose new build cannot adopt the sync (the fake host's work_adopt
+         * answers -ENOENT, as for an isolated instance): the old build keeps it, and its
+         * fini cancels it, answers the request and runs the final sync, as at a stop */
+        org_msg q2 = {.subject = "gpu.cache.sync", .reply = "_INBOX.req.2", .data = "{\"gpu\": \"ramlayer\"}", .len = 19};
+        CHECK_INT(P->handle(g, &q2), 0);
+        CHECK_INT(ctx.n_works, 1);
+        void *blob = NULL;
+        size_t blob_len = 0;
+        CHECK_INT(P->save_state(g, &blob, &blob_len), 0);
+        CHECK(strstr(blob, "\"sync_job\"") && strstr(blob, "_INBOX.req.2"));
+        org_ctx ctx2;
+        void *g2 = start(&ctx2, cfg, false, 0);
+        CHECK_INT(P->restore_state(g2, blob, blob_len), 0);
+        free(blob);
+        st = call(g2, &ctx2, "status", "{}");
+        CHECK(json_is_false(json_object_get(layer(st, "ramlayer"), "syncing")));
+        json_decref(st);
+        P->fini(g);
+        reply = fake_last_published(&ctx, "_INBOX.req.2");
+        CHECK(reply && strstr(reply, "instance stopping"));
+        fake_ctx_done(&ctx);
+        CHECK_INT(gc_gen_current(persist), 3);
+        CHECK_INT(ctx2.n_works, 0); /* the old build synced it: the new one has no sync to start */
+
         /* stop: a final sync on the spot */
         snprintf(p, sizeof p, "%s/late.txt", upper);
         put(p, "written before stop\n");
-        P->fini(g);
-        fake_ctx_done(&ctx);
-        CHECK_INT(gc_gen_current(persist), 3);
+        P->fini(g2);
+        fake_ctx_done(&ctx2);
+        CHECK_INT(gc_gen_current(persist), 4);
         snprintf(p, sizeof p, "%s/current/late.txt", persist);
         CHECK(access(p, F_OK) == 0);
 }
