@@ -247,6 +247,105 @@ def test_failed_reload_old_generation_receives(tmp, agents):
                      "version": "2.0.0", "restores": 0}], done
 
 
+def iso_exec_agent(tmp, agents, config="{}", version="example"):
+    """The example instance isolated: its commands run in agentd, on behalf of the child."""
+    pdir = os.path.join(tmp, "plugins")
+    install_plugin(plugin_file(version), pdir)
+    a = Agent(tmp, "  ex: {plugin: example, interval: 1h, isolate: true, config: %s}\n" % config,
+              plugin_dirs=[pdir], agent_extra=COMMANDS)
+    agents.append(a)
+    a.start()
+    wait_for(lambda: a.instance("ex").get("child_state") == "ready", what="the isolated child")
+    return a, pdir
+
+
+def test_isolated_reload_keeps_running_command(tmp, agents):
+    """The child is replaced; the parent keeps the command and the new child adopts it."""
+    a, pdir = iso_exec_agent(tmp, agents)
+    child = a.instance("ex")["pid"]
+    xid = sleep_echo(a, 3, "full output")
+    x = host_execs(a)[xid]
+    assert x["argv0"] == "sh" and x["pid"] > 0 and x["pid"] != child, x
+    wait_for(lambda: host_execs(a)[xid]["age_ms"] >= 1000, what="the command to be 1 s old")
+    install_plugin(plugin_file("v2"), pdir)
+    r = a.ok("plugin", "reload", "ex")
+    assert r["version"] == "2.0.0", r
+    new_child = a.instance("ex")["pid"]
+    assert new_child != child, (new_child, child)
+    y = host_execs(a)[xid]
+    assert y["pid"] == x["pid"] and y["generation"] == x["generation"], (x, y)
+    assert a.ok("call", "ex", "execs")["running"] == [xid]
+    # the old child is gone while the command runs on
+    wait_for(lambda: not os.path.exists("/proc/%d/stat" % child) or
+             "Z" in open("/proc/%d/stat" % child).read().split()[2], what="the old child to go")
+    assert os.path.exists("/proc/%d" % x["pid"])
+    # ids are the parent's: the new child's own command cannot collide with the inherited one
+    xid2 = sleep_echo(a, 0, "second")
+    assert xid2 != xid, (xid2, xid)
+    done = wait_for(lambda: len(completions(a)) == 2 and completions(a), timeout=15, what="both completions")
+    assert sorted(done, key=lambda d: d["id"]) == sorted([
+        {"id": xid, "status": 0, "timed_out": False, "out": "begin\nfull output\n", "version": "2.0.0",
+         "restores": 1},
+        {"id": xid2, "status": 0, "timed_out": False, "out": "begin\nsecond\n", "version": "2.0.0",
+         "restores": 1}], key=lambda d: d["id"]), done
+    assert host_execs(a) == {}
+    assert "killing" not in a.logtext()
+    assert a.instance("ex")["pid"] == new_child
+
+
+def test_isolated_not_adopted_is_cancelled_and_logged(tmp, agents):
+    a, pdir = iso_exec_agent(tmp, agents, "{adopt_execs: false}")
+    xid = sleep_echo(a, 60, "never")
+    pid = host_execs(a)[xid]["pid"]
+    install_plugin(plugin_file("v2"), pdir)
+    a.ok("plugin", "reload", "ex")
+    line = "killing exec %d sh (pid %d): not adopted by the new generation" % (xid, pid)
+    assert line in a.logtext(), a.logtext()[-2000:]
+    assert host_execs(a) == {}
+    wait_for(lambda: not os.path.exists("/proc/%d" % pid), what="the killed command to be reaped")
+    r = a.ok("call", "ex", "execs")
+    assert r["running"] == [] and r["done"] == [], r
+
+
+def test_isolated_failed_reload_old_child_receives(tmp, agents):
+    a, pdir = iso_exec_agent(tmp, agents, version="v2")
+    child = a.instance("ex")["pid"]
+    xid = sleep_echo(a, 2, "still mine")
+    install_plugin(plugin_file("broken"), pdir)
+    rc, _, err = a.ctl("plugin", "reload", "ex")
+    assert rc == 1 and "running version stays" in err, (rc, err)
+    assert a.instance("ex")["pid"] == child
+    assert xid in host_execs(a)
+    done = wait_for(lambda: completions(a), timeout=15, what="the completion")
+    assert done == [{"id": xid, "status": 0, "timed_out": False, "out": "begin\nstill mine\n",
+                     "version": "2.0.0", "restores": 0}], done
+    assert "killing" not in a.logtext()
+
+
+def test_isolated_crash_kills_its_commands(tmp, agents):
+    """A child that dies (not a reload) has nobody to hand its commands to: they are killed."""
+    a, pdir = iso_exec_agent(tmp, agents)
+    child = a.instance("ex")["pid"]
+    xid = sleep_echo(a, 60, "orphan")
+    pid = host_execs(a)[xid]["pid"]
+    os.kill(child, signal.SIGKILL)
+    wait_for(lambda: a.instance("ex").get("child_state") == "ready" and a.instance("ex")["pid"] != child,
+             what="the restarted child")
+    assert "killing sh (pid %d): its plugin generation is retired" % pid in a.logtext(), a.logtext()[-2000:]
+    wait_for(lambda: not os.path.exists("/proc/%d" % pid), what="the killed command to be reaped")
+    assert host_execs(a) == {}
+
+
+def test_isolated_worker_job_is_not_adopted(tmp, agents):
+    """Worker jobs run in the child's threads and die with it: work_adopt says -ENOENT."""
+    a, pdir = iso_exec_agent(tmp, agents)
+    a.ok("call", "ex", "sleep_work", json.dumps({"ms": 3000}))
+    install_plugin(plugin_file("v2"), pdir)
+    a.ok("plugin", "reload", "ex")
+    wait_for(lambda: "cannot adopt work" in a.logtext(), what="the refused adoption in the log")
+    assert "No such file or directory" in [ln for ln in a.logtext().splitlines() if "cannot adopt work" in ln][0]
+
+
 def test_reload_adopts_worker_job(tmp, agents):
     """A job of the worker pool runs code of the old .so while the new one takes over:
     the old file stays mapped until the job returns (or agentd would crash), and the
