@@ -336,6 +336,22 @@ def test_isolated_crash_kills_its_commands(tmp, agents):
     assert host_execs(a) == {}
 
 
+def test_isolated_config_reload_keeps_running_command(tmp, agents):
+    a, pdir = iso_exec_agent(tmp, agents, "{greeting: one}")
+    child = a.instance("ex")["pid"]
+    xid = sleep_echo(a, 2, "config")
+    pid = host_execs(a)[xid]["pid"]
+    a.write_config("  ex: {plugin: example, interval: 1h, isolate: true, config: {greeting: two}}\n", COMMANDS)
+    r = a.ok("config", "reload")
+    assert r["restarted"] == ["ex"], r
+    assert a.instance("ex")["pid"] != child
+    assert host_execs(a)[xid]["pid"] == pid
+    done = wait_for(lambda: completions(a), timeout=15, what="the completion")
+    assert done == [{"id": xid, "status": 0, "timed_out": False, "out": "begin\nconfig\n", "version": "1.0.0",
+                     "restores": 1}], done
+    assert "killing" not in a.logtext()
+
+
 def test_isolated_worker_job_is_not_adopted(tmp, agents):
     """Worker jobs run in the child's threads and die with it: work_adopt says -ENOENT."""
     a, pdir = iso_exec_agent(tmp, agents)
