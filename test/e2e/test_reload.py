@@ -352,6 +352,29 @@ def test_isolated_config_reload_keeps_running_command(tmp, agents):
     assert "killing" not in a.logtext()
 
 
+def test_isolated_ten_reloads_one_completion(tmp, agents):
+    """Ten children in turn during one command: one completion, to the last child, and
+    no descriptor of the old children or of the command left in agentd."""
+    a, pdir = iso_exec_agent(tmp, agents)
+    a.ok("call", "ex", "count")
+    pid = a.proc.pid
+    fds_before = fd_count(pid)
+    xid = sleep_echo(a, 6, "ten")
+    versions = [plugin_file("v2"), plugin_file()]
+    for i in range(10):
+        install_plugin(versions[i % 2], pdir)
+        a.ok("plugin", "reload", "ex")
+    assert xid in host_execs(a), "the command finished before the 10th reload"
+    done = wait_for(lambda: completions(a), timeout=30, what="the completion")
+    assert done == [{"id": xid, "status": 0, "timed_out": False, "out": "begin\nten\n", "version": "1.0.0",
+                     "restores": 10}], done
+    assert a.ok("call", "ex", "execs")["running"] == []
+    child = a.instance("ex")["pid"]
+    wait_for(lambda: [p for p, _ in children(pid)] == [child], what="only the last child left, no zombie")
+    assert fd_count(pid) == fds_before, (fd_count(pid), fds_before, os.listdir("/proc/%d/fd" % pid))
+    assert "killing" not in a.logtext()
+
+
 def test_isolated_worker_job_is_not_adopted(tmp, agents):
     """Worker jobs run in the child's threads and die with it: work_adopt says -ENOENT."""
     a, pdir = iso_exec_agent(tmp, agents)
