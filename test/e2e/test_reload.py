@@ -4,7 +4,9 @@ a failed reload keeps the running version, config reload restarts only what chan
 and running commands survive reloads: the new build adopts them and gets the
 completion with all the output (the example plugin's sleep_echo verb), a build that
 does not adopt gets them cancelled and logged, twenty reloads deliver once and leak
-nothing, a failed reload leaves the command with the old build."""
+nothing, a failed reload leaves the command with the old build; the same for an
+isolated instance, whose child is replaced while agentd keeps its commands (a child
+that crashes has its commands killed)."""
 import json
 import os
 import shutil
