@@ -660,7 +660,7 @@ json_t *instance_to_json(const instance *in, bool detailed) {
         json_object_set_new(o, "subscriptions", subs);
         json_object_set_new(o, "config", in->cfg.config_json ? json_incref(in->cfg.config_json) : json_object());
         /* running commands, with the generation that started them (an adopted one runs on) */
-        json_object_set_new(o, "execs", ctx_execs_to_json(in->ctx));
+        json_object_set_new(o, "execs", in->cfg.isolate ? isolate_execs_to_json(in->iso) : ctx_execs_to_json(in->ctx));
         if (in->so) {
                 const org_plugin *d = in->so->desc;
                 json_object_set_new(o, "summary", json_string(d->summary ? d->summary : ""));

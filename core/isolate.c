@@ -49,6 +49,7 @@ typedef enum child_state {
 typedef struct sid_map {
         struct sid_map *next;
         uint64_t csid, sid;
+        bool adopted; /* execs: taken from the predecessor child by a reload not yet committed */
 } sid_map;
 
 typedef struct iso_child {
@@ -67,7 +68,9 @@ typedef struct iso_child {
         uint64_t errors_seen; /* the child's hook error count at its last ACK */
         msgq ring;            /* sent, not acknowledged */
         sid_map *sids;
-        sid_map *execs;     /* child exec id -> parent exec id */
+        /* the commands it started or adopted: sid is the exec id (the parent's, which the
+         * child uses too); each is the userdata of its exec callback */
+        sid_map *execs;
         sid_map *consumers; /* child consumer id -> parent consumer id */
         uint64_t spawned_us, retired_us;
         bool eof, sync_wait, got_ready, got_saved, got_verified;
@@ -283,20 +286,22 @@ static void on_request_reply(org_ctx *ctx, int error, const org_msg *reply, void
                 want_write(c);
 }
 
+/* userdata is the command's sid_map, in the list of the child that owns it now (an
+ * adopted command's completion goes to the child that adopted it). */
 static void on_exec_done(org_ctx *ctx, const org_exec_result *res, void *userdata) {
         iso_child *c = child_of_ctx(ctx);
+        sid_map *x = userdata;
         if (!c)
                 return;
-        uint64_t cid = (uint64_t)(uintptr_t)userdata;
+        uint64_t id = x->sid;
         for (sid_map **pp = &c->execs; *pp; pp = &(*pp)->next)
-                if ((*pp)->csid == cid) {
-                        sid_map *m = *pp;
-                        *pp = m->next;
-                        free(m);
+                if (*pp == x) {
+                        *pp = x->next;
+                        free(x);
                         break;
                 }
         size_t at = iso_put_begin(&c->out, ISO_P_EXEC_DONE);
-        iso_put_u64(&c->out, cid);
+        iso_put_u64(&c->out, id);
         iso_put_u64(&c->out, (uint64_t)(int64_t)res->status);
         iso_put_u64(&c->out, (res->timed_out ? 1u : 0u) | (res->dry_run ? 2u : 0u) | (res->out_truncated ? 4u : 0u) |
                                      (res->err_truncated ? 8u : 0u));
@@ -453,21 +458,49 @@ static bool dispatch(iso_child *c, uint32_t type, iso_rd *r) {
                 if (!x)
                         rr = -ENOMEM;
                 else if (live)
-                        rr = host_table.exec(c->pctx, &spec, on_exec_done, (void *)(uintptr_t)id, &pid_id);
+                        rr = host_table.exec(c->pctx, &spec, on_exec_done, x, &pid_id);
                 if (rr >= 0) {
-                        x->csid = id;
-                        x->sid = pid_id;
+                        x->csid = x->sid = pid_id;
                         x->next = c->execs;
                         c->execs = x;
                 } else
                         free(x);
-                answer(c, id, rr);
+                /* the answer carries the exec id: the child's calls and our EXEC_DONE use it */
+                size_t at = iso_put_begin(&c->out, ISO_P_ANSWER);
+                iso_put_u64(&c->out, id);
+                iso_put_u64(&c->out, (uint64_t)(int64_t)rr);
+                iso_put_u64(&c->out, rr >= 0 ? pid_id : 0);
+                if (iso_put_end(&c->out, at) >= 0)
+                        want_write(c);
+                return true;
+        }
+        case ISO_C_EXEC_ADOPT: {
+                uint64_t rpc = iso_get_u64(r), id = iso_get_u64(r);
+                if (r->bad)
+                        return false;
+                /* only a reload's new child has a predecessor, and only until it commits */
+                org_ctx *pred = live ? c->pctx->predecessor : NULL;
+                iso_child *old = pred ? child_of_ctx(pred) : NULL;
+                int rr = -ENOENT;
+                for (sid_map **pp = old ? &old->execs : NULL; pp && *pp; pp = &(*pp)->next)
+                        if ((*pp)->sid == id) {
+                                sid_map *x = *pp;
+                                rr = host_table.exec_adopt(c->pctx, id, on_exec_done, x);
+                                if (rr >= 0) {
+                                        *pp = x->next;
+                                        x->adopted = true;
+                                        x->next = c->execs;
+                                        c->execs = x;
+                                }
+                                break;
+                        }
+                answer(c, rpc, rr);
                 return true;
         }
         case ISO_C_EXEC_CANCEL: {
                 uint64_t id = iso_get_u64(r);
                 for (sid_map **pp = &c->execs; *pp; pp = &(*pp)->next)
-                        if ((*pp)->csid == id) {
+                        if ((*pp)->sid == id) {
                                 sid_map *x = *pp;
                                 *pp = x->next;
                                 host_table.exec_cancel(c->pctx, x->sid);
@@ -980,12 +1013,45 @@ static void arm_watchdog(iso_child *c, uint64_t at) {
         }
 }
 
+/* A reload's new child is up (or refused): the commands of the child it replaces that
+ * it adopted stay its own and the others are killed and logged, like an in-process
+ * reload (ctx_hand_over_commit); or they all go back (abort). Before the old child
+ * retires, so its fini cannot cancel what the new one adopted. */
+static void hand_over_commit(iso_child *c) {
+        iso_child *old = c->pctx->predecessor ? child_of_ctx(c->pctx->predecessor) : NULL;
+        ctx_hand_over_commit(c->pctx);
+        for (sid_map *x = c->execs; x; x = x->next)
+                x->adopted = false;
+        while (old && old->execs) { /* each killed by ctx_hand_over_commit, callback and all */
+                sid_map *x = old->execs;
+                old->execs = x->next;
+                free(x);
+        }
+}
+
+static void hand_over_abort(iso_child *c) {
+        iso_child *old = c->pctx->predecessor ? child_of_ctx(c->pctx->predecessor) : NULL;
+        ctx_hand_over_abort(c->pctx);
+        for (sid_map **pp = &c->execs; *pp;) {
+                sid_map *x = *pp;
+                if (!x->adopted || !old) {
+                        pp = &x->next;
+                        continue;
+                }
+                *pp = x->next;
+                x->adopted = false;
+                x->next = old->execs;
+                old->execs = x;
+        }
+}
+
 /* The new child is up: the previous one retires, the subscriptions made before this
  * child's go, and what waited is sent. */
 static void commit(iso_child *c) {
         isolate *iso = c->iso;
         instance *in = iso->in;
         iso_child *old = iso->cur != c ? iso->cur : NULL;
+        hand_over_commit(c);
         if (old) {
                 send_simple(old, ISO_P_FINI);
                 old->state = CHILD_DRAINING;
@@ -1187,6 +1253,9 @@ int isolate_start(instance *in, const char *so_path, const void *blob, size_t bl
                 /* else (should not happen): the running one stays until this one is ready */
                 return 0;
         }
+        /* a reload: the running child's commands are offered to the new one (ISO_C_EXEC_ADOPT) */
+        if (iso->cur && iso->cur != c && iso->cur->state == CHILD_READY)
+                ctx_hand_over_begin(c->pctx, iso->cur->pctx);
         c->sync_wait = true;
         r = wait_for(c, &c->got_ready, SPAWN_GRACE_US + hook_timeout_us(iso));
         c->sync_wait = false;
@@ -1199,6 +1268,7 @@ int isolate_start(instance *in, const char *so_path, const void *blob, size_t bl
                                                     : strerror(-r);
                 if (asprintf(ret_error, "isolated init of %s failed: %s", so_path, why) < 0)
                         *ret_error = NULL;
+                hand_over_abort(c);
                 c->state = CHILD_DISCARD;
                 c->retired_us = now_monotonic_us();
                 child_kill(c, NULL);
@@ -1277,6 +1347,10 @@ void isolate_free(isolate *iso) {
         free(iso->so_path);
         free(iso->last_crash);
         free(iso);
+}
+
+json_t *isolate_execs_to_json(const isolate *iso) {
+        return ctx_execs_to_json(iso && iso->cur ? iso->cur->pctx : NULL);
 }
 
 void isolate_to_json(const isolate *iso, json_t *o) {

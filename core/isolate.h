@@ -37,6 +37,8 @@ int isolate_save(isolate *iso, void **ret_blob, size_t *ret_len);
 int isolate_verify(isolate *iso, char **ret_json);
 /* Adds "isolated", "pid", "crashes", ... to an instance's JSON view. */
 void isolate_to_json(const isolate *iso, json_t *o);
+/* The running commands of the current child (the parent runs them), for `plugin info`. */
+json_t *isolate_execs_to_json(const isolate *iso);
 
 /* main() of `agentd --isolated-child SOCKFD SHMFD`. */
 int isolate_child_main(int argc, char **argv);

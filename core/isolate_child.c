@@ -263,6 +263,12 @@ static int c_request(org_ctx *ctx, const char *subject, const void *data, size_t
         return r;
 }
 
+static int c_exec_cancel_frame(uint64_t id) {
+        size_t at = iso_put_begin(&C.out, ISO_C_EXEC_CANCEL);
+        iso_put_u64(&C.out, id);
+        return iso_put_end(&C.out, at);
+}
+
 static int c_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void *userdata, uint64_t *ret_id) {
         if (!spec || !spec->argv || !spec->argv[0])
                 return -EINVAL;
@@ -281,17 +287,51 @@ static int c_exec(org_ctx *ctx, const org_exec_spec *spec, org_exec_fn cb, void 
         int r = iso_put_end(&C.out, at);
         if (r < 0)
                 return r;
-        /* synchronous like in-process: the command table is checked now */
+        /* synchronous like in-process: the command table is checked now; the id is the
+         * parent's, unique across this instance's children (so a reload can hand it on) */
         iso_rd a = rpc_wait(id);
+        r = (int)(int64_t)iso_get_u64(&a);
+        uint64_t xid = iso_get_u64(&a);
+        if (r < 0)
+                return r;
+        if (a.bad)
+                _exit(1);
+        r = pending_add(&C.execs, xid, NULL, cb, userdata);
+        if (r < 0) {
+                c_exec_cancel_frame(xid);
+                return r;
+        }
+        if (ret_id)
+                *ret_id = xid;
+        return 0;
+}
+
+/* A command of the child this one replaces (a reload): the parent owns it and hands
+ * it over if it is still running; its completion then comes here. */
+static int c_exec_adopt(org_ctx *ctx, uint64_t id, org_exec_fn cb, void *userdata) {
+        for (c_pending *p = C.execs; p; p = p->next)
+                if (p->id == id)
+                        return -EBUSY;
+        uint64_t rpc = ++C.next_id;
+        size_t at = iso_put_begin(&C.out, ISO_C_EXEC_ADOPT);
+        iso_put_u64(&C.out, rpc);
+        iso_put_u64(&C.out, id);
+        int r = iso_put_end(&C.out, at);
+        if (r < 0)
+                return r;
+        iso_rd a = rpc_wait(rpc);
         r = (int)(int64_t)iso_get_u64(&a);
         if (r < 0)
                 return r;
         r = pending_add(&C.execs, id, NULL, cb, userdata);
         if (r < 0)
-                return r;
-        if (ret_id)
-                *ret_id = id;
-        return 0;
+                c_exec_cancel_frame(id);
+        return r;
+}
+
+/* Worker jobs run in this process's threads and die with it: none to adopt. */
+static int c_work_adopt(org_ctx *ctx, uint64_t id, org_work_adopted_fn done, void *userdata) {
+        return -ENOENT;
 }
 
 static int c_exec_cancel(org_ctx *ctx, uint64_t id) {
@@ -299,9 +339,7 @@ static int c_exec_cancel(org_ctx *ctx, uint64_t id) {
         if (!p)
                 return -ENOENT;
         free(p);
-        size_t at = iso_put_begin(&C.out, ISO_C_EXEC_CANCEL);
-        iso_put_u64(&C.out, id);
-        return iso_put_end(&C.out, at);
+        return c_exec_cancel_frame(id);
 }
 
 static void put_params(const char *const *params, size_t n) {
@@ -939,6 +977,8 @@ static int child_run(int argc, char **argv) {
         C.host.io_remove = c_io_remove;
         C.host.exec = c_exec;
         C.host.exec_cancel = c_exec_cancel;
+        C.host.exec_adopt = c_exec_adopt;
+        C.host.work_adopt = c_work_adopt;
         C.host.store_exec = c_store_exec;
         C.host.store_query = c_store_query;
         C.host.kv_get = c_kv_get;

@@ -28,8 +28,8 @@ enum {
         ISO_P_CALL,      /* verb, message: call */
         ISO_P_TICK,
         ISO_P_REPLY,     /* creq, error, has_msg, [message] */
-        ISO_P_EXEC_DONE, /* cid, status, timed_out, dry_run, out, out_trunc, err, err_trunc, duration */
-        ISO_P_ANSWER,    /* rpc id, r, then per call: value | rows */
+        ISO_P_EXEC_DONE, /* exec id, status, timed_out, dry_run, out, out_trunc, err, err_trunc, duration */
+        ISO_P_ANSWER,    /* rpc id, r, then per call: value | rows | (exec) the exec id */
         ISO_P_SAVE,      /* -> ISO_C_SAVED */
         ISO_P_VERIFY,    /* -> ISO_C_VERIFIED */
         ISO_P_FINI,      /* fini, then exit 0 */
@@ -43,8 +43,10 @@ enum {
         ISO_C_SUB,            /* csid, pattern */
         ISO_C_UNSUB,          /* csid */
         ISO_C_REQ,            /* creq, subject, data, timeout_ms */
-        ISO_C_EXEC,           /* cid, argv, env, cwd, uid, gid, flags, timeout, capture_max, stdin */
-        ISO_C_EXEC_CANCEL,    /* cid */
+        /* Exec ids are the parent's (unique in the instance, across children): the
+         * answer to ISO_C_EXEC carries the id the child uses from then on. */
+        ISO_C_EXEC,           /* rpc, argv, env, cwd, uid, gid, flags, timeout, capture_max, stdin */
+        ISO_C_EXEC_CANCEL,    /* exec id */
         ISO_C_METRIC_SET,     /* name, type, value bits, help */
         ISO_C_METRIC_ADD,     /* name, delta bits, help */
         ISO_C_STORE_EXEC,     /* rpc, sql, n, params... */
@@ -58,6 +60,9 @@ enum {
         ISO_C_CONSUME,        /* rpc, stream, durable, filter, max_deliver, ack_wait_ms, max_pending */
         ISO_C_CONSUME_CANCEL, /* id */
         ISO_C_DACK,           /* ack token, kind, delay_ms */
+        /* A reload's new child re-attaches a command of the child it replaces (which the
+         * parent owns); only during its init/restore. */
+        ISO_C_EXEC_ADOPT, /* rpc, exec id -> answer r */
 };
 
 /* What the child is running (the shared page's busy_kind); 0 = idle. */

@@ -294,7 +294,10 @@ typedef struct org_host {
          * exec_adopt: 0, -ENOENT (no such inherited command: finished, cancelled, never
          * the predecessor's, or called outside init/restore_state of a reload), -EBUSY
          * (already adopted). cb may be NULL (the result is dropped). A dry_run answer
-         * still pending is adopted the same way. */
+         * still pending is adopted the same way. In an isolated instance (isolate:
+         * true) the same holds across the child being replaced: agentd runs the child's
+         * commands, their ids are unique across its children, and a reload's new child
+         * adopts them like this; a child that crashes has its commands killed. */
         int (*exec_adopt)(org_ctx *ctx, uint64_t id, org_exec_fn cb, void *userdata);
         /* work_adopt: the job runs on with its block (the one work() writes into, whose
          * layout the old build chose: adopt only jobs whose layout this build knows, and
@@ -302,7 +305,9 @@ typedef struct org_host {
          * runs here instead of the old done. A pointer into the old state inside the
          * block is stale: reach your state through userdata. If this generation retires
          * before the job ends, the block is freed as for any job and done is not called;
-         * userdata stays yours. Same returns as exec_adopt. */
+         * userdata stays yours. Same returns as exec_adopt. In an isolated instance the
+         * jobs run in the child's own threads and die with it: work_adopt answers
+         * -ENOENT there (a reload's new child starts that work again if it must). */
         int (*work_adopt)(org_ctx *ctx, uint64_t id, org_work_adopted_fn done, void *userdata);
 } org_host;
 

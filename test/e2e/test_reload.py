@@ -4,7 +4,9 @@ a failed reload keeps the running version, config reload restarts only what chan
 and running commands survive reloads: the new build adopts them and gets the
 completion with all the output (the example plugin's sleep_echo verb), a build that
 does not adopt gets them cancelled and logged, twenty reloads deliver once and leak
-nothing, a failed reload leaves the command with the old build."""
+nothing, a failed reload leaves the command with the old build; the same for an
+isolated instance, whose child is replaced while agentd keeps its commands (a child
+that crashes has its commands killed)."""
 import json
 import os
 import shutil
@@ -245,6 +247,144 @@ def test_failed_reload_old_generation_receives(tmp, agents):
     done = wait_for(lambda: completions(a), timeout=15, what="the completion")
     assert done == [{"id": xid, "status": 0, "timed_out": False, "out": "begin\nstill mine\n",
                      "version": "2.0.0", "restores": 0}], done
+
+
+def iso_exec_agent(tmp, agents, config="{}", version="example"):
+    """The example instance isolated: its commands run in agentd, on behalf of the child."""
+    pdir = os.path.join(tmp, "plugins")
+    install_plugin(plugin_file(version), pdir)
+    a = Agent(tmp, "  ex: {plugin: example, interval: 1h, isolate: true, config: %s}\n" % config,
+              plugin_dirs=[pdir], agent_extra=COMMANDS)
+    agents.append(a)
+    a.start()
+    wait_for(lambda: a.instance("ex").get("child_state") == "ready", what="the isolated child")
+    return a, pdir
+
+
+def test_isolated_reload_keeps_running_command(tmp, agents):
+    """The child is replaced; the parent keeps the command and the new child adopts it."""
+    a, pdir = iso_exec_agent(tmp, agents)
+    child = a.instance("ex")["pid"]
+    xid = sleep_echo(a, 3, "full output")
+    x = host_execs(a)[xid]
+    assert x["argv0"] == "sh" and x["pid"] > 0 and x["pid"] != child, x
+    wait_for(lambda: host_execs(a)[xid]["age_ms"] >= 1000, what="the command to be 1 s old")
+    install_plugin(plugin_file("v2"), pdir)
+    r = a.ok("plugin", "reload", "ex")
+    assert r["version"] == "2.0.0", r
+    new_child = a.instance("ex")["pid"]
+    assert new_child != child, (new_child, child)
+    y = host_execs(a)[xid]
+    assert y["pid"] == x["pid"] and y["generation"] == x["generation"], (x, y)
+    assert a.ok("call", "ex", "execs")["running"] == [xid]
+    # the old child is gone while the command runs on
+    wait_for(lambda: not os.path.exists("/proc/%d/stat" % child) or
+             "Z" in open("/proc/%d/stat" % child).read().split()[2], what="the old child to go")
+    assert os.path.exists("/proc/%d" % x["pid"])
+    # ids are the parent's: the new child's own command cannot collide with the inherited one
+    xid2 = sleep_echo(a, 0, "second")
+    assert xid2 != xid, (xid2, xid)
+    done = wait_for(lambda: len(completions(a)) == 2 and completions(a), timeout=15, what="both completions")
+    assert sorted(done, key=lambda d: d["id"]) == sorted([
+        {"id": xid, "status": 0, "timed_out": False, "out": "begin\nfull output\n", "version": "2.0.0",
+         "restores": 1},
+        {"id": xid2, "status": 0, "timed_out": False, "out": "begin\nsecond\n", "version": "2.0.0",
+         "restores": 1}], key=lambda d: d["id"]), done
+    assert host_execs(a) == {}
+    assert "killing" not in a.logtext()
+    assert a.instance("ex")["pid"] == new_child
+
+
+def test_isolated_not_adopted_is_cancelled_and_logged(tmp, agents):
+    a, pdir = iso_exec_agent(tmp, agents, "{adopt_execs: false}")
+    xid = sleep_echo(a, 60, "never")
+    pid = host_execs(a)[xid]["pid"]
+    install_plugin(plugin_file("v2"), pdir)
+    a.ok("plugin", "reload", "ex")
+    line = "killing exec %d sh (pid %d): not adopted by the new generation" % (xid, pid)
+    assert line in a.logtext(), a.logtext()[-2000:]
+    assert host_execs(a) == {}
+    wait_for(lambda: not os.path.exists("/proc/%d" % pid), what="the killed command to be reaped")
+    r = a.ok("call", "ex", "execs")
+    assert r["running"] == [] and r["done"] == [], r
+
+
+def test_isolated_failed_reload_old_child_receives(tmp, agents):
+    a, pdir = iso_exec_agent(tmp, agents, version="v2")
+    child = a.instance("ex")["pid"]
+    xid = sleep_echo(a, 2, "still mine")
+    install_plugin(plugin_file("broken"), pdir)
+    rc, _, err = a.ctl("plugin", "reload", "ex")
+    assert rc == 1 and "running version stays" in err, (rc, err)
+    assert a.instance("ex")["pid"] == child
+    assert xid in host_execs(a)
+    done = wait_for(lambda: completions(a), timeout=15, what="the completion")
+    assert done == [{"id": xid, "status": 0, "timed_out": False, "out": "begin\nstill mine\n",
+                     "version": "2.0.0", "restores": 0}], done
+    assert "killing" not in a.logtext()
+
+
+def test_isolated_crash_kills_its_commands(tmp, agents):
+    """A child that dies (not a reload) has nobody to hand its commands to: they are killed."""
+    a, pdir = iso_exec_agent(tmp, agents)
+    child = a.instance("ex")["pid"]
+    xid = sleep_echo(a, 60, "orphan")
+    pid = host_execs(a)[xid]["pid"]
+    os.kill(child, signal.SIGKILL)
+    wait_for(lambda: a.instance("ex").get("child_state") == "ready" and a.instance("ex")["pid"] != child,
+             what="the restarted child")
+    assert "killing sh (pid %d): its plugin generation is retired" % pid in a.logtext(), a.logtext()[-2000:]
+    wait_for(lambda: not os.path.exists("/proc/%d" % pid), what="the killed command to be reaped")
+    assert host_execs(a) == {}
+
+
+def test_isolated_config_reload_keeps_running_command(tmp, agents):
+    a, pdir = iso_exec_agent(tmp, agents, "{greeting: one}")
+    child = a.instance("ex")["pid"]
+    xid = sleep_echo(a, 2, "config")
+    pid = host_execs(a)[xid]["pid"]
+    a.write_config("  ex: {plugin: example, interval: 1h, isolate: true, config: {greeting: two}}\n", COMMANDS)
+    r = a.ok("config", "reload")
+    assert r["restarted"] == ["ex"], r
+    assert a.instance("ex")["pid"] != child
+    assert host_execs(a)[xid]["pid"] == pid
+    done = wait_for(lambda: completions(a), timeout=15, what="the completion")
+    assert done == [{"id": xid, "status": 0, "timed_out": False, "out": "begin\nconfig\n", "version": "1.0.0",
+                     "restores": 1}], done
+    assert "killing" not in a.logtext()
+
+
+def test_isolated_ten_reloads_one_completion(tmp, agents):
+    """Ten children in turn during one command: one completion, to the last child, and
+    no descriptor of the old children or of the command left in agentd."""
+    a, pdir = iso_exec_agent(tmp, agents)
+    a.ok("call", "ex", "count")
+    pid = a.proc.pid
+    fds_before = fd_count(pid)
+    xid = sleep_echo(a, 6, "ten")
+    versions = [plugin_file("v2"), plugin_file()]
+    for i in range(10):
+        install_plugin(versions[i % 2], pdir)
+        a.ok("plugin", "reload", "ex")
+    assert xid in host_execs(a), "the command finished before the 10th reload"
+    done = wait_for(lambda: completions(a), timeout=30, what="the completion")
+    assert done == [{"id": xid, "status": 0, "timed_out": False, "out": "begin\nten\n", "version": "1.0.0",
+                     "restores": 10}], done
+    assert a.ok("call", "ex", "execs")["running"] == []
+    child = a.instance("ex")["pid"]
+    wait_for(lambda: [p for p, _ in children(pid)] == [child], what="only the last child left, no zombie")
+    assert fd_count(pid) == fds_before, (fd_count(pid), fds_before, os.listdir("/proc/%d/fd" % pid))
+    assert "killing" not in a.logtext()
+
+
+def test_isolated_worker_job_is_not_adopted(tmp, agents):
+    """Worker jobs run in the child's threads and die with it: work_adopt says -ENOENT."""
+    a, pdir = iso_exec_agent(tmp, agents)
+    a.ok("call", "ex", "sleep_work", json.dumps({"ms": 3000}))
+    install_plugin(plugin_file("v2"), pdir)
+    a.ok("plugin", "reload", "ex")
+    wait_for(lambda: "cannot adopt work" in a.logtext(), what="the refused adoption in the log")
+    assert "No such file or directory" in [ln for ln in a.logtext().splitlines() if "cannot adopt work" in ln][0]
 
 
 def test_reload_adopts_worker_job(tmp, agents):
