@@ -80,13 +80,7 @@ static const org_verb verbs[] = {
 /* ---- helpers ---------------------------------------------------------------------- */
 
 char *gc_ts(gc *g, char *buf, size_t len) {
-        uint64_t us = g->host->now_realtime_us(g->ctx);
-        time_t t = (time_t)(us / 1000000);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(buf + n, len - n, ".%03uZ", (unsigned)(us / 1000 % 1000));
-        return buf;
+        return org_rfc3339_us(g->host->now_realtime_us(g->ctx), buf, len);
 }
 
 void gc_publish(gc *g, const char *subject, json_t *o) {

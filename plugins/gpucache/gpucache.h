@@ -16,6 +16,7 @@
 
 #include <jansson.h>
 #include <organism/plugin.h>
+#include <organism/text.h>
 
 #include "gen.h"
 

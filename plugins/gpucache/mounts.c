@@ -164,20 +164,6 @@ void gc_remount_ro(gc *g, gc_layer *l, bool ro) {
                              l->merged, strerror(errno));
 }
 
-static bool pci_address(const char *s) {
-        static const char shape[] = "xxxx:xx:xx.x";
-        if (strlen(s) != sizeof shape - 1)
-                return false;
-        for (size_t i = 0; shape[i]; i++) {
-                if (shape[i] == 'x') {
-                        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-                                return false;
-                } else if (s[i] != shape[i])
-                        return false;
-        }
-        return true;
-}
-
 static bool read_is(gc *g, const char *pci, const char *file, const char *prefix) {
         char path[128], *data = NULL;
         snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/%s", pci, file);
@@ -203,7 +189,7 @@ size_t gc_discover(gc *g, char (*ret)[GC_PCI_MAX], size_t max) {
         size_t n = 0;
         struct dirent *e;
         while ((e = readdir(d)) && n < max)
-                if (pci_address(e->d_name) && read_is(g, e->d_name, "vendor", "0x1002") &&
+                if (org_pci_address_valid(e->d_name) && read_is(g, e->d_name, "vendor", "0x1002") &&
                     read_is(g, e->d_name, "class", "0x03"))
                         copy(ret[n++], GC_PCI_MAX, e->d_name);
         closedir(d);

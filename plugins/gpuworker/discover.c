@@ -125,21 +125,6 @@ static void driver_of(gpuw *w, const char *real_dir, const char *pci, char *ret,
         free(data);
 }
 
-static bool pci_address(const char *s) {
-        /* dddd:bb:dd.f, lower-case hex */
-        static const char shape[] = "xxxx:xx:xx.x";
-        if (strlen(s) != sizeof shape - 1)
-                return false;
-        for (size_t i = 0; shape[i]; i++) {
-                if (shape[i] == 'x') {
-                        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-                                return false;
-                } else if (s[i] != shape[i])
-                        return false;
-        }
-        return true;
-}
-
 static int cmp_found(const void *a, const void *b) {
         return strcmp(((const gpuw_found *)a)->pci, ((const gpuw_found *)b)->pci);
 }
@@ -178,7 +163,7 @@ int gpuw_discover(gpuw *w, const char *const *only, size_t n_only, gpuw_found *r
         size_t n = 0;
         if (only) {
                 for (size_t i = 0; i < n_only && n < max; i++)
-                        if (pci_address(only[i]) && probe(w, devices_dir, only[i], &ret[n]))
+                        if (org_pci_address_valid(only[i]) && probe(w, devices_dir, only[i], &ret[n]))
                                 n++;
         } else {
                 DIR *d = opendir(devices_dir);
@@ -189,7 +174,7 @@ int gpuw_discover(gpuw *w, const char *const *only, size_t n_only, gpuw_found *r
                 }
                 struct dirent *e;
                 while ((e = readdir(d)) && n < max)
-                        if (pci_address(e->d_name) && probe(w, devices_dir, e->d_name, &ret[n]))
+                        if (org_pci_address_valid(e->d_name) && probe(w, devices_dir, e->d_name, &ret[n]))
                                 n++;
                 closedir(d);
                 qsort(ret, n, sizeof ret[0], cmp_found);

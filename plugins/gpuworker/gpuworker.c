@@ -118,14 +118,7 @@ static const org_verb verbs[] = {
 };
 
 char *gpuw_ts(gpuw *w, char *buf, size_t len) {
-        uint64_t us = w->host->now_realtime_us(w->ctx);
-        time_t t = (time_t)(us / 1000000);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        /* strftime for the date: -O3's format-truncation sees int fields as 11 digits each */
-        size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(buf + n, len - n, ".%03uZ", (unsigned)(us / 1000 % 1000));
-        return buf;
+        return org_rfc3339_us(w->host->now_realtime_us(w->ctx), buf, len);
 }
 
 void gpuw_publish(gpuw *w, const char *subject, json_t *o) {

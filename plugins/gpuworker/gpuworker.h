@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include <organism/plugin.h>
+#include <organism/text.h>
 
 #define GPUW_MAX_GPUS    64
 #define GPUW_PCI_MAX     16 /* "0000:03:00.0" + NUL */

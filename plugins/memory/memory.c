@@ -67,13 +67,7 @@ static const org_verb verbs[] = {
 };
 
 void memory_rfc3339(memory *m, char *buf, size_t size) {
-        uint64_t now = m->host->now_realtime_us(m->ctx);
-        time_t t = (time_t)(now / 1000000);
-        struct tm tm;
-        char base[32];
-        if (!gmtime_r(&t, &tm) || strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm) == 0)
-                snprintf(base, sizeof base, "1970-01-01T00:00:00");
-        snprintf(buf, size, "%s.%03uZ", base, (unsigned)(now / 1000 % 1000));
+        org_rfc3339_us(m->host->now_realtime_us(m->ctx), buf, size);
 }
 
 /* Publishes o (stolen) on subject. */

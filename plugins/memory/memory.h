@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include <organism/plugin.h>
+#include <organism/text.h>
 
 #define MEMORY_ARC_MAX_PATH "/sys/module/zfs/parameters/zfs_arc_max"
 #define MEMORY_SWAPPINESS_PATH "/proc/sys/vm/swappiness"

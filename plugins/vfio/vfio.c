@@ -83,13 +83,7 @@ static const org_verb verbs[] = {
 };
 
 void vfio_rfc3339(vfio *v, char *buf, size_t size) {
-        uint64_t now = v->host->now_realtime_us(v->ctx);
-        time_t t = (time_t)(now / 1000000);
-        struct tm tm;
-        char base[32];
-        if (!gmtime_r(&t, &tm) || strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm) == 0)
-                snprintf(base, sizeof base, "1970-01-01T00:00:00");
-        snprintf(buf, size, "%s.%03uZ", base, (unsigned)(now / 1000 % 1000));
+        org_rfc3339_us(v->host->now_realtime_us(v->ctx), buf, size);
 }
 
 void vfio_respond(vfio *v, const char *reply_subject, json_t *o) {

@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 #include <organism/plugin.h>
+#include <organism/text.h>
 
 #define VFIO_HOSTPCI_MAX 16
 #define VFIO_ADDR_LEN    16 /* "0000:03:00.0" + NUL */
