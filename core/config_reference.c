@@ -108,28 +108,6 @@ static int man_map(FILE *f, const org_config_entry *map, size_t esize, const cha
         return 0;
 }
 
-static json_t *json_map(const org_config_entry *map, size_t esize) {
-        json_t *arr = json_array();
-        for (const org_config_entry *e = map; arr && e && e->key; e = config_entry_next(e, esize)) {
-                config_limits l;
-                config_entry_limits(e, esize, &l);
-                json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "key", e->key, "type", config_type_name(e->type),
-                                      "required", e->required, "help", e->help ? e->help : "");
-                if (!o)
-                        continue;
-                if (e->default_value)
-                        json_object_set_new(o, "default", json_string(e->default_value));
-                if (l.min)
-                        json_object_set_new(o, "min", json_string(l.min));
-                if (l.max)
-                        json_object_set_new(o, "max", json_string(l.max));
-                if (e->children)
-                        json_object_set_new(o, "children", json_map(e->children, esize));
-                json_array_append_new(arr, o);
-        }
-        return arr;
-}
-
 static int so_filter(const struct dirent *d) {
         size_t n = strlen(d->d_name);
         return d->d_name[0] != '.' && n > 3 && streq(d->d_name + n - 3, ".so");
@@ -232,12 +210,12 @@ static int json_main(plugin_so **sos, size_t n) {
         for (size_t i = 0; i < n; i++) {
                 const org_plugin *d = sos[i]->desc;
                 size_t esize;
-                json_t *map = config_entry_size(d, &esize) < 0 ? json_null() : json_map(d->config_map, esize);
+                json_t *map = config_entry_size(d, &esize) < 0 ? json_null() : config_map_to_json(d->config_map, esize);
                 json_array_append_new(plugins, json_pack("{s:s, s:s, s:s, s:o}", "plugin", d->name, "summary",
                                                          d->summary ? d->summary : "", "file", sos[i]->path,
                                                          "config_map", map));
         }
-        json_t *root = json_pack("{s:o, s:o}", "core", json_map(config_root_map(), sizeof(org_config_entry)),
+        json_t *root = json_pack("{s:o, s:o}", "core", config_map_to_json(config_root_map(), sizeof(org_config_entry)),
                                  "plugins", plugins);
         int r = root && json_dumpf(root, stdout, JSON_INDENT(2)) == 0 ? 0 : 1;
         json_decref(root);

@@ -52,6 +52,11 @@ void config_entry_limits(const org_config_entry *e, size_t entry_size, config_li
 
 const char *config_type_name(org_config_type t);
 
+/* A config map as JSON documentation (agentctl plugin info, the man page generator):
+ * one object per entry with key, type, required, help, and default, min, max, choices,
+ * format, children where the entry has them. Returns a new reference. */
+json_t *config_map_to_json(const org_config_entry *map, size_t entry_size);
+
 /* Looks up a dotted path ("profiles.day.arc_max") in a JSON object; NULL if absent. */
 json_t *config_json_path(json_t *root, const char *path);
 

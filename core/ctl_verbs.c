@@ -69,38 +69,6 @@ static void v_plugin_list(ctl_request *q) {
         ctl_reply_ok(q, arr);
 }
 
-/* The table as documentation, walked with the plugin's own entry size; each limit the
- * entry declares is shown as the YAML text the plugin wrote. */
-static json_t *config_map_to_json(const org_config_entry *map, size_t entry_size) {
-        json_t *arr = json_array();
-        for (const org_config_entry *e = map; e && e->key; e = config_entry_next(e, entry_size)) {
-                config_limits l;
-                json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "key", e->key, "type", config_type_name(e->type),
-                                      "required", e->required, "help", e->help ? e->help : "");
-                if (!o)
-                        continue;
-                if (e->default_value)
-                        json_object_set_new(o, "default", json_string(e->default_value));
-                config_entry_limits(e, entry_size, &l);
-                if (l.min)
-                        json_object_set_new(o, "min", json_string(l.min));
-                if (l.max)
-                        json_object_set_new(o, "max", json_string(l.max));
-                if (l.choices) {
-                        json_t *ch = json_array();
-                        for (const char *const *c = l.choices; *c; c++)
-                                json_array_append_new(ch, json_string(*c));
-                        json_object_set_new(o, "choices", ch);
-                }
-                if (l.format)
-                        json_object_set_new(o, "format", json_string(l.format));
-                if (e->children)
-                        json_object_set_new(o, "children", config_map_to_json(e->children, entry_size));
-                json_array_append_new(arr, o);
-        }
-        return arr;
-}
-
 static json_t *verbs_to_json(const org_verb *verbs) {
         json_t *arr = json_array();
         for (size_t i = 0; verbs && verbs[i].name; i++)
